@@ -1,0 +1,88 @@
+"""Environment fingerprint stored with every record: what ran, on what, from which commit."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=_REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def git_commit() -> tuple[str | None, bool | None]:
+    """(commit id, dirty flag) of the qtts-eval checkout, or (None, None) outside a git work tree."""
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return None, None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return commit, bool(status)
+
+
+def _gpu() -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"gpu_name": None, "gpu_count": 0, "cuda": None, "cuda_driver": None}
+    driver = None
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+        driver = done.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        pass
+    return {
+        "gpu_name": torch.cuda.get_device_name(0),
+        "gpu_count": torch.cuda.device_count(),
+        "cuda": torch.version.cuda,
+        "cuda_driver": driver,
+    }
+
+
+def fingerprint() -> dict[str, Any]:
+    """Machine and software facts; the pipeline adds its own (model, weights, dtype, device)."""
+    commit, dirty = git_commit()
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        **_gpu(),
+        "torch": _version("torch"),
+        "torchaudio": _version("torchaudio"),
+        "transformers": _version("transformers"),
+        "qwen_tts": _version("qwen-tts"),
+        "qtts_eval": _version("qtts-eval"),
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }

@@ -1,0 +1,183 @@
+"""Results store: one versioned record per request, append-only, loadable as pandas.
+
+Layout of one run directory::
+
+    results/<run_id>/
+      run.json         run header: schema version, run id, matrix, environment fingerprint
+      records.jsonl    one JSON record per measured request, appended and fsynced one at a time
+      records.parquet  columnar copy of records.jsonl, written when the run finishes
+      summary.json     per-pipeline/fixture aggregates for humans and gates
+
+records.jsonl is the source of truth. A run killed with SIGKILL loses at most the request in flight:
+every earlier line is already on disk, a torn last line is cut off when the run is resumed, and a
+resumed run skips every request key already recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from qtts_eval.errors import ResultsError
+
+SCHEMA_VERSION = 1
+RUN_FILE = "run.json"
+RECORDS_FILE = "records.jsonl"
+PARQUET_FILE = "records.parquet"
+SUMMARY_FILE = "summary.json"
+
+# Older schema versions are upgraded one step at a time: _MIGRATIONS[n] turns a version-n record into
+# version n+1. Empty while only version 1 exists.
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One measured (or failed) request. Every column is defined in docs/metrics.md."""
+
+    run_id: str  # the run this record belongs to
+    request_key: str  # unique within a run; a resumed run skips keys already present
+    pipeline: str  # registry name of the pipeline
+    fixture_id: str  # text fixture id
+    language: str  # fixture language as given to the pipeline
+    category: str  # fixture category (short, long_form, ...)
+    voice_id: str  # reference voice id
+    mode: str  # "icl" (reference codes + transcript) or "xvector" (speaker embedding only)
+    repeat: int  # 0-based repeat index within the matrix
+    seed: int  # torch seed set immediately before the request
+    sampling: str  # "greedy" or "sample"
+    text_chars: int  # characters in the input text
+    frame_budget: int  # max codec frames allowed (max_new_tokens); derived from the text
+    status: str  # "ok", "error" or "unsupported"
+    error: str | None = None  # the error message when status is not "ok"
+    frames_generated: int | None = None  # codec frames in the output (12.5 frames per audio second)
+    budget_hit: bool | None = None  # generation stopped at the frame budget rather than at EOS
+    audio_seconds: float | None = None  # output samples / 24000
+    wall_s: float | None = None  # request handed to the pipeline -> last audio sample at the harness
+    rtf: float | None = None  # wall_s / audio_seconds (lower is faster; < 1 is faster than realtime)
+    peak_mem_bytes: int | None = None  # torch peak allocated (CUDA) or peak process RSS (CPU)
+    peak_mem_kind: str | None = None  # "cuda_allocated" or "process_rss"
+    peak_reserved_bytes: int | None = None  # torch peak reserved (CUDA only)
+    started_at: str = ""  # UTC ISO-8601 time the request started
+    env: dict[str, Any] = field(default_factory=dict)  # environment fingerprint (qtts_eval.environment)
+    schema_version: int = SCHEMA_VERSION  # version of this record layout
+
+
+def _migrate(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    version = obj.get("schema_version")
+    if not isinstance(version, int):
+        raise ResultsError(f"{where}: no integer schema_version; not a qtts-eval results file")
+    if version > SCHEMA_VERSION:
+        raise ResultsError(
+            f"{where}: written by schema version {version}, newer than this qtts-eval "
+            f"(reads up to {SCHEMA_VERSION}); upgrade qtts-eval to read it"
+        )
+    while version < SCHEMA_VERSION:
+        obj = _MIGRATIONS[version](obj)
+        version += 1
+        obj["schema_version"] = version
+    return obj
+
+
+class RunStore:
+    """Append-only writer/reader for one run directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @property
+    def records_path(self) -> Path:
+        return self.directory / RECORDS_FILE
+
+    def header(self) -> dict[str, Any]:
+        path = self.directory / RUN_FILE
+        if not path.is_file():
+            raise ResultsError(f"{self.directory}: no {RUN_FILE}; not a qtts-eval run directory")
+        try:
+            header = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ResultsError(f"{path}: not valid JSON ({exc})") from exc
+        return _migrate(header, str(path))
+
+    def create(self, header: dict[str, Any]) -> None:
+        """Start a new run; refuses to overwrite an existing one."""
+        if (self.directory / RUN_FILE).exists():
+            raise ResultsError(f"{self.directory} already holds a run; resume it or pick another run id")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(self.directory / RUN_FILE, {"schema_version": SCHEMA_VERSION, **header})
+        self.records_path.touch()
+
+    def open_for_resume(self) -> set[str]:
+        """Validate the header, drop a torn last line, and return the request keys already done."""
+        self.header()
+        path = self.records_path
+        if path.exists():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                # The process died mid-write: the partial line was never a complete record.
+                with path.open("r+b") as handle:
+                    handle.truncate(data.rfind(b"\n") + 1)
+        return {record["request_key"] for record in self.iter_records()}
+
+    def append(self, record: Record) -> None:
+        line = json.dumps(asdict(record), ensure_ascii=False, allow_nan=False)
+        with self.records_path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def iter_records(self) -> Iterator[dict[str, Any]]:
+        if not self.records_path.exists():
+            return
+        with self.records_path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.endswith("\n"):
+                    return  # torn tail of a killed run; everything before it is complete
+                where = f"{self.records_path}:{number}"
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ResultsError(f"{where}: corrupt record ({exc})") from exc
+                yield _migrate(raw, where)
+
+    def write_parquet(self) -> Path:
+        frame = records_frame(self.iter_records())
+        path = self.directory / PARQUET_FILE
+        tmp = path.with_suffix(".parquet.tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+        return path
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        path = self.directory / SUMMARY_FILE
+        _atomic_write_json(path, {"schema_version": SCHEMA_VERSION, **summary})
+        return path
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Flatten records into one row each; environment keys become env_<name> columns."""
+    rows = []
+    for record in records:
+        row = {key: value for key, value in record.items() if key != "env"}
+        row.update({f"env_{key}": value for key, value in record.get("env", {}).items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def load_run(directory: str | Path) -> pd.DataFrame:
+    """Load one run as a DataFrame, one row per request (reads records.jsonl, the source of truth)."""
+    store = RunStore(Path(directory))
+    store.header()
+    return records_frame(store.iter_records())
