@@ -606,6 +606,7 @@ def synthetic_checkpoint(preset_name: str, seed: int = DEFAULT_SEED) -> Path:
 
 
 _PRESET_REF = re.compile(r"^(?P<preset>[\w.\-]+?)(?:@seed=(?P<seed>\d+))?$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")  # owner/name, as opposed to a filesystem path
 
 
 def check_checkpoint_dir(path: Path) -> None:
@@ -638,7 +639,7 @@ def resolve(ref: str) -> ResolvedModel:
         path = synthetic_checkpoint(match["preset"], seed)
     elif Path(ref).expanduser().is_dir():
         path = Path(ref).expanduser().resolve()
-    elif "/" in ref and not Path(ref).expanduser().exists():
+    elif _HUB_ID.match(ref):
         path = _hub_snapshot(ref)
     else:
         raise CheckpointError(

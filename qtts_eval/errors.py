@@ -29,3 +29,7 @@ class ResultsError(QttsEvalError):
 
 class BenchError(QttsEvalError):
     """A bench matrix or request that is invalid before anything runs."""
+
+
+class RequestError(QttsEvalError):
+    """A synthesis request that no pipeline should be given (empty text, bad reference audio, ...)."""

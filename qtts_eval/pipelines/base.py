@@ -10,9 +10,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from qtts_eval.errors import RequestError
+
 SAMPLE_RATE_HZ = 24_000  # the model's only output rate
 FRAME_RATE_HZ = 12.5  # codec frames per second of audio
 SAMPLES_PER_FRAME = 1920  # 24 kHz / 12.5 Hz
+MAX_TEXT_CHARS = 5000  # longer inputs are refused: ~6 minutes of speech, beyond any fixture or budget
 
 
 class CloneMode(str, enum.Enum):
@@ -57,6 +60,24 @@ class Request:
     max_frames: int  # frame budget: generation stops here if EOS never comes
     seed: int  # seed applied right before generation
     sampling: Sampling = Sampling()  # decoding settings
+
+    def __post_init__(self) -> None:
+        if not self.text.strip():
+            raise RequestError("text is empty or whitespace only; there is nothing to speak")
+        if len(self.text) > MAX_TEXT_CHARS:
+            raise RequestError(
+                f"text has {len(self.text)} characters, over the {MAX_TEXT_CHARS}-character limit; split it"
+            )
+        if self.max_frames < 1:
+            raise RequestError(f"frame budget must be at least 1 frame, got {self.max_frames}")
+        audio = self.ref_audio
+        if audio.ndim != 1 or audio.dtype != np.float32 or audio.size == 0:
+            raise RequestError(
+                f"reference audio must be non-empty 1-D float32 mono at {SAMPLE_RATE_HZ} Hz, "
+                f"got shape {audio.shape} dtype {audio.dtype}"
+            )
+        if self.mode is CloneMode.ICL and not self.ref_text.strip():
+            raise RequestError("ICL mode needs the reference transcript, and ref_text is empty")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,350 @@
+"""Matrix runner: pipelines x fixtures x voices x modes x repeats, one record per request.
+
+Pipelines are interleaved inside each matrix cell (A, B, A, B, ...) rather than run one after another,
+so slow drift of the machine (thermal, other load) lands on every pipeline alike. Warm-up requests run
+first and are never recorded. Records are appended as they are measured (qtts_eval.results).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from qtts_eval import environment, pipelines
+from qtts_eval.errors import BenchError
+from qtts_eval.fixtures import FixtureSet, TextFixture, Voice, load_fixtures, read_reference_audio
+from qtts_eval.metrics.memory import MemoryProbe
+from qtts_eval.pipelines.base import (
+    FRAME_RATE_HZ,
+    SAMPLE_RATE_HZ,
+    AudioChunk,
+    CloneMode,
+    Pipeline,
+    PipelineConfig,
+    Request,
+    Sampling,
+    StreamEnd,
+    UnsupportedRequest,
+)
+from qtts_eval.results import Record, RunStore
+
+# Nominal speaking rates in characters per second (spaces and punctuation included), used only to size
+# frame budgets: ~150 words/min English, ~4.5 Chinese characters/s, ~7 Japanese characters/s. They are
+# round working values chosen for this suite, not measurements.
+SPEAKING_RATE_CPS = {"english": 14.0, "chinese": 4.5, "japanese": 7.0}
+DEFAULT_SPEAKING_RATE_CPS = 8.0  # "auto" and other languages: between the alphabetic and CJK rates
+MIN_FRAME_BUDGET = 8  # 0.64 s: even a one-word text gets a few frames
+REAL_BUDGET_FACTOR = 2.0  # real weights stop at EOS; the budget only catches runaway generation
+REAL_BUDGET_SLACK_FRAMES = 25  # 2 s on top, for very short texts
+
+
+def estimated_frames(text: str, language: str) -> int:
+    """Codec frames a speaker at the nominal rate would need for ``text``."""
+    rate = SPEAKING_RATE_CPS.get(language.lower(), DEFAULT_SPEAKING_RATE_CPS)
+    return max(MIN_FRAME_BUDGET, math.ceil(len(text.strip()) / rate * FRAME_RATE_HZ))
+
+
+def frame_budget(text: str, language: str, synthetic: bool) -> int:
+    """max_new_tokens for a request.
+
+    Random weights never emit EOS, so a synthetic run generates exactly its budget: the estimate itself.
+    Real weights get head room; hitting the budget then means EOS was missed (a runaway generation).
+    """
+    estimate = estimated_frames(text, language)
+    if synthetic:
+        return estimate
+    return math.ceil(estimate * REAL_BUDGET_FACTOR) + REAL_BUDGET_SLACK_FRAMES
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run. Stored in run.json, so a resumed run rebuilds exactly the same matrix."""
+
+    pipelines: tuple[str, ...] = ("reference",)  # registry names, interleaved per cell
+    model: str = "tiny"  # model ref for every pipeline (preset, directory or hub id)
+    device: str = "cpu"  # torch device
+    dtype: str = "float32"  # talker dtype
+    attn_implementation: str = "sdpa"  # eager, sdpa or flash_attention_2
+    fixtures: tuple[str, ...] = ()  # text fixture ids; empty = all
+    voices: tuple[str, ...] = ("slt",)  # reference voice ids
+    modes: tuple[str, ...] = (CloneMode.ICL.value, CloneMode.XVECTOR.value)  # clone modes
+    repeats: int = 2  # measured repeats of every cell
+    warmup: int = 1  # unrecorded requests per pipeline before the matrix (first-call costs)
+    seed: int = 0  # request seed = seed + repeat
+    sampling: Sampling = Sampling()  # decoding settings for every request
+    options: dict[str, Any] = field(default_factory=dict)  # PipelineConfig.options for every pipeline
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BenchConfig:
+        data = dict(data)
+        data["sampling"] = Sampling(**data["sampling"])
+        for key in ("pipelines", "fixtures", "voices", "modes"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One request of the matrix."""
+
+    pipeline: str
+    text: TextFixture
+    voice: Voice
+    mode: CloneMode
+    repeat: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.pipeline}|{self.text.id}|{self.voice.id}|{self.mode.value}|{self.repeat}"
+
+
+def build_matrix(config: BenchConfig, fixtures: FixtureSet) -> list[Cell]:
+    """Every cell, validated up front so a typo fails before any model loads."""
+    if config.repeats < 1:
+        raise BenchError(f"repeats must be at least 1, got {config.repeats}")
+    if not config.pipelines:
+        raise BenchError("no pipelines given")
+    texts = [fixtures.text(text_id) for text_id in config.fixtures] or list(fixtures.texts.values())
+    voices = [fixtures.voice(voice_id) for voice_id in config.voices]
+    if not voices:
+        raise BenchError("no voices given")
+    try:
+        modes = [CloneMode(mode) for mode in config.modes]
+    except ValueError as exc:
+        raise BenchError(f"{exc}; modes are {', '.join(m.value for m in CloneMode)}") from exc
+    for name in config.pipelines:
+        pipelines.pipeline_class(name)  # unknown names fail here, with suggestions
+    return [
+        Cell(pipeline, text, voice, mode, repeat)
+        for repeat in range(config.repeats)
+        for text in texts
+        for voice in voices
+        for mode in modes
+        for pipeline in config.pipelines
+    ]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the harness observed for one request."""
+
+    audio: np.ndarray
+    frames_generated: int
+    wall_s: float
+    peak_mem_bytes: int
+    peak_mem_kind: str
+    peak_reserved_bytes: int | None
+
+
+def measure(pipeline: Pipeline, request: Request, device: str) -> Measurement:
+    """Run one request; wall time runs from hand-off to the last chunk's arrival at the harness."""
+    probe = MemoryProbe(device)
+    probe.start()
+    chunks: list[np.ndarray] = []
+    end: StreamEnd | None = None
+    t0 = time.monotonic_ns()
+    t_last = t0
+    for event in pipeline.stream(request):
+        if isinstance(event, AudioChunk):
+            chunks.append(event.samples)
+            t_last = event.t_ns
+        elif isinstance(event, StreamEnd):
+            end = event
+    memory = probe.stop()
+    if end is None:
+        raise BenchError("the pipeline's stream ended without a StreamEnd event")
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return Measurement(
+        audio=audio,
+        frames_generated=end.frames_generated,
+        wall_s=(t_last - t0) / 1e9,
+        peak_mem_bytes=memory.peak_bytes,
+        peak_mem_kind=memory.kind,
+        peak_reserved_bytes=memory.reserved_bytes,
+    )
+
+
+class Bench:
+    """Runs a BenchConfig into a results directory; ``resume`` continues a killed run."""
+
+    def __init__(self, config: BenchConfig, store: RunStore, fixtures: FixtureSet) -> None:
+        self.config = config
+        self.store = store
+        self.fixtures = fixtures
+        self.cells = build_matrix(config, fixtures)
+        self._ref_audio: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def create(cls, config: BenchConfig, results_root: Path, run_id: str | None = None) -> Bench:
+        fixtures = load_fixtures()
+        run_id = run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        bench = cls(config, RunStore(results_root / run_id), fixtures)
+        bench.store.create(
+            {
+                "run_id": run_id,
+                "created_at": _now(),
+                "config": config.to_json(),
+                "fixtures_version": fixtures.version,
+                "fixtures_hash": fixtures.content_hash,
+                "machine": environment.fingerprint(),
+            }
+        )
+        return bench
+
+    @classmethod
+    def resume(cls, directory: Path) -> Bench:
+        store = RunStore(directory)
+        header = store.header()
+        fixtures = load_fixtures()
+        if fixtures.content_hash != header["fixtures_hash"]:
+            raise BenchError(
+                f"{directory} was run on fixtures {header['fixtures_version']} ({header['fixtures_hash'][:12]}), "
+                f"but the fixtures now are {fixtures.version} ({fixtures.content_hash[:12]}); "
+                "start a new run instead of mixing them"
+            )
+        return cls(BenchConfig.from_json(header["config"]), store, fixtures)
+
+    @property
+    def run_id(self) -> str:
+        return self.store.directory.name
+
+    def run(self, progress: bool = True) -> pd.DataFrame:
+        done = self.store.open_for_resume()
+        todo = [cell for cell in self.cells if cell.key not in done]
+        machine = self.store.header()["machine"]
+        loaded: dict[str, Pipeline] = {}
+        try:
+            for name in dict.fromkeys(cell.pipeline for cell in todo):
+                loaded[name] = self._load(name)
+            for cell in tqdm(todo, desc=f"bench {self.run_id}", disable=not progress, file=sys.stderr):
+                self.store.append(self._run_cell(loaded[cell.pipeline], cell, machine))
+        finally:
+            for pipeline in loaded.values():
+                pipeline.close()
+        self.store.write_parquet()
+        frame = self.frame()
+        self.store.write_summary({"run_id": self.run_id, "rows": summarise(frame).to_dict(orient="records")})
+        return frame
+
+    def frame(self) -> pd.DataFrame:
+        from qtts_eval.results import load_run
+
+        return load_run(self.store.directory)
+
+    def _load(self, name: str) -> Pipeline:
+        config = PipelineConfig(
+            model=self.config.model,
+            device=self.config.device,
+            dtype=self.config.dtype,
+            attn_implementation=self.config.attn_implementation,
+            options=dict(self.config.options),
+        )
+        pipeline = pipelines.create(name, config)
+        pipeline.load()
+        first = self.cells[0]
+        for index in range(self.config.warmup):
+            request = self._request(pipeline, Cell(name, first.text, first.voice, first.mode, 0))
+            for _ in pipeline.stream(dataclasses.replace(request, seed=request.seed + 10_000 + index)):
+                pass
+        return pipeline
+
+    def _reference(self, voice: Voice) -> np.ndarray:
+        if voice.id not in self._ref_audio:
+            audio, _ = read_reference_audio(voice.ref_wav)
+            self._ref_audio[voice.id] = audio
+        return self._ref_audio[voice.id]
+
+    def _request(self, pipeline: Pipeline, cell: Cell) -> Request:
+        synthetic = bool(pipeline.describe().get("synthetic", False))
+        return Request(
+            text=cell.text.text,
+            language=cell.text.language,
+            ref_audio=self._reference(cell.voice),
+            ref_text=cell.voice.ref_text,
+            mode=cell.mode,
+            max_frames=frame_budget(cell.text.text, cell.text.language, synthetic),
+            seed=self.config.seed + cell.repeat,
+            sampling=self.config.sampling,
+        )
+
+    def _run_cell(self, pipeline: Pipeline, cell: Cell, machine: dict[str, Any]) -> Record:
+        request = self._request(pipeline, cell)
+        base = Record(
+            run_id=self.run_id,
+            request_key=cell.key,
+            pipeline=cell.pipeline,
+            fixture_id=cell.text.id,
+            language=cell.text.language,
+            category=cell.text.category,
+            voice_id=cell.voice.id,
+            mode=cell.mode.value,
+            repeat=cell.repeat,
+            seed=request.seed,
+            sampling=request.sampling.name,
+            text_chars=len(cell.text.text),
+            frame_budget=request.max_frames,
+            status="ok",
+            started_at=_now(),
+            env={
+                **machine,
+                **pipeline.describe(),
+                "fixtures_version": self.fixtures.version,
+                "fixtures_hash": self.fixtures.content_hash,
+            },
+        )
+        try:
+            result = measure(pipeline, request, self.config.device)
+        except UnsupportedRequest as exc:
+            return dataclasses.replace(base, status="unsupported", error=str(exc))
+        except Exception as exc:  # a failing candidate must not end the run; the error is recorded
+            return dataclasses.replace(base, status="error", error=f"{type(exc).__name__}: {exc}")
+        audio_seconds = result.audio.shape[0] / SAMPLE_RATE_HZ
+        return dataclasses.replace(
+            base,
+            frames_generated=result.frames_generated,
+            # A budget-capped generation yields budget - 1 frames (the last step's frame is never emitted).
+            budget_hit=result.frames_generated >= request.max_frames - 1,
+            audio_seconds=audio_seconds,
+            wall_s=result.wall_s,
+            rtf=result.wall_s / audio_seconds if audio_seconds > 0 else None,
+            peak_mem_bytes=result.peak_mem_bytes,
+            peak_mem_kind=result.peak_mem_kind,
+            peak_reserved_bytes=result.peak_reserved_bytes,
+        )
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def summarise(frame: pd.DataFrame, by: Sequence[str] = ("pipeline", "fixture_id")) -> pd.DataFrame:
+    """Per-group medians of the core metrics, plus request and error counts."""
+    keys = list(by)
+    ok = frame[frame["status"] == "ok"]
+    counts = frame.groupby(keys).agg(requests=("status", "size"))
+    counts["errors"] = frame[frame["status"] != "ok"].groupby(keys).size()
+    medians = ok.groupby(keys).agg(
+        wall_s=("wall_s", "median"),
+        audio_s=("audio_seconds", "median"),
+        rtf=("rtf", "median"),
+        frames=("frames_generated", "median"),
+        budget_hits=("budget_hit", "sum"),
+        peak_mem_mb=("peak_mem_bytes", lambda values: float(np.median(values)) / 2**20),
+    )
+    table = counts.join(medians).reset_index()
+    table["errors"] = table["errors"].fillna(0).astype(int)
+    return table

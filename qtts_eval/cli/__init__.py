@@ -1,0 +1,26 @@
+"""`qtts-eval` command line: one module per subcommand, each with add_parser() and run()."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from qtts_eval.cli import bench, checkpoint, fixtures
+from qtts_eval.errors import QttsEvalError
+
+SUBCOMMANDS = (bench, checkpoint, fixtures)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qtts-eval", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(commands)
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except QttsEvalError as exc:
+        print(f"qtts-eval {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return code

@@ -1,0 +1,1 @@
+"""Measurements taken around or from a pipeline's output; definitions live in docs/metrics.md."""

@@ -1,0 +1,61 @@
+"""Peak memory of one request: torch CUDA peak allocated/reserved on GPU, process peak RSS on CPU."""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    peak_bytes: int  # the peak for the request, of the kind below
+    kind: str  # "cuda_allocated" or "process_rss"
+    reserved_bytes: int | None  # CUDA only: torch peak reserved by the caching allocator
+
+
+def _vm_hwm_bytes() -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
+    return None
+
+
+class MemoryProbe:
+    """Brackets one request. On CPU it resets the kernel's RSS high-water mark (Linux clear_refs "5")
+    so the peak belongs to this request; where that is not possible it falls back to the process-lifetime
+    peak (ru_maxrss), which can only overstate."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+
+    def start(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            return
+        try:
+            _CLEAR_REFS.write_text("5")
+        except OSError:
+            pass
+
+    def stop(self) -> PeakMemory:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            return PeakMemory(
+                torch.cuda.max_memory_allocated(), "cuda_allocated", torch.cuda.max_memory_reserved()
+            )
+        peak = _vm_hwm_bytes()
+        if peak is None:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return PeakMemory(peak, "process_rss", None)

@@ -1,0 +1,116 @@
+"""Synthetic checkpoints: deterministic, in the real layout, accepted by the official loader."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from qtts_eval import checkpoints
+from qtts_eval.errors import CheckpointError
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir() -> Path:
+    return checkpoints.resolve("tiny").path
+
+
+def test_same_seed_gives_byte_identical_files(tiny_dir: Path, tmp_path: Path) -> None:
+    rebuilt = tmp_path / "rebuilt"
+    checkpoints.build_checkpoint("tiny", checkpoints.DEFAULT_SEED, rebuilt)
+    for name in ("model.safetensors", "speech_tokenizer/model.safetensors", "config.json", "tokenizer.json"):
+        assert _sha(rebuilt / name) == _sha(tiny_dir / name), name
+
+
+def test_different_seed_gives_different_weights(tiny_dir: Path) -> None:
+    other = checkpoints.resolve("tiny@seed=1")
+    assert other.seed == 1 and other.path != tiny_dir
+    assert other.weights_hash != checkpoints.resolve("tiny").weights_hash
+    # Only the weights change: the layout (configs, tokenizer) is the preset's.
+    assert (other.path / "config.json").read_text() == (tiny_dir / "config.json").read_text()
+
+
+def test_cache_is_reused(tiny_dir: Path) -> None:
+    marker = tiny_dir / checkpoints.MARKER_FILE
+    before = marker.stat().st_mtime_ns
+    assert checkpoints.resolve("tiny").path == tiny_dir
+    assert marker.stat().st_mtime_ns == before
+
+
+def test_official_loader_accepts_tiny(tiny_dir: Path) -> None:
+    from qwen_tts import Qwen3TTSModel
+
+    model = Qwen3TTSModel.from_pretrained(str(tiny_dir), device_map="cpu", dtype=torch.float32)
+    assert model.model.tts_model_type == "base"
+    assert model.model.speech_tokenizer.get_output_sample_rate() == 24000
+    assert model.model.speech_tokenizer.get_decode_upsample_rate() == 1920
+    # The processor's prompt slicing needs these three to be single tokens.
+    ids = model.processor(text="<|im_start|>assistant\nHello there.<|im_end|>\n")["input_ids"][0]
+    tokenizer = model.processor.tokenizer
+    assert ids[:3] == [tokenizer.convert_tokens_to_ids("<|im_start|>"), model.model.config.assistant_token_id,
+                       tokenizer.encode("\n")[0]]
+
+
+def test_real_layout_tokenizer_keeps_real_special_ids(tmp_path: Path) -> None:
+    ids = checkpoints.build_text_tokenizer(checkpoints.PRESETS["0.6b-base"], tmp_path)
+    assert ids["special_base"] == 151643 and ids["text_vocab_size"] == 151936
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
+    # Ids from the released config.json (im_start/end, tts pad/bos/eos).
+    expected = {"<|im_start|>": 151644, "<|im_end|>": 151645, "<tts_pad>": 151671,
+                "<tts_text_bos>": 151672, "<tts_text_eod>": 151673}
+    assert {token: tokenizer.convert_tokens_to_ids(token) for token in expected} == expected
+
+
+def test_full_size_preset_has_real_shapes() -> None:
+    """0.6b-base at config/shape level: the official classes on the meta device, no weights allocated."""
+    from qwen_tts.core.models.configuration_qwen3_tts import Qwen3TTSConfig
+    from qwen_tts.core.models.modeling_qwen3_tts import Qwen3TTSForConditionalGeneration
+    from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
+    from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
+
+    preset = checkpoints.PRESETS["0.6b-base"]
+    config = checkpoints.model_config(preset, 151643, 151936)
+    talker = config["talker_config"]
+    assert (talker["num_hidden_layers"], talker["hidden_size"], talker["num_attention_heads"],
+            talker["num_key_value_heads"], talker["head_dim"], talker["intermediate_size"]) == (28, 1024, 16, 8, 128, 3072)
+    assert talker["code_predictor_config"]["num_hidden_layers"] == 5
+    assert talker["rope_scaling"]["mrope_section"] == [24, 20, 20] and talker["rope_theta"] == 1000000
+    decoder = checkpoints.speech_tokenizer_config(preset)["decoder_config"]
+    # Keys the reference ignores but ports read.
+    assert decoder["num_semantic_quantizers"] == 1
+    assert decoder["semantic_codebook_size"] == 4096
+    assert decoder["vector_quantization_hidden_dimension"] == 512
+
+    with torch.device("meta"):
+        model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**config))
+        codec = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**checkpoints.speech_tokenizer_config(preset)))
+    params = sum(p.numel() for p in model.parameters())
+    codec_params = sum(p.numel() for p in codec.parameters())
+    # REFERENCE-NOTES: ~0.9 B talker + speaker parameters, 171 M speech-tokenizer parameters.
+    assert 0.85e9 < params < 0.95e9, params
+    assert 160e6 < codec_params < 180e6, codec_params
+    assert model.talker.model.text_embedding.weight.shape == (151936, 2048)
+
+
+def test_missing_file_is_named(tiny_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    (broken / "speech_tokenizer" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"missing speech_tokenizer/model\.safetensors"):
+        checkpoints.resolve(str(broken))
+
+
+def test_unknown_ref_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="neither a preset"):
+        checkpoints.resolve(str(tmp_path / "nope"))
+    with pytest.raises(CheckpointError, match="not a local directory"):
+        checkpoints.resolve("nobody/no-such-model")
