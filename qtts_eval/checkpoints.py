@@ -500,10 +500,10 @@ def _raw_decoder_peak(decoder: Any, codes: Any) -> float:
     return captured[-1]
 
 
-def _save_safetensors(module: Any, path: Path) -> None:
+def _save_safetensors(module: Any, path: Path, dtype: Any) -> None:
     from safetensors.torch import save_file
 
-    state = {name: tensor.detach().contiguous().clone() for name, tensor in module.state_dict().items()}
+    state = {name: tensor.detach().to(dtype).contiguous() for name, tensor in module.state_dict().items()}
     save_file(dict(sorted(state.items())), str(path), metadata={"format": "pt"})
 
 
@@ -529,7 +529,8 @@ def build_checkpoint(preset_name: str, seed: int, directory: Path) -> None:
 
     _write_json(directory / "config.json", config)
     _write_json(directory / "generation_config.json", GENERATION_CONFIG)
-    _save_safetensors(model, directory / "model.safetensors")
+    # The released files store the talker and speaker encoder in bf16, the speech tokenizer in fp32.
+    _save_safetensors(model, directory / "model.safetensors", torch.bfloat16)
     _write_json(directory / "speech_tokenizer" / "config.json", tokenizer_config)
     _write_json(directory / "preprocessor_config.json", PROCESSOR_CONFIG)
     _write_json(directory / "speech_tokenizer" / "preprocessor_config.json", FEATURE_EXTRACTOR_CONFIG)
@@ -537,7 +538,7 @@ def build_checkpoint(preset_name: str, seed: int, directory: Path) -> None:
         directory / "speech_tokenizer" / "configuration.json",
         {"framework": "pytorch", "task": "feature-extraction", "allow_remote": True},
     )
-    _save_safetensors(speech_tokenizer, directory / "speech_tokenizer" / "model.safetensors")
+    _save_safetensors(speech_tokenizer, directory / "speech_tokenizer" / "model.safetensors", torch.float32)
     _write_json(
         directory / MARKER_FILE,
         {

@@ -1,0 +1,124 @@
+"""The bench runner: matrix, budgets, bad input, and candidates that fail."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qtts_eval import pipelines
+from qtts_eval.bench import Bench, BenchConfig, build_matrix, estimated_frames, frame_budget
+from qtts_eval.errors import BenchError, FixtureError, PipelineError, RequestError
+from qtts_eval.fixtures import load_fixtures
+from qtts_eval.pipelines.base import AudioChunk, CloneMode, Event, Pipeline, Request, StreamEnd
+from qtts_eval.results import load_run
+
+SILENCE = np.zeros(1920 * 4, np.float32)
+
+
+class CrashOnChinese(Pipeline):
+    """A candidate that crashes on one language and otherwise returns four frames of silence."""
+
+    def load(self) -> None:
+        pass
+
+    def stream(self, request: Request) -> Iterator[Event]:
+        if request.language == "chinese":
+            raise RuntimeError("segfault-like failure in the candidate")
+        yield AudioChunk(SILENCE, 0)
+        yield StreamEnd(frames_generated=4)
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "synthetic": True}
+
+
+@pytest.fixture(autouse=True)
+def _register() -> Iterator[None]:
+    pipelines.register("crash-on-chinese", CrashOnChinese)
+    yield
+
+
+def test_frame_budget_follows_text_length() -> None:
+    assert estimated_frames("a" * 140, "english") == 125  # 10 s at 14 chars/s
+    assert estimated_frames("字" * 45, "chinese") == 125  # 10 s at 4.5 chars/s
+    assert estimated_frames("Hi", "english") == 8  # the floor
+    assert frame_budget("a" * 140, "english", synthetic=True) == 125
+    assert frame_budget("a" * 140, "english", synthetic=False) == 275  # 2x + 25 frames of head room
+
+
+def test_matrix_interleaves_pipelines_and_covers_everything() -> None:
+    config = BenchConfig(pipelines=("reference", "crash-on-chinese"), fixtures=("en_short", "zh_short"),
+                         voices=("slt", "rms"), repeats=2)
+    cells = build_matrix(config, load_fixtures())
+    assert len(cells) == 2 * 2 * 2 * 2 * 2
+    assert [cell.pipeline for cell in cells[:4]] == ["reference", "crash-on-chinese"] * 2
+    assert len({cell.key for cell in cells}) == len(cells)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"fixtures": ("en_shrot",)}, FixtureError, "did you mean"),
+        ({"voices": ("stl",)}, FixtureError, "slt"),
+        ({"pipelines": ("referense",)}, PipelineError, "Did you mean reference"),
+        ({"modes": ("zero-shot",)}, BenchError, "modes are icl, xvector"),
+        ({"repeats": 0}, BenchError, "at least 1"),
+    ],
+)
+def test_bad_matrix_fails_before_anything_runs(tmp_path: Path, change: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        Bench.create(BenchConfig(**change), tmp_path)
+    assert not any(tmp_path.iterdir()), "a refused run must leave no results directory behind"
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t "])
+def test_empty_text_is_refused(text: str) -> None:
+    with pytest.raises(RequestError, match="empty or whitespace"):
+        Request(text=text, language="english", ref_audio=SILENCE, ref_text="x", mode=CloneMode.ICL,
+                max_frames=8, seed=0)
+
+
+def test_huge_text_is_refused() -> None:
+    with pytest.raises(RequestError, match="5000-character limit"):
+        Request(text="word " * 2000, language="english", ref_audio=SILENCE, ref_text="x",
+                mode=CloneMode.XVECTOR, max_frames=8, seed=0)
+
+
+def test_icl_without_transcript_is_refused() -> None:
+    with pytest.raises(RequestError, match="reference transcript"):
+        Request(text="Hello.", language="english", ref_audio=SILENCE, ref_text=" ", mode=CloneMode.ICL,
+                max_frames=8, seed=0)
+
+
+def test_crashing_candidate_is_recorded_and_the_run_continues(tmp_path: Path) -> None:
+    config = BenchConfig(pipelines=("crash-on-chinese",), fixtures=("en_short", "zh_short", "ja_short"),
+                         modes=("xvector",), repeats=1, warmup=0)
+    frame = Bench.create(config, tmp_path, "run").run(progress=False)
+    by_fixture = frame.set_index("fixture_id")
+    assert by_fixture.loc["zh_short", "status"] == "error"
+    assert "segfault-like failure" in by_fixture.loc["zh_short", "error"]
+    assert list(by_fixture.loc[["en_short", "ja_short"], "status"]) == ["ok", "ok"]
+    assert by_fixture.loc["en_short", "audio_seconds"] == pytest.approx(0.32)
+    assert len(load_run(tmp_path / "run")) == 3
+
+
+def test_resume_refuses_changed_fixtures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import shutil
+
+    from qtts_eval.fixtures import DEFAULT_FIXTURES_DIR, ENV_FIXTURES_DIR, write_manifest
+
+    config = BenchConfig(pipelines=("crash-on-chinese",), fixtures=("en_short",), modes=("xvector",),
+                         repeats=1, warmup=0)
+    Bench.create(config, tmp_path / "results", "run").run(progress=False)
+    changed = tmp_path / "fixtures"
+    shutil.copytree(DEFAULT_FIXTURES_DIR, changed)
+    texts = json.loads((changed / "texts.json").read_text())
+    texts[0]["text"] += " Changed."
+    (changed / "texts.json").write_text(json.dumps(texts))
+    write_manifest(changed)
+    monkeypatch.setenv(ENV_FIXTURES_DIR, str(changed))
+    with pytest.raises(BenchError, match="start a new run"):
+        Bench.resume(tmp_path / "results" / "run")

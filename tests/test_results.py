@@ -1,0 +1,110 @@
+"""The results store: versioned, append-only, safe against a killed process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from qtts_eval.errors import ResultsError
+from qtts_eval.results import SCHEMA_VERSION, Record, RunStore, load_run
+
+
+def _record(key: str) -> Record:
+    return Record(run_id="r", request_key=key, pipeline="p", fixture_id="f", language="english",
+                  category="short", voice_id="v", mode="icl", repeat=0, seed=0, sampling="greedy",
+                  text_chars=3, frame_budget=8, status="ok", wall_s=1.0, env={"gpu_name": None, "cpu": "x"})
+
+
+def test_records_round_trip_with_env_columns(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.create({"run_id": "run"})
+    store.append(_record("a"))
+    store.append(_record("b"))
+    frame = load_run(tmp_path / "run")
+    assert list(frame["request_key"]) == ["a", "b"]
+    assert list(frame["env_cpu"]) == ["x", "x"]
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.create({"run_id": "run"})
+    header = json.loads((tmp_path / "run" / "run.json").read_text())
+    header["schema_version"] = SCHEMA_VERSION + 1
+    (tmp_path / "run" / "run.json").write_text(json.dumps(header))
+    with pytest.raises(ResultsError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
+        load_run(tmp_path / "run")
+
+
+def test_newer_record_is_refused(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.create({"run_id": "run"})
+    with store.records_path.open("a") as handle:
+        handle.write(json.dumps({"schema_version": SCHEMA_VERSION + 1, "request_key": "x"}) + "\n")
+    with pytest.raises(ResultsError, match="newer than this qtts-eval"):
+        load_run(tmp_path / "run")
+
+
+def test_existing_run_is_never_overwritten(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.create({"run_id": "run"})
+    store.append(_record("a"))
+    with pytest.raises(ResultsError, match="already holds a run"):
+        RunStore(tmp_path / "run").create({"run_id": "run"})
+    assert len(load_run(tmp_path / "run")) == 1
+
+
+def test_torn_last_line_is_dropped_on_resume(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.create({"run_id": "run"})
+    store.append(_record("a"))
+    with store.records_path.open("a") as handle:
+        handle.write('{"schema_version": 1, "request_key": "b", "pipe')  # killed mid-write
+    assert len(load_run(tmp_path / "run")) == 1
+    assert store.open_for_resume() == {"a"}
+    store.append(_record("b"))
+    assert list(load_run(tmp_path / "run")["request_key"]) == ["a", "b"]
+
+
+def test_corrupt_middle_line_is_an_error(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.create({"run_id": "run"})
+    with store.records_path.open("a") as handle:
+        handle.write("not json\n")
+    with pytest.raises(ResultsError, match=r"records\.jsonl:1: corrupt record"):
+        load_run(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_sigkill_loses_nothing_and_resume_completes(tmp_path: Path) -> None:
+    """A real bench on the tiny checkpoint is killed with SIGKILL mid-run, then resumed."""
+    command = [sys.executable, "-m", "qtts_eval", "bench", "--results", str(tmp_path), "--run-id", "killed",
+               "--fixture", "en_short", "--fixture", "zh_short", "--fixture", "en_question", "--repeats", "2",
+               "--no-progress"]
+    records = tmp_path / "killed" / "records.jsonl"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if records.exists() and records.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the bench finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = load_run(tmp_path / "killed")
+    assert 3 <= len(before) < 12
+
+    subprocess.run([sys.executable, "-m", "qtts_eval", "bench", "--resume", str(tmp_path / "killed"),
+                    "--no-progress"], check=True, capture_output=True)
+    after = load_run(tmp_path / "killed")
+    assert len(after) == 12  # 3 fixtures x 1 voice x 2 modes x 2 repeats
+    assert after["request_key"].is_unique
+    # What was measured before the kill is still there, unchanged.
+    pd.testing.assert_frame_equal(after.head(len(before)), before)
