@@ -82,7 +82,7 @@ class BenchConfig:
     repeats: int = 2  # measured repeats of every cell
     warmup: int = 1  # unrecorded requests per pipeline before the matrix (first-call costs)
     seed: int = 0  # request seed = seed + repeat
-    sampling: Sampling = Sampling()  # decoding settings for every request
+    sampling: Sampling = field(default_factory=Sampling)  # decoding settings for every request
     options: dict[str, Any] = field(default_factory=dict)  # PipelineConfig.options for every pipeline
 
     def to_json(self) -> dict[str, Any]:
@@ -212,8 +212,9 @@ class Bench:
         fixtures = load_fixtures()
         if fixtures.content_hash != header["fixtures_hash"]:
             raise BenchError(
-                f"{directory} was run on fixtures {header['fixtures_version']} ({header['fixtures_hash'][:12]}), "
-                f"but the fixtures now are {fixtures.version} ({fixtures.content_hash[:12]}); "
+                f"{directory} was run on fixtures {header['fixtures_version']} "
+                f"({header['fixtures_hash'][:12]}), but the fixtures now are {fixtures.version} "
+                f"({fixtures.content_hash[:12]}); "
                 "start a new run instead of mixing them"
             )
         return cls(BenchConfig.from_json(header["config"]), store, fixtures)

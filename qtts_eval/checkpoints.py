@@ -55,12 +55,39 @@ _QWEN2_SPLIT = (
 # Special tokens of the Qwen3 text vocabulary in id order from 151643 (Qwen2/Qwen3 tokenizer_config
 # "added_tokens_decoder"; the TTS tokens 151669-151675 from the Qwen3-TTS tokenizer_config).
 SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
-    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
-    "<tool_response>", "</tool_response>", "<think>", "</think>", "<|audio_start|>", "<|audio_end|>",
-    "<tts_pad>", "<tts_text_bos>", "<tts_text_eod>", "<tts_text_bos_single>", "<|audio_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+    "<|audio_start|>",
+    "<|audio_end|>",
+    "<tts_pad>",
+    "<tts_text_bos>",
+    "<tts_text_eod>",
+    "<tts_text_bos_single>",
+    "<|audio_pad|>",
 )
 REAL_SPECIAL_BASE = 151643  # id of <|endoftext|> in the real vocabulary
 
@@ -122,29 +149,68 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
-        talker_layers=2, talker_hidden=64, talker_intermediate=128, talker_heads=4, talker_kv_heads=2,
-        head_dim=16, mrope_section=(4, 2, 2), text_hidden=64, predictor_layers=2,
-        speaker_channels=(64, 64, 64, 64, 192), speaker_attention_channels=16, speaker_se_channels=16,
+        talker_layers=2,
+        talker_hidden=64,
+        talker_intermediate=128,
+        talker_heads=4,
+        talker_kv_heads=2,
+        head_dim=16,
+        mrope_section=(4, 2, 2),
+        text_hidden=64,
+        predictor_layers=2,
+        speaker_channels=(64, 64, 64, 64, 192),
+        speaker_attention_channels=16,
+        speaker_se_channels=16,
         speaker_res2net_scale=4,
-        decoder_hidden=32, decoder_intermediate=64, decoder_layers=1, decoder_heads=2, decoder_head_dim=16,
-        decoder_latent=64, decoder_codebook_dim=32, decoder_dim=64,
+        decoder_hidden=32,
+        decoder_intermediate=64,
+        decoder_layers=1,
+        decoder_heads=2,
+        decoder_head_dim=16,
+        decoder_latent=64,
+        decoder_codebook_dim=32,
+        decoder_dim=64,
         encoder={
-            "hidden_size": 64, "num_filters": 4, "num_hidden_layers": 1, "intermediate_size": 128,
-            "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32, "codebook_dim": 32,
-            "vector_quantization_hidden_dimension": 32, "upsample_groups": 64,
+            "hidden_size": 64,
+            "num_filters": 4,
+            "num_hidden_layers": 1,
+            "intermediate_size": 128,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+            "codebook_dim": 32,
+            "vector_quantization_hidden_dimension": 32,
+            "upsample_groups": 64,
         },
-        real_text_vocab=False, bpe_vocab=1024,
+        real_text_vocab=False,
+        bpe_vocab=1024,
     ),
     "0.6b-base": Preset(
         name="0.6b-base",
-        talker_layers=28, talker_hidden=1024, talker_intermediate=3072, talker_heads=16, talker_kv_heads=8,
-        head_dim=128, mrope_section=(24, 20, 20), text_hidden=2048, predictor_layers=5,
-        speaker_channels=(512, 512, 512, 512, 1536), speaker_attention_channels=128, speaker_se_channels=128,
+        talker_layers=28,
+        talker_hidden=1024,
+        talker_intermediate=3072,
+        talker_heads=16,
+        talker_kv_heads=8,
+        head_dim=128,
+        mrope_section=(24, 20, 20),
+        text_hidden=2048,
+        predictor_layers=5,
+        speaker_channels=(512, 512, 512, 512, 1536),
+        speaker_attention_channels=128,
+        speaker_se_channels=128,
         speaker_res2net_scale=8,
-        decoder_hidden=512, decoder_intermediate=1024, decoder_layers=8, decoder_heads=16, decoder_head_dim=64,
-        decoder_latent=1024, decoder_codebook_dim=512, decoder_dim=1536,
+        decoder_hidden=512,
+        decoder_intermediate=1024,
+        decoder_layers=8,
+        decoder_heads=16,
+        decoder_head_dim=64,
+        decoder_latent=1024,
+        decoder_codebook_dim=512,
+        decoder_dim=1536,
         encoder={},  # the real encoder is the default Mimi configuration
-        real_text_vocab=True, bpe_vocab=4096,
+        real_text_vocab=True,
+        bpe_vocab=4096,
     ),
 }
 
@@ -176,7 +242,12 @@ def _text_layout(preset: Preset, ordinary_tokens: int) -> tuple[int, int]:
 def model_config(preset: Preset, special_base: int, text_vocab_size: int) -> dict[str, Any]:
     """Top-level config.json, every key written out as in the released checkpoint."""
     special = {token: special_base + index for index, token in enumerate(SPECIAL_TOKENS)}
-    rope = {"interleaved": True, "mrope_section": list(preset.mrope_section), "rope_type": "default", "type": "default"}
+    rope = {
+        "interleaved": True,
+        "mrope_section": list(preset.mrope_section),
+        "rope_type": "default",
+        "type": "default",
+    }
     predictor = {
         "attention_bias": False,
         "attention_dropout": 0,
@@ -425,7 +496,9 @@ def build_text_tokenizer(preset: Preset, directory: Path) -> dict[str, int]:
     for filler in range(len(vocab), special_base):
         # Never produced: BPE only emits tokens reachable through merges.
         vocab[f"<|qtts_eval_filler_{filler}|>"] = filler
-    merges = [tuple(line.split(" ")) for line in merges_text.splitlines() if line and not line.startswith("#")]
+    merges = [
+        tuple(line.split(" ")) for line in merges_text.splitlines() if line and not line.startswith("#")
+    ]
     tokenizer.model = models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False)
     tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
 
@@ -443,7 +516,9 @@ def build_text_tokenizer(preset: Preset, directory: Path) -> dict[str, int]:
     fast.save_pretrained(str(directory))
     ids = {token: fast.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     if ids["<|endoftext|>"] != special_base:
-        raise CheckpointError(f"tokenizer build: special tokens start at {ids['<|endoftext|>']}, not {special_base}")
+        raise CheckpointError(
+            f"tokenizer build: special tokens start at {ids['<|endoftext|>']}, not {special_base}"
+        )
     for piece in ("assistant", "\n"):
         if len(fast.encode(piece, add_special_tokens=False)) != 1:
             raise CheckpointError(f"tokenizer build: {piece!r} is not a single token")
@@ -467,9 +542,7 @@ def _randomise(speech_tokenizer: Any, seed: int) -> None:
         for name, tensor in sorted(speech_tokenizer.state_dict().items()):
             if name.endswith("embedding_sum") or name.endswith("embed_sum"):
                 tensor.copy_(torch.randn(tensor.shape, generator=generator))
-            elif name.endswith("cluster_usage"):
-                tensor.fill_(1.0)
-            elif name.endswith("initialized"):
+            elif name.endswith("cluster_usage") or name.endswith("initialized"):
                 tensor.fill_(1.0)
         decoder = speech_tokenizer.decoder
         codes = torch.randint(0, 2048, (1, 16, 24), generator=generator)
@@ -524,7 +597,9 @@ def build_checkpoint(preset_name: str, seed: int, directory: Path) -> None:
 
     torch.manual_seed(seed)
     model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**copy.deepcopy(config))).eval()
-    speech_tokenizer = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**copy.deepcopy(tokenizer_config))).eval()
+    speech_tokenizer = Qwen3TTSTokenizerV2Model(
+        Qwen3TTSTokenizerV2Config(**copy.deepcopy(tokenizer_config))
+    ).eval()
     _randomise(speech_tokenizer, seed)
 
     _write_json(directory / "config.json", config)
@@ -644,7 +719,8 @@ def resolve(ref: str) -> ResolvedModel:
         path = _hub_snapshot(ref)
     else:
         raise CheckpointError(
-            f"model ref {ref!r} is neither a preset ({', '.join(PRESETS)}), an existing directory, nor a hub id"
+            f"model ref {ref!r} is neither a preset ({', '.join(PRESETS)}), an existing directory, "
+            "nor a hub id (owner/name)"
         )
     check_checkpoint_dir(path)
     marker = path / MARKER_FILE

@@ -56,7 +56,10 @@ def _gpu() -> dict[str, Any]:
     try:
         done = subprocess.run(
             ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
         driver = done.stdout.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):

@@ -15,6 +15,8 @@ class FixtureError(QttsEvalError):
 
 class AudioError(QttsEvalError):
     """An audio file cannot serve as a reference: unreadable, wrong rate or channels, bad length or values."""
+
+
 class CheckpointError(QttsEvalError):
     """A model ref that cannot be resolved, built or loaded."""
 

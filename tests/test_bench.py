@@ -49,8 +49,12 @@ def test_frame_budget_follows_text_length() -> None:
 
 
 def test_matrix_interleaves_pipelines_and_covers_everything() -> None:
-    config = BenchConfig(pipelines=("reference", "crash-on-chinese"), fixtures=("en_short", "zh_short"),
-                         voices=("slt", "rms"), repeats=2)
+    config = BenchConfig(
+        pipelines=("reference", "crash-on-chinese"),
+        fixtures=("en_short", "zh_short"),
+        voices=("slt", "rms"),
+        repeats=2,
+    )
     cells = build_matrix(config, load_fixtures())
     assert len(cells) == 2 * 2 * 2 * 2 * 2
     assert [cell.pipeline for cell in cells[:4]] == ["reference", "crash-on-chinese"] * 2
@@ -67,7 +71,9 @@ def test_matrix_interleaves_pipelines_and_covers_everything() -> None:
         ({"repeats": 0}, BenchError, "at least 1"),
     ],
 )
-def test_bad_matrix_fails_before_anything_runs(tmp_path: Path, change: dict, error: type, message: str) -> None:
+def test_bad_matrix_fails_before_anything_runs(
+    tmp_path: Path, change: dict, error: type, message: str
+) -> None:
     with pytest.raises(error, match=message):
         Bench.create(BenchConfig(**change), tmp_path)
     assert not any(tmp_path.iterdir()), "a refused run must leave no results directory behind"
@@ -76,25 +82,51 @@ def test_bad_matrix_fails_before_anything_runs(tmp_path: Path, change: dict, err
 @pytest.mark.parametrize("text", ["", "   \n\t "])
 def test_empty_text_is_refused(text: str) -> None:
     with pytest.raises(RequestError, match="empty or whitespace"):
-        Request(text=text, language="english", ref_audio=SILENCE, ref_text="x", mode=CloneMode.ICL,
-                max_frames=8, seed=0)
+        Request(
+            text=text,
+            language="english",
+            ref_audio=SILENCE,
+            ref_text="x",
+            mode=CloneMode.ICL,
+            max_frames=8,
+            seed=0,
+        )
 
 
 def test_huge_text_is_refused() -> None:
     with pytest.raises(RequestError, match="5000-character limit"):
-        Request(text="word " * 2000, language="english", ref_audio=SILENCE, ref_text="x",
-                mode=CloneMode.XVECTOR, max_frames=8, seed=0)
+        Request(
+            text="word " * 2000,
+            language="english",
+            ref_audio=SILENCE,
+            ref_text="x",
+            mode=CloneMode.XVECTOR,
+            max_frames=8,
+            seed=0,
+        )
 
 
 def test_icl_without_transcript_is_refused() -> None:
     with pytest.raises(RequestError, match="reference transcript"):
-        Request(text="Hello.", language="english", ref_audio=SILENCE, ref_text=" ", mode=CloneMode.ICL,
-                max_frames=8, seed=0)
+        Request(
+            text="Hello.",
+            language="english",
+            ref_audio=SILENCE,
+            ref_text=" ",
+            mode=CloneMode.ICL,
+            max_frames=8,
+            seed=0,
+        )
 
 
 def test_crashing_candidate_is_recorded_and_the_run_continues(tmp_path: Path) -> None:
-    config = BenchConfig(pipelines=("crash-on-chinese",), fixtures=("en_short", "zh_short", "ja_short"),
-                         modes=("xvector",), repeats=1, warmup=0)
+    config = BenchConfig(
+        pipelines=("crash-on-chinese",),
+        fixtures=("en_short", "zh_short", "ja_short"),
+        modes=("xvector",),
+        repeats=1,
+        warmup=0,
+    )
     frame = Bench.create(config, tmp_path, "run").run(progress=False)
     by_fixture = frame.set_index("fixture_id")
     assert by_fixture.loc["zh_short", "status"] == "error"
@@ -110,8 +142,9 @@ def test_resume_refuses_changed_fixtures(tmp_path: Path, monkeypatch: pytest.Mon
 
     from qtts_eval.fixtures import DEFAULT_FIXTURES_DIR, ENV_FIXTURES_DIR, write_manifest
 
-    config = BenchConfig(pipelines=("crash-on-chinese",), fixtures=("en_short",), modes=("xvector",),
-                         repeats=1, warmup=0)
+    config = BenchConfig(
+        pipelines=("crash-on-chinese",), fixtures=("en_short",), modes=("xvector",), repeats=1, warmup=0
+    )
     Bench.create(config, tmp_path / "results", "run").run(progress=False)
     changed = tmp_path / "fixtures"
     shutil.copytree(DEFAULT_FIXTURES_DIR, changed)

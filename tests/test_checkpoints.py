@@ -54,8 +54,11 @@ def test_official_loader_accepts_tiny(tiny_dir: Path) -> None:
     # The processor's prompt slicing needs these three to be single tokens.
     ids = model.processor(text="<|im_start|>assistant\nHello there.<|im_end|>\n")["input_ids"][0]
     tokenizer = model.processor.tokenizer
-    assert ids[:3] == [tokenizer.convert_tokens_to_ids("<|im_start|>"), model.model.config.assistant_token_id,
-                       tokenizer.encode("\n")[0]]
+    assert ids[:3] == [
+        tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        model.model.config.assistant_token_id,
+        tokenizer.encode("\n")[0],
+    ]
 
 
 def test_real_layout_tokenizer_keeps_real_special_ids(tmp_path: Path) -> None:
@@ -65,8 +68,13 @@ def test_real_layout_tokenizer_keeps_real_special_ids(tmp_path: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
     # Ids from the released config.json (im_start/end, tts pad/bos/eos).
-    expected = {"<|im_start|>": 151644, "<|im_end|>": 151645, "<tts_pad>": 151671,
-                "<tts_text_bos>": 151672, "<tts_text_eod>": 151673}
+    expected = {
+        "<|im_start|>": 151644,
+        "<|im_end|>": 151645,
+        "<tts_pad>": 151671,
+        "<tts_text_bos>": 151672,
+        "<tts_text_eod>": 151673,
+    }
     assert {token: tokenizer.convert_tokens_to_ids(token) for token in expected} == expected
 
 
@@ -80,8 +88,14 @@ def test_full_size_preset_has_real_shapes() -> None:
     preset = checkpoints.PRESETS["0.6b-base"]
     config = checkpoints.model_config(preset, 151643, 151936)
     talker = config["talker_config"]
-    assert (talker["num_hidden_layers"], talker["hidden_size"], talker["num_attention_heads"],
-            talker["num_key_value_heads"], talker["head_dim"], talker["intermediate_size"]) == (28, 1024, 16, 8, 128, 3072)
+    assert (
+        talker["num_hidden_layers"],
+        talker["hidden_size"],
+        talker["num_attention_heads"],
+        talker["num_key_value_heads"],
+        talker["head_dim"],
+        talker["intermediate_size"],
+    ) == (28, 1024, 16, 8, 128, 3072)
     assert talker["code_predictor_config"]["num_hidden_layers"] == 5
     assert talker["rope_scaling"]["mrope_section"] == [24, 20, 20] and talker["rope_theta"] == 1000000
     decoder = checkpoints.speech_tokenizer_config(preset)["decoder_config"]
@@ -92,7 +106,9 @@ def test_full_size_preset_has_real_shapes() -> None:
 
     with torch.device("meta"):
         model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**config))
-        codec = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**checkpoints.speech_tokenizer_config(preset)))
+        codec = Qwen3TTSTokenizerV2Model(
+            Qwen3TTSTokenizerV2Config(**checkpoints.speech_tokenizer_config(preset))
+        )
     model_state, codec_state = model.state_dict(), codec.state_dict()
     # The released files (HF revision 5d83992, sizes as listed in a public port's intake report,
     # kizuna-ai-lab/synthesize.cpp) hold 478 bf16 and 496 fp32 tensors in 1,829,344,272 and 682,293,092

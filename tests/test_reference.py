@@ -19,10 +19,20 @@ def slt() -> tuple[np.ndarray, str]:
     return audio, voice.ref_text
 
 
-def _request(slt: tuple[np.ndarray, str], mode: CloneMode, seed: int = 0, sampling: Sampling = Sampling()) -> Request:
+def _request(
+    slt: tuple[np.ndarray, str], mode: CloneMode, seed: int = 0, sampling: Sampling | None = None
+) -> Request:
     audio, ref_text = slt
-    return Request(text="The train to the coast leaves in ten minutes.", language="english", ref_audio=audio,
-                   ref_text=ref_text, mode=mode, max_frames=BUDGET, seed=seed, sampling=sampling)
+    return Request(
+        text="The train to the coast leaves in ten minutes.",
+        language="english",
+        ref_audio=audio,
+        ref_text=ref_text,
+        mode=mode,
+        max_frames=BUDGET,
+        seed=seed,
+        sampling=sampling or Sampling(),
+    )
 
 
 @pytest.mark.parametrize("mode", list(CloneMode))
@@ -48,7 +58,9 @@ def test_modes_condition_differently(tiny_reference, slt) -> None:
 
 def test_sampling_follows_the_seed(tiny_reference, slt) -> None:
     sampling = Sampling(do_sample=True)
-    same = [measure(tiny_reference, _request(slt, CloneMode.XVECTOR, 7, sampling), "cpu").audio for _ in range(2)]
+    same = [
+        measure(tiny_reference, _request(slt, CloneMode.XVECTOR, 7, sampling), "cpu").audio for _ in range(2)
+    ]
     other = measure(tiny_reference, _request(slt, CloneMode.XVECTOR, 8, sampling), "cpu").audio
     assert same[0].tobytes() == same[1].tobytes()
     assert same[0].tobytes() != other.tobytes()

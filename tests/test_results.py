@@ -18,9 +18,24 @@ from qtts_eval.results import SCHEMA_VERSION, Record, RunStore, load_run
 
 
 def _record(key: str) -> Record:
-    return Record(run_id="r", request_key=key, pipeline="p", fixture_id="f", language="english",
-                  category="short", voice_id="v", mode="icl", repeat=0, seed=0, sampling="greedy",
-                  text_chars=3, frame_budget=8, status="ok", wall_s=1.0, env={"gpu_name": None, "cpu": "x"})
+    return Record(
+        run_id="r",
+        request_key=key,
+        pipeline="p",
+        fixture_id="f",
+        language="english",
+        category="short",
+        voice_id="v",
+        mode="icl",
+        repeat=0,
+        seed=0,
+        sampling="greedy",
+        text_chars=3,
+        frame_budget=8,
+        status="ok",
+        wall_s=1.0,
+        env={"gpu_name": None, "cpu": "x"},
+    )
 
 
 def test_records_round_trip_with_env_columns(tmp_path: Path) -> None:
@@ -85,11 +100,29 @@ def test_corrupt_middle_line_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sigkill_loses_nothing_and_resume_completes(tmp_path: Path) -> None:
     """A real bench on the tiny checkpoint is killed with SIGKILL mid-run, then resumed."""
-    command = [sys.executable, "-m", "qtts_eval", "bench", "--results", str(tmp_path), "--run-id", "killed",
-               "--fixture", "en_short", "--fixture", "zh_short", "--fixture", "en_question", "--repeats", "2",
-               "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "qtts_eval",
+        "bench",
+        "--results",
+        str(tmp_path),
+        "--run-id",
+        "killed",
+        "--fixture",
+        "en_short",
+        "--fixture",
+        "zh_short",
+        "--fixture",
+        "en_question",
+        "--repeats",
+        "2",
+        "--no-progress",
+    ]
     records = tmp_path / "killed" / "records.jsonl"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy()
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         if records.exists() and records.read_text().count("\n") >= 3:
@@ -101,8 +134,11 @@ def test_sigkill_loses_nothing_and_resume_completes(tmp_path: Path) -> None:
     before = load_run(tmp_path / "killed")
     assert 3 <= len(before) < 12
 
-    subprocess.run([sys.executable, "-m", "qtts_eval", "bench", "--resume", str(tmp_path / "killed"),
-                    "--no-progress"], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "qtts_eval", "bench", "--resume", str(tmp_path / "killed"), "--no-progress"],
+        check=True,
+        capture_output=True,
+    )
     after = load_run(tmp_path / "killed")
     assert len(after) == 12  # 3 fixtures x 1 voice x 2 modes x 2 repeats
     assert after["request_key"].is_unique

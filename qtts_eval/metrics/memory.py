@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +43,8 @@ class MemoryProbe:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             return
-        try:
+        with contextlib.suppress(OSError):
             _CLEAR_REFS.write_text("5")
-        except OSError:
-            pass
 
     def stop(self) -> PeakMemory:
         if self.cuda:

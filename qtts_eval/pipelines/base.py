@@ -59,7 +59,7 @@ class Request:
     mode: CloneMode  # ICL or x-vector-only
     max_frames: int  # frame budget: generation stops here if EOS never comes
     seed: int  # seed applied right before generation
-    sampling: Sampling = Sampling()  # decoding settings
+    sampling: Sampling = field(default_factory=Sampling)  # decoding settings
 
     def __post_init__(self) -> None:
         if not self.text.strip():
@@ -139,5 +139,5 @@ class Pipeline(ABC):
             "attn_implementation": self.config.attn_implementation,
         }
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Release resources (processes, sockets, GPU memory)."""

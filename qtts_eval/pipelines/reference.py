@@ -67,7 +67,9 @@ class ReferencePipeline(Pipeline):
                 attn_implementation=self.config.attn_implementation,
             )
         except Exception as exc:
-            raise PipelineError(f"reference: the official loader rejected {self.resolved.path}: {exc}") from exc
+            raise PipelineError(
+                f"reference: the official loader rejected {self.resolved.path}: {exc}"
+            ) from exc
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -111,7 +113,9 @@ class ReferencePipeline(Pipeline):
             torch.cuda.synchronize()
         t_ns = time.monotonic_ns()
         if sample_rate != SAMPLE_RATE_HZ:
-            raise PipelineError(f"reference: model returned {sample_rate} Hz audio, expected {SAMPLE_RATE_HZ}")
+            raise PipelineError(
+                f"reference: model returned {sample_rate} Hz audio, expected {SAMPLE_RATE_HZ}"
+            )
         audio = np.asarray(wavs[0], dtype=np.float32)
         yield AudioChunk(audio, t_ns)
         # In ICL mode the package cuts the reference's share off the decode proportionally, so the
