@@ -1,0 +1,42 @@
+"""CUDA paths of the reference pipeline; run on a GPU machine with `pytest -m gpu`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qtts_eval.bench import measure
+from qtts_eval.fixtures import load_fixtures, read_reference_audio
+from qtts_eval.pipelines.base import CloneMode, PipelineConfig, Request
+from qtts_eval.pipelines.reference import ReferencePipeline
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def cuda_reference() -> ReferencePipeline:
+    if not torch.cuda.is_available():
+        pytest.fail("marked gpu but no CUDA device is visible; deselect with -m 'not gpu' on CPU machines")
+    pipeline = ReferencePipeline(PipelineConfig(model="tiny", device="cuda:0", dtype="bfloat16"))
+    pipeline.load()
+    return pipeline
+
+
+def test_cuda_greedy_runs_agree_and_report_cuda_memory(cuda_reference: ReferencePipeline) -> None:
+    voice = load_fixtures().voice("slt")
+    audio, _ = read_reference_audio(voice.ref_wav)
+    request = Request(
+        text="Hello from the GPU.",
+        language="english",
+        ref_audio=audio,
+        ref_text=voice.ref_text,
+        mode=CloneMode.ICL,
+        max_frames=16,
+        seed=0,
+    )
+    first = measure(cuda_reference, request, "cuda:0")
+    second = measure(cuda_reference, request, "cuda:0")
+    assert first.frames_generated == second.frames_generated > 0
+    assert first.audio.tobytes() == second.audio.tobytes()
+    assert first.peak_mem_kind == "cuda_allocated" and first.peak_mem_bytes > 0
+    assert first.peak_reserved_bytes is not None and first.peak_reserved_bytes >= first.peak_mem_bytes
