@@ -79,44 +79,29 @@ def test_bad_matrix_fails_before_anything_runs(
     assert not any(tmp_path.iterdir()), "a refused run must leave no results directory behind"
 
 
-@pytest.mark.parametrize("text", ["", "   \n\t "])
-def test_empty_text_is_refused(text: str) -> None:
-    with pytest.raises(RequestError, match="empty or whitespace"):
-        Request(
-            text=text,
-            language="english",
-            ref_audio=SILENCE,
-            ref_text="x",
-            mode=CloneMode.ICL,
-            max_frames=8,
-            seed=0,
-        )
-
-
-def test_huge_text_is_refused() -> None:
-    with pytest.raises(RequestError, match="5000-character limit"):
-        Request(
-            text="word " * 2000,
-            language="english",
-            ref_audio=SILENCE,
-            ref_text="x",
-            mode=CloneMode.XVECTOR,
-            max_frames=8,
-            seed=0,
-        )
-
-
-def test_icl_without_transcript_is_refused() -> None:
-    with pytest.raises(RequestError, match="reference transcript"):
-        Request(
-            text="Hello.",
-            language="english",
-            ref_audio=SILENCE,
-            ref_text=" ",
-            mode=CloneMode.ICL,
-            max_frames=8,
-            seed=0,
-        )
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"text": ""}, "empty or whitespace"),
+        ({"text": "   \n\t "}, "empty or whitespace"),
+        ({"text": "word " * 2000}, "5000-character limit"),
+        ({"ref_text": " "}, "needs the reference transcript"),
+        ({"ref_audio": np.zeros((1920, 2), np.float32)}, "1-D float32 mono"),
+        ({"max_frames": 0}, "at least 1 frame"),
+    ],
+)
+def test_bad_request_is_refused(change: dict[str, object], message: str) -> None:
+    fields: dict[str, object] = {
+        "text": "Hello.",
+        "language": "english",
+        "ref_audio": SILENCE,
+        "ref_text": "Hi there.",
+        "mode": CloneMode.ICL,
+        "max_frames": 8,
+        "seed": 0,
+    }
+    with pytest.raises(RequestError, match=message):
+        Request(**{**fields, **change})  # type: ignore[arg-type]
 
 
 def test_crashing_candidate_is_recorded_and_the_run_continues(tmp_path: Path) -> None:
