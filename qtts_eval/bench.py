@@ -24,16 +24,20 @@ from tqdm import tqdm
 from qtts_eval import environment, pipelines
 from qtts_eval.errors import BenchError
 from qtts_eval.fixtures import FixtureSet, TextFixture, Voice, load_fixtures, read_reference_audio
-from qtts_eval.metrics.memory import MemoryProbe
+from qtts_eval.metrics.latency import ChunkTiming, latency_columns
+from qtts_eval.metrics.memory import MemoryProbe, PeakMemory
+from qtts_eval.metrics.stats import percentile_ci
 from qtts_eval.pipelines.base import (
     FRAME_RATE_HZ,
     SAMPLE_RATE_HZ,
     AudioChunk,
     CloneMode,
+    Mark,
     Pipeline,
     PipelineConfig,
     Request,
     Sampling,
+    Stage,
     StreamEnd,
     UnsupportedRequest,
 )
@@ -83,7 +87,8 @@ class BenchConfig:
     warmup: int = 1  # unrecorded requests per pipeline before the matrix (first-call costs)
     seed: int = 0  # request seed = seed + repeat
     sampling: Sampling = field(default_factory=Sampling)  # decoding settings for every request
-    options: dict[str, Any] = field(default_factory=dict)  # PipelineConfig.options for every pipeline
+    # PipelineConfig.options: "key" goes to every pipeline, "name.key" only to pipeline "name".
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,6 +100,14 @@ class BenchConfig:
         for key in ("pipelines", "fixtures", "voices", "modes"):
             data[key] = tuple(data[key])
         return cls(**data)
+
+
+def options_for(pipeline: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options one pipeline gets: unscoped keys, then its own "pipeline.key" entries."""
+    mine = {key: value for key, value in options.items() if "." not in key}
+    prefix = f"{pipeline}."
+    mine.update({key[len(prefix) :]: value for key, value in options.items() if key.startswith(prefix)})
+    return mine
 
 
 @dataclass(frozen=True)
@@ -142,39 +155,41 @@ def build_matrix(config: BenchConfig, fixtures: FixtureSet) -> list[Cell]:
 class Measurement:
     """What the harness observed for one request."""
 
-    audio: np.ndarray
-    frames_generated: int
-    wall_s: float
-    peak_mem_bytes: int
-    peak_mem_kind: str
-    peak_reserved_bytes: int | None
+    audio: np.ndarray  # all chunks, concatenated
+    end: StreamEnd  # the pipeline's closing event
+    chunks: list[ChunkTiming]  # arrival time and length of every chunk
+    marks: dict[Stage, float]  # stage times, seconds after t0
+    wall_s: float  # t0 -> last chunk
+    memory: PeakMemory
 
 
 def measure(pipeline: Pipeline, request: Request, device: str) -> Measurement:
-    """Run one request; wall time runs from hand-off to the last chunk's arrival at the harness."""
+    """Run one request; t0 is the hand-off, every time is taken when the event reaches the harness."""
     probe = MemoryProbe(device)
     probe.start()
-    chunks: list[np.ndarray] = []
+    audio: list[np.ndarray] = []
+    chunks: list[ChunkTiming] = []
+    marks: dict[Stage, float] = {}
     end: StreamEnd | None = None
     t0 = time.monotonic_ns()
-    t_last = t0
     for event in pipeline.stream(request):
         if isinstance(event, AudioChunk):
-            chunks.append(event.samples)
-            t_last = event.t_ns
-        elif isinstance(event, StreamEnd):
+            audio.append(event.samples)
+            chunks.append(ChunkTiming((event.t_ns - t0) / 1e9, int(event.samples.shape[0])))
+        elif isinstance(event, Mark):
+            marks[event.stage] = (event.t_ns - t0) / 1e9
+        else:
             end = event
     memory = probe.stop()
     if end is None:
         raise BenchError("the pipeline's stream ended without a StreamEnd event")
-    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return Measurement(
-        audio=audio,
-        frames_generated=end.frames_generated,
-        wall_s=(t_last - t0) / 1e9,
-        peak_mem_bytes=memory.peak_bytes,
-        peak_mem_kind=memory.kind,
-        peak_reserved_bytes=memory.reserved_bytes,
+        audio=np.concatenate(audio) if audio else np.zeros(0, np.float32),
+        end=end,
+        chunks=chunks,
+        marks=marks,
+        wall_s=chunks[-1].t_s if chunks else 0.0,
+        memory=memory,
     )
 
 
@@ -238,7 +253,15 @@ class Bench:
                 pipeline.close()
         self.store.write_parquet()
         frame = self.frame()
-        self.store.write_summary({"run_id": self.run_id, "rows": summarise(frame).to_dict(orient="records")})
+        self.store.write_summary(
+            {
+                "run_id": self.run_id,
+                "rows": summarise(frame).to_dict(orient="records"),
+                "latency": latency_table(frame).to_dict(orient="records"),
+                "memory_drift": memory_drift(frame).to_dict(orient="records"),
+                "warmup": self.store.warmups(),
+            }
+        )
         return frame
 
     def frame(self) -> pd.DataFrame:
@@ -252,15 +275,29 @@ class Bench:
             device=self.config.device,
             dtype=self.config.dtype,
             attn_implementation=self.config.attn_implementation,
-            options=dict(self.config.options),
+            options=options_for(name, self.config.options),
         )
         pipeline = pipelines.create(name, config)
+        started = time.monotonic_ns()
         pipeline.load()
+        load_s = (time.monotonic_ns() - started) / 1e9
         first = self.cells[0]
         for index in range(self.config.warmup):
             request = self._request(pipeline, Cell(name, first.text, first.voice, first.mode, 0))
-            for _ in pipeline.stream(dataclasses.replace(request, seed=request.seed + 10_000 + index)):
-                pass
+            # First calls pay one-off costs (lazy init, compilation, graph capture): kept apart from records.
+            result = measure(
+                pipeline, dataclasses.replace(request, seed=request.seed + 10_000 + index), self.config.device
+            )
+            self.store.append_warmup(
+                {
+                    "pipeline": name,
+                    "index": index,
+                    "load_s": load_s if index == 0 else None,
+                    "wall_s": result.wall_s,
+                    "first_byte_s": result.chunks[0].t_s if result.chunks else None,
+                    "audio_seconds": result.audio.shape[0] / SAMPLE_RATE_HZ,
+                }
+            )
         return pipeline
 
     def _reference(self, voice: Voice) -> np.ndarray:
@@ -314,22 +351,69 @@ class Bench:
         except Exception as exc:  # a failing candidate must not end the run; the error is recorded
             return dataclasses.replace(base, status="error", error=f"{type(exc).__name__}: {exc}")
         audio_seconds = result.audio.shape[0] / SAMPLE_RATE_HZ
+        frames = result.end.frames_generated
         return dataclasses.replace(
             base,
-            frames_generated=result.frames_generated,
+            frames_generated=frames,
             # A budget-capped generation yields budget - 1 frames (the last step's frame is never emitted).
-            budget_hit=result.frames_generated >= request.max_frames - 1,
+            budget_hit=frames >= request.max_frames - 1,
             audio_seconds=audio_seconds,
             wall_s=result.wall_s,
             rtf=result.wall_s / audio_seconds if audio_seconds > 0 else None,
-            peak_mem_bytes=result.peak_mem_bytes,
-            peak_mem_kind=result.peak_mem_kind,
-            peak_reserved_bytes=result.peak_reserved_bytes,
+            peak_mem_bytes=result.memory.peak_bytes,
+            peak_mem_kind=result.memory.kind,
+            peak_reserved_bytes=result.memory.reserved_bytes,
+            mem_after_bytes=result.memory.after_bytes,
+            info=dict(result.end.info),
+            **latency_columns(result.chunks, result.marks, result.audio),  # type: ignore[arg-type]
         )
 
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+LATENCY_METRICS = ("first_byte_s", "first_playable_s", "audible_onset_s", "rtf", "gap_p95_s")
+PERCENTILES = (50.0, 95.0, 99.0)
+
+
+def latency_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per pipeline and metric: p50/p95/p99 over ok requests, each with a bootstrap 95 % interval."""
+    ok = frame[frame["status"] == "ok"]
+    rows = []
+    for pipeline, group in ok.groupby("pipeline"):
+        for metric in LATENCY_METRICS:
+            if metric not in group or group[metric].isna().all():
+                continue
+            row: dict[str, Any] = {"pipeline": pipeline, "metric": metric}
+            for q in PERCENTILES:
+                p = percentile_ci(group[metric].dropna().tolist(), q)
+                row[f"p{q:g}"], row[f"p{q:g}_low"], row[f"p{q:g}_high"], row["n"] = (
+                    p.value,
+                    p.low,
+                    p.high,
+                    p.n,
+                )
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def memory_drift(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per pipeline: memory held after each request, first vs last and the fitted slope per request."""
+    rows = []
+    for pipeline, group in frame[frame["mem_after_bytes"].notna()].groupby("pipeline"):
+        after = group["mem_after_bytes"].to_numpy(dtype=np.float64)
+        slope = float(np.polyfit(np.arange(after.size), after, 1)[0]) if after.size > 1 else 0.0
+        rows.append(
+            {
+                "pipeline": pipeline,
+                "requests": int(after.size),
+                "first_mb": after[0] / 2**20,
+                "last_mb": after[-1] / 2**20,
+                "slope_mb_per_request": slope / 2**20,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def summarise(frame: pd.DataFrame, by: Sequence[str] = ("pipeline", "fixture_id")) -> pd.DataFrame:

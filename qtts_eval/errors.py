@@ -35,3 +35,31 @@ class BenchError(QttsEvalError):
 
 class RequestError(QttsEvalError):
     """A synthesis request that no pipeline should be given (empty text, bad reference audio, ...)."""
+
+
+class ProtocolError(QttsEvalError):
+    """A candidate broke the wire protocol (docs/protocol.md): bad frames or audio, a crash, a close."""
+
+
+class CandidateTimeout(ProtocolError):
+    """A candidate sent nothing within the allowed time (hung, or far slower than its timeout)."""
+
+
+class RemoteError(QttsEvalError):
+    """A candidate answered with a protocol `error` message; `code` is its error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class ParityError(QttsEvalError):
+    """Parity dumps that cannot be captured, read or compared (bad file, mismatched settings, nondeterminism)."""
+
+
+class MetricError(QttsEvalError):
+    """Audio a metric cannot be computed on (empty, non-finite, mismatched), or an embedder that cannot load."""
+
+
+class NoSpeechError(MetricError):
+    """A speaker embedder found no speech to embed in the audio it was given."""

@@ -16,6 +16,7 @@ resumed run skips every request key already recorded.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
 PARQUET_FILE = "records.parquet"
 SUMMARY_FILE = "summary.json"
+WARMUP_FILE = "warmup.jsonl"  # unrecorded warm-up requests: load and first-call times, kept apart
 
 # Older schema versions are upgraded one step at a time: _MIGRATIONS[n] turns a version-n record into
 # version n+1. Empty while only version 1 exists.
@@ -64,6 +66,23 @@ class Record:
     peak_mem_bytes: int | None = None  # torch peak allocated (CUDA) or peak process RSS (CPU)
     peak_mem_kind: str | None = None  # "cuda_allocated" or "process_rss"
     peak_reserved_bytes: int | None = None  # torch peak reserved (CUDA only)
+    mem_after_bytes: int | None = None  # memory still held after the request (drift across requests)
+    first_byte_s: float | None = None  # t0 -> first audio sample at the harness
+    first_playable_s: float | None = None  # t0 -> one full packet (320 ms) of audio at the harness
+    audible_onset_s: float | None = None  # t0 -> arrival of the first 10 ms window above -45 dBFS
+    prompt_s: float | None = None  # t0 -> speaker embedding and reference codes ready
+    prefill_s: float | None = None  # prompt ready -> talker prefill done
+    first_frame_s: float | None = None  # prefill done -> first 16-code frame complete
+    first_packet_decode_s: float | None = None  # first packet's codes complete -> its audio at the harness
+    chunks: int | None = None  # audio chunks received
+    gap_p50_s: float | None = None  # median gap between consecutive chunk arrivals
+    gap_p95_s: float | None = None  # 95th percentile of those gaps
+    gap_max_s: float | None = None  # longest gap
+    underruns: int | None = None  # stalls of a player that starts at first byte
+    underrun_s: float | None = None  # total stalled time of that player
+    chunk_t_s: list[float] | None = None  # arrival time of every chunk, seconds after t0
+    chunk_samples: list[int] | None = None  # samples in every chunk
+    info: dict[str, Any] = field(default_factory=dict)  # pipeline-reported facts (StreamEnd.info)
     started_at: str = ""  # UTC ISO-8601 time the request started
     env: dict[str, Any] = field(default_factory=dict)  # environment fingerprint (qtts_eval.environment)
     schema_version: int = SCHEMA_VERSION  # version of this record layout
@@ -132,6 +151,16 @@ class RunStore:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def append_warmup(self, entry: dict[str, Any]) -> None:
+        with (self.directory / WARMUP_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"schema_version": SCHEMA_VERSION, **entry}) + "\n")
+
+    def warmups(self) -> list[dict[str, Any]]:
+        path = self.directory / WARMUP_FILE
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
     def iter_records(self) -> Iterator[dict[str, Any]]:
         if not self.records_path.exists():
             return
@@ -160,18 +189,31 @@ class RunStore:
         return path
 
 
+def _jsonable(obj: Any) -> Any:
+    """NaN and infinities (pandas' "missing") become null: JSON has no spelling for them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _jsonable(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(value) for value in obj]
+    return obj
+
+
 def _atomic_write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Flatten records into one row each; environment keys become env_<name> columns."""
+    """Flatten records into one row each; env and info keys become env_<name> and info_<name> columns."""
     rows = []
     for record in records:
-        row = {key: value for key, value in record.items() if key != "env"}
+        row = {key: value for key, value in record.items() if key not in ("env", "info")}
         row.update({f"env_{key}": value for key, value in record.get("env", {}).items()})
+        row.update({f"info_{key}": value for key, value in record.get("info", {}).items()})
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -140,3 +140,11 @@ def test_resume_refuses_changed_fixtures(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv(ENV_FIXTURES_DIR, str(changed))
     with pytest.raises(BenchError, match="start a new run"):
         Bench.resume(tmp_path / "results" / "run")
+
+
+def test_scoped_options_reach_only_their_pipeline() -> None:
+    from qtts_eval.bench import options_for
+
+    options = {"timeout_s": 5, "reference.streaming": True, "websocket.url": "ws://127.0.0.1:1/api/v1/speak"}
+    assert options_for("reference", options) == {"timeout_s": 5, "streaming": True}
+    assert options_for("websocket", options) == {"timeout_s": 5, "url": "ws://127.0.0.1:1/api/v1/speak"}

@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qtts_eval.cli import bench, checkpoint, fixtures
+from qtts_eval.cli import bench, check_worker, checkpoint, fixtures, load, parity, serve, worker
 from qtts_eval.errors import QttsEvalError
 
-SUBCOMMANDS = (bench, checkpoint, fixtures)
+SUBCOMMANDS = (bench, check_worker, checkpoint, fixtures, load, parity, serve, worker)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

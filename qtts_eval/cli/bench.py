@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from qtts_eval.bench import Bench, BenchConfig, summarise
+from qtts_eval.bench import Bench, BenchConfig, latency_table, memory_drift, summarise
+from qtts_eval.errors import BenchError
+from qtts_eval.metrics.stats import Percentile, format_percentile
 from qtts_eval.pipelines.base import CloneMode, Sampling
 
 _DEFAULTS = BenchConfig()
@@ -43,6 +46,18 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help="reference prompt layout with the whole text up front",
     )
+    parser.add_argument("--stream", action="store_true", help="stream the reference in packets (latency)")
+    parser.add_argument("--packet-frames", type=int, help="with --stream: frames per packet (default 4)")
+    parser.add_argument("--left-context", help="with --stream: decoder left context in frames, or 'exact'")
+    parser.add_argument(
+        "--option",
+        dest="extra_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pipeline option (repeatable): KEY for every pipeline, PIPELINE.KEY for one; VALUE is parsed "
+        "as JSON when it can be, else kept as text",
+    )
     parser.add_argument("--results", type=Path, default=Path("results"), help="results root directory")
     parser.add_argument("--run-id", help="name of the run directory (default: UTC timestamp)")
     parser.add_argument(
@@ -72,8 +87,42 @@ def _config(args: argparse.Namespace) -> BenchConfig:
             top_p=args.top_p,
             repetition_penalty=args.repetition_penalty,
         ),
-        options={"non_streaming_mode": True} if args.non_streaming_mode else {},
+        options=_options(args),
     )
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    # The reference-only flags are scoped to it, so other pipelines in the same run do not see them.
+    options: dict[str, Any] = {}
+    if args.non_streaming_mode:
+        options["reference.non_streaming_mode"] = True
+    if args.stream:
+        options["reference.streaming"] = True
+    if args.packet_frames is not None:
+        options["reference.packet_frames"] = args.packet_frames
+    if args.left_context is not None:
+        options["reference.left_context"] = args.left_context
+    for item in args.extra_options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BenchError(f"--option takes KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _latency_text(table: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for row in table.to_dict(orient="records"):
+        scale, digits = (1.0, 3) if row["metric"] == "rtf" else (1000.0, 1)
+        cells = {"pipeline": row["pipeline"], "metric": row["metric"], "n": row["n"]}
+        for q in ("50", "95", "99"):
+            p = Percentile(float(q), row[f"p{q}"], row[f"p{q}_low"], row[f"p{q}_high"], row["n"])
+            cells[f"p{q}"] = format_percentile(p, scale, digits)
+        rows.append(cells)
+    return pd.DataFrame(rows)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,11 +131,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         bench = Bench.create(_config(args), args.results, args.run_id)
     frame = bench.run(progress=not args.no_progress)
-    table = summarise(frame)
     with pd.option_context(
         "display.width", 160, "display.max_columns", 20, "display.float_format", "{:.3f}".format
     ):
-        print(table.to_string(index=False))
+        print(summarise(frame).to_string(index=False))
+        if len(frame) and frame["chunks"].max() > 1:
+            print("\nlatency, ms (RTF as a ratio): p50 / p95 / p99 with bootstrap 95 % intervals")
+            print(_latency_text(latency_table(frame)).to_string(index=False))
+        drift = memory_drift(frame)
+        if len(drift):
+            print("\nmemory held after each request (drift over sequential generations)")
+            print(drift.to_string(index=False))
+        warmups = pd.DataFrame(bench.store.warmups())
+        if len(warmups):
+            print("\nwarm-up (not in the records): load and first-call times, s")
+            print(warmups.drop(columns=["schema_version"]).to_string(index=False))
     env = frame.iloc[0] if len(frame) else None
     if env is not None and bool(env.get("env_synthetic")):
         print(

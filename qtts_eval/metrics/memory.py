@@ -16,12 +16,13 @@ class PeakMemory:
     peak_bytes: int  # the peak for the request, of the kind below
     kind: str  # "cuda_allocated" or "process_rss"
     reserved_bytes: int | None  # CUDA only: torch peak reserved by the caching allocator
+    after_bytes: int  # still held when the request ended: torch allocated (CUDA) or current RSS (CPU)
 
 
-def _vm_hwm_bytes() -> int | None:
+def _status_bytes(field: str) -> int | None:
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024  # reported in kB
     except OSError:
         pass
@@ -52,9 +53,12 @@ class MemoryProbe:
 
             torch.cuda.synchronize()
             return PeakMemory(
-                torch.cuda.max_memory_allocated(), "cuda_allocated", torch.cuda.max_memory_reserved()
+                torch.cuda.max_memory_allocated(),
+                "cuda_allocated",
+                torch.cuda.max_memory_reserved(),
+                torch.cuda.memory_allocated(),
             )
-        peak = _vm_hwm_bytes()
+        peak = _status_bytes("VmHWM")
         if peak is None:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return PeakMemory(peak, "process_rss", None)
+        return PeakMemory(peak, "process_rss", None, _status_bytes("VmRSS") or peak)

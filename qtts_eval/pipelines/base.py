@@ -94,9 +94,27 @@ class StreamEnd:
 
     frames_generated: int  # codec frames produced
     codes: np.ndarray | None = field(default=None, repr=False)  # [frames, 16] int codes, if observable
+    info: dict[str, Any] = field(default_factory=dict)  # extra per-request facts, recorded as-is
 
 
-Event = AudioChunk | StreamEnd
+class Stage(str, enum.Enum):
+    """Points inside a request that a pipeline can observe; they split first-byte latency."""
+
+    PROMPT_READY = "prompt_ready"  # speaker embedding and reference codes computed
+    PREFILL_DONE = "prefill_done"  # the talker has processed the whole prompt
+    FIRST_FRAME = "first_frame"  # all 16 codes of the first frame exist
+    FIRST_PACKET_CODES = "first_packet_codes"  # the first packet's frames exist; its decode starts
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A stage reached inside the pipeline, timed like AudioChunk (after device work has finished)."""
+
+    stage: Stage
+    t_ns: int  # time.monotonic_ns()
+
+
+Event = AudioChunk | Mark | StreamEnd
 
 
 @dataclass(frozen=True)

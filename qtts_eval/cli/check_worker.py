@@ -1,0 +1,43 @@
+"""`qtts-eval check-worker CMD|URL`: the protocol conformance kit; prints a pass/fail table per rule."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from qtts_eval.client import Timeouts
+from qtts_eval.conformance import CheckOptions, check_target, format_table
+from qtts_eval.pipelines.base import CloneMode
+
+_DEFAULTS = CheckOptions()
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "check-worker", help="check a worker command or ws:// URL against docs/protocol.md"
+    )
+    parser.add_argument(
+        "target", help="worker command line (one quoted string) or ws://host:port/api/v1/speak"
+    )
+    parser.add_argument("--frames", type=int, default=_DEFAULTS.frames, help="frame budget per utterance")
+    parser.add_argument("--mode", default=_DEFAULTS.mode.value, choices=[m.value for m in CloneMode])
+    parser.add_argument("--voice", default=_DEFAULTS.voice, help="fixture voice to upload")
+    parser.add_argument(
+        "--start-timeout", type=float, default=_DEFAULTS.timeouts.start_s, help="seconds to wait for hello"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=_DEFAULTS.timeouts.message_s, help="seconds to wait for any message"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = CheckOptions(
+        frames=args.frames,
+        mode=CloneMode(args.mode),
+        voice=args.voice,
+        timeouts=Timeouts(start_s=args.start_timeout, message_s=args.timeout),
+    )
+    results = check_target(args.target, options)
+    print(format_table(results))
+    return 0 if all(result.passed for result in results) else 1

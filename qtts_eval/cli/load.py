@@ -1,0 +1,100 @@
+"""`qtts-eval load URL|CMD`: closed-loop concurrency sweep and open-loop Poisson arrivals; percentiles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from qtts_eval.client import Timeouts
+from qtts_eval.load import LevelResult, LoadOptions, LoadRunner, first_error, summarise
+from qtts_eval.pipelines.base import CloneMode
+
+_DEFAULTS = LoadOptions()
+_COLUMNS = (
+    ("kind", "{}"),
+    ("level", "{:g}"),
+    ("requests", "{}"),
+    ("errors", "{}"),
+    ("first_ms_p50", "{:.0f}"),
+    ("first_ms_p95", "{:.0f}"),
+    ("first_ms_p99", "{:.0f}"),
+    ("rtf_p50", "{:.3f}"),
+    ("rtf_p95", "{:.3f}"),
+    ("rtf_p99", "{:.3f}"),
+    ("audio_s_per_s", "{:.3f}"),
+    ("underruns", "{}"),
+)
+
+
+def _numbers(kind: type) -> Any:
+    def parse(text: str) -> tuple[Any, ...]:
+        return tuple(kind(part) for part in text.split(",") if part)
+
+    return parse
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("load", help="load-test a worker command or loopback ws:// URL")
+    parser.add_argument("target", help="worker command line (one quoted string) or ws://127.0.0.1:PORT/...")
+    parser.add_argument(
+        "--concurrency",
+        type=_numbers(int),
+        default=_DEFAULTS.concurrency,
+        help="closed-loop session counts, comma-separated (default 1,3,6,10; empty string for none)",
+    )
+    parser.add_argument(
+        "--rates",
+        type=_numbers(float),
+        default=(),
+        help="open-loop arrivals per second, comma-separated",
+    )
+    parser.add_argument("--requests-per-session", type=int, default=_DEFAULTS.requests_per_session)
+    parser.add_argument(
+        "--open-requests", type=int, default=_DEFAULTS.open_requests, help="arrivals per rate"
+    )
+    parser.add_argument("--max-sessions", type=int, default=_DEFAULTS.max_sessions, help="open-loop bound")
+    parser.add_argument(
+        "--max-level-s", type=float, default=_DEFAULTS.max_level_s, help="time bound per level"
+    )
+    parser.add_argument("--frames", type=int, default=_DEFAULTS.frames, help="frame budget per request")
+    parser.add_argument("--mode", default=_DEFAULTS.mode.value, choices=[m.value for m in CloneMode])
+    parser.add_argument("--voice", default=_DEFAULTS.voice)
+    parser.add_argument("--timeout", type=float, default=Timeouts.message_s, help="seconds per message")
+    parser.add_argument("--json", type=Path, help="also write the per-level rows here")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = LoadOptions(
+        concurrency=args.concurrency,
+        rates_hz=args.rates,
+        requests_per_session=args.requests_per_session,
+        open_requests=args.open_requests,
+        max_sessions=args.max_sessions,
+        max_level_s=args.max_level_s,
+        frames=args.frames,
+        mode=CloneMode(args.mode),
+        voice=args.voice,
+        timeouts=Timeouts(message_s=args.timeout),
+    )
+    print("  ".join(name for name, _ in _COLUMNS), flush=True)
+    rows: list[dict[str, Any]] = []
+
+    def show(result: LevelResult) -> None:
+        row = summarise(result)
+        rows.append(row)
+        print("  ".join(fmt.format(row[name]) for name, fmt in _COLUMNS), flush=True)
+        error = first_error(result)
+        if error:
+            print(f"    first error: {error}", flush=True)
+
+    LoadRunner(args.target, options).run(show)
+    print(
+        "first_ms: speak sent (closed) or arrival (open) -> first audio decoded at the harness; "
+        "rtf: (last audio - t0) / audio seconds; audio_s_per_s: audio delivered per wall second"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 1 if any(row["errors"] for row in rows) else 0

@@ -1,0 +1,375 @@
+"""The harness side of the wire protocol: channels to a candidate, and a session that checks what it sends.
+
+Every fault a candidate can commit on the wire (malformed frames, wrong sample counts, NaN audio, a crash,
+a hang, an early close) surfaces here as a ProtocolError or CandidateTimeout whose message names the fault.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import queue
+import shlex
+import subprocess
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qtts_eval import protocol
+from qtts_eval.errors import CandidateTimeout, PipelineError, ProtocolError, RemoteError
+from qtts_eval.pipelines.base import (
+    SAMPLE_RATE_HZ,
+    SAMPLES_PER_FRAME,
+    AudioChunk,
+    Event,
+    Mark,
+    Request,
+    Stage,
+    StreamEnd,
+    UnsupportedRequest,
+)
+from qtts_eval.protocol import Encoding, ErrorCode
+
+STDERR_TAIL_LINES = 20  # worker stderr lines quoted when it dies
+EXIT_GRACE_S = 2.0  # a worker asked to stop gets this long before it is terminated
+CODEBOOKS = 16  # codes per frame
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long the harness waits for a candidate."""
+
+    start_s: float = 600.0  # process start or connection open, up to its hello (model loading included)
+    message_s: float = 120.0  # any later message, including the first audio of an utterance
+
+
+class Channel(ABC):
+    """A connection to a candidate that carries protocol messages."""
+
+    pid: int | None = None  # the candidate's process id, if known (NVML memory lookup)
+
+    @abstractmethod
+    def send_text(self, text: str) -> None: ...
+
+    @abstractmethod
+    def receive(self, timeout_s: float) -> str | bytes:
+        """The next message; raises CandidateTimeout, or ProtocolError if the candidate went away."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.send_text(protocol.dumps(message))
+
+
+class WebSocketChannel(Channel):
+    def __init__(self, url: str, open_timeout_s: float) -> None:
+        from websockets.exceptions import InvalidHandshake, InvalidURI
+        from websockets.sync.client import connect
+
+        self.url = url
+        # Entered as a context manager: the form every websockets version >= 13 supports without warnings.
+        self._stack = contextlib.ExitStack()
+        try:
+            self.connection = self._stack.enter_context(
+                connect(url, open_timeout=open_timeout_s, max_size=protocol.MAX_FRAME_BYTES)
+            )
+        except TimeoutError as exc:
+            raise CandidateTimeout(f"{url}: no WebSocket handshake within {open_timeout_s:g} s") from exc
+        except (OSError, InvalidHandshake, InvalidURI) as exc:
+            raise PipelineError(f"cannot connect to {url}: {exc}") from exc
+
+    def send_text(self, text: str) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            self.connection.send(text)
+        except ConnectionClosed as exc:
+            raise ProtocolError(f"{self.url}: the server closed the connection ({exc})") from exc
+
+    def receive(self, timeout_s: float) -> str | bytes:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            message: str | bytes = self.connection.recv(timeout=timeout_s)
+        except TimeoutError as exc:
+            raise CandidateTimeout(f"{self.url}: nothing received within {timeout_s:g} s") from exc
+        except ConnectionClosed as exc:
+            raise ProtocolError(f"{self.url}: the server closed the connection mid-stream ({exc})") from exc
+        return message
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+class WorkerChannel(Channel):
+    """A subprocess speaking length-prefixed frames on stdin/stdout; its stderr is kept for diagnostics."""
+
+    def __init__(self, command: str | Sequence[str]) -> None:
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        if not argv:
+            raise PipelineError("worker: the command line is empty")
+        self.argv = argv
+        try:
+            self.process = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        except OSError as exc:
+            raise PipelineError(f"worker: cannot start {shlex.join(argv)}: {exc}") from exc
+        self.pid = self.process.pid
+        self._inbox: queue.Queue[str | bytes | ProtocolError] = queue.Queue()
+        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        threading.Thread(target=self._read_frames, name="worker-stdout", daemon=True).start()
+        threading.Thread(target=self._read_stderr, name="worker-stderr", daemon=True).start()
+
+    def _read_frames(self) -> None:
+        assert self.process.stdout is not None
+        while True:
+            try:
+                item = protocol.read_frame(self.process.stdout)
+            except ProtocolError as exc:
+                self._inbox.put(exc)
+                return
+            if item is None:
+                self._inbox.put(ProtocolError("closed"))  # replaced by a diagnosis in receive()
+                return
+            self._inbox.put(item)
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._stderr.append(line.decode(errors="replace").rstrip())
+
+    def stderr_tail(self) -> str:
+        return " | ".join(self._stderr) or "(no stderr)"
+
+    def send_text(self, text: str) -> None:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(protocol.frame(protocol.KIND_JSON, text.encode()))
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise ProtocolError(f"worker stdin is closed: {self._exit_story()}") from exc
+
+    def receive(self, timeout_s: float) -> str | bytes:
+        try:
+            item = self._inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            raise CandidateTimeout(f"worker sent nothing within {timeout_s:g} s (hung?)") from None
+        if isinstance(item, ProtocolError):
+            self._inbox.put(item)  # every later receive fails the same way
+            if str(item) == "closed":
+                raise ProtocolError(self._exit_story())
+            raise ProtocolError(f"worker sent a malformed frame: {item}")
+        return item
+
+    def _exit_story(self) -> str:
+        try:
+            code = self.process.wait(timeout=EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            return f"worker closed its stdout mid-stream but is still running; stderr: {self.stderr_tail()}"
+        return f"worker exited with code {code} (crashed?); stderr: {self.stderr_tail()}"
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProtocolError):
+                self.send({"type": "stop"})
+            with contextlib.suppress(OSError):
+                assert self.process.stdin is not None
+                self.process.stdin.close()
+            try:
+                self.process.wait(timeout=EXIT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def open_channel(target: str, timeouts: Timeouts) -> Channel:
+    """A ws:// URL opens a WebSocket; anything else is a worker command line."""
+    if target.startswith(("ws://", "wss://")):
+        return WebSocketChannel(target, timeouts.start_s)
+    return WorkerChannel(target)
+
+
+@dataclass(frozen=True)
+class Hello:
+    """What a candidate declared when it came up."""
+
+    capabilities: frozenset[str]  # Capability values
+    implementation: dict[str, Any] = field(default_factory=dict)  # its own description (model, dtype, ...)
+    pid: int | None = None  # its process id, for NVML memory lookups
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """Everything one speak produced, with harness-side arrival times."""
+
+    chunks: list[AudioChunk]  # audio as it arrived
+    end: StreamEnd  # frames and codes from the complete message
+    cancelled: bool  # the complete message said the utterance was cancelled
+
+
+class RemoteSession:
+    """One protocol session over a Channel: hello, start, speak, cancel, stop — each reply validated."""
+
+    def __init__(self, channel: Channel, timeouts: Timeouts) -> None:
+        self.channel = channel
+        self.timeouts = timeouts
+        self.encoding: Encoding | None = None
+        self.voice_ids: dict[str, str] = {}  # our voice key -> the id the server cached it under
+        self.hello = self._read_hello()
+
+    def _next(self, timeout_s: float | None = None) -> dict[str, Any] | bytes:
+        raw = self.channel.receive(self.timeouts.message_s if timeout_s is None else timeout_s)
+        if isinstance(raw, bytes):
+            return raw
+        return protocol.loads(raw)
+
+    def next_message(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """The next control message; audio here is out of order."""
+        message = self._next(timeout_s)
+        if isinstance(message, bytes):
+            raise ProtocolError(f"audio frame of {len(message)} bytes arrived outside an utterance")
+        return message
+
+    def _read_hello(self) -> Hello:
+        message = self.next_message(self.timeouts.start_s)
+        if message["type"] != "hello":
+            raise ProtocolError(f"the first message must be hello, got {message['type']!r}")
+        if message.get("protocol") != protocol.PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"hello declares protocol {message.get('protocol')!r}; this harness speaks "
+                f"{protocol.PROTOCOL_VERSION}"
+            )
+        capabilities = message.get("capabilities", [])
+        implementation = message.get("implementation", {})
+        if not isinstance(capabilities, list) or not isinstance(implementation, dict):
+            raise ProtocolError("hello: capabilities must be a list and implementation an object")
+        pid = message.get("pid")
+        return Hello(frozenset(map(str, capabilities)), implementation, pid if isinstance(pid, int) else None)
+
+    def start(self, audio: np.ndarray, ref_text: str, encoding: Encoding) -> str:
+        """Open (or re-open) the session with this voice; uploads it only if the server lacks it."""
+        key = protocol.voice_id(audio, ref_text)
+        cached = self.voice_ids.get(key)
+        if cached is not None:
+            self.channel.send(protocol.start_message(encoding, cached_voice_id=cached))
+            try:
+                return self._ready(encoding, key)
+            except RemoteError as exc:
+                if exc.code != ErrorCode.VOICE_NOT_FOUND.value:
+                    raise
+                del self.voice_ids[key]  # evicted on the server: upload it again
+        self.channel.send(protocol.start_message(encoding, voice=(audio, ref_text)))
+        return self._ready(encoding, key)
+
+    def _ready(self, encoding: Encoding, key: str) -> str:
+        message = self.next_message()
+        if message["type"] == "error":
+            raise _remote_error(message)
+        if message["type"] != "ready":
+            raise ProtocolError(f"start must be answered by ready, got {message['type']!r}")
+        if message.get("encoding") != encoding.value or message.get("sample_rate") != SAMPLE_RATE_HZ:
+            raise ProtocolError(
+                f"ready declares encoding {message.get('encoding')!r} at {message.get('sample_rate')!r} Hz; "
+                f"asked for {encoding.value} at {SAMPLE_RATE_HZ} Hz"
+            )
+        server_id = message.get("voice_id")
+        if not isinstance(server_id, str) or not server_id:
+            raise ProtocolError("ready must carry the voice_id the voice is cached under")
+        self.voice_ids[key] = server_id
+        self.encoding = encoding
+        return server_id
+
+    def speak(self, request: Request, return_codes: bool = True) -> Iterator[Event]:
+        """Send a speak; yield AudioChunks (timed on arrival), Marks, then one StreamEnd."""
+        if self.encoding is None:
+            raise PipelineError("speak() before start()")
+        self.channel.send(protocol.speak_message(request, return_codes))
+        yield from self.receive_utterance()
+
+    def receive_utterance(self) -> Iterator[Event]:
+        """The events of the utterance in progress, validated; the last is a StreamEnd."""
+        assert self.encoding is not None
+        received = 0
+        while True:
+            message = self._next()
+            if isinstance(message, bytes):
+                samples = protocol.decode_audio(message, self.encoding)
+                received += samples.shape[0]
+                yield AudioChunk(samples, time.monotonic_ns())
+                continue
+            kind = message["type"]
+            if kind == "mark":
+                try:
+                    stage = Stage(message.get("stage"))
+                except ValueError:
+                    raise ProtocolError(f"mark names an unknown stage {message.get('stage')!r}") from None
+                yield Mark(stage, time.monotonic_ns())
+            elif kind == "complete":
+                yield _stream_end(message, received)
+                return
+            elif kind == "error":
+                raise _remote_error(message)
+            else:
+                raise ProtocolError(f"unexpected {kind!r} message during an utterance")
+
+    def cancel(self) -> None:
+        self.channel.send({"type": "cancel"})
+
+    def stop(self) -> None:
+        """Ask the candidate to end the session and wait for its stopped."""
+        self.channel.send({"type": "stop"})
+        while True:
+            message = self._next()
+            if isinstance(message, dict) and message["type"] == "stopped":
+                return
+
+
+def _stream_end(message: dict[str, Any], received: int) -> StreamEnd:
+    frames = message.get("frames_generated")
+    samples = message.get("samples")
+    cancelled = message.get("cancelled", False)
+    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 0:
+        raise ProtocolError(f"complete: frames_generated must be a non-negative integer, got {frames!r}")
+    if samples != received:
+        raise ProtocolError(f"complete says {samples!r} samples were sent, but {received} arrived")
+    if not cancelled and received != frames * SAMPLES_PER_FRAME:
+        raise ProtocolError(
+            f"wrong sample count: {received} samples for {frames} frames; "
+            f"expected {frames} x {SAMPLES_PER_FRAME} = {frames * SAMPLES_PER_FRAME}"
+        )
+    codes = None
+    if "codes" in message:
+        try:
+            codes = np.asarray(message["codes"], dtype=np.int64)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"complete: codes are not an integer array: {exc}") from None
+        if codes.shape != (frames, CODEBOOKS) and not (frames == 0 and codes.size == 0):
+            raise ProtocolError(f"complete: codes have shape {codes.shape}, expected ({frames}, {CODEBOOKS})")
+    info = {"cancelled": True} if cancelled else {}
+    return StreamEnd(frames_generated=frames, codes=codes, info=info)
+
+
+def _remote_error(message: dict[str, Any]) -> Exception:
+    code = str(message.get("code", "?"))
+    text = str(message.get("message", ""))
+    if code == ErrorCode.UNSUPPORTED.value:
+        return UnsupportedRequest(f"candidate: {text}")
+    return RemoteError(code, text)
+
+
+def collect(events: Iterator[Event]) -> Utterance:
+    """Drain an utterance's events."""
+    chunks: list[AudioChunk] = []
+    for event in events:
+        if isinstance(event, AudioChunk):
+            chunks.append(event)
+        elif isinstance(event, StreamEnd):
+            return Utterance(chunks, event, bool(event.info.get("cancelled", False)))
+    raise ProtocolError("the utterance ended without a complete message")

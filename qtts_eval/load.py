@@ -1,0 +1,280 @@
+"""Load generation against a candidate over the wire: closed-loop concurrency sweeps and open-loop arrivals.
+
+Closed loop: N sessions each send their next request as soon as the previous one completes. Open loop:
+requests arrive as a Poisson process at a given rate whatever the candidate's state, so queueing shows up
+in first-byte latency (t0 is the scheduled arrival). Every level is bounded in requests and in time, and
+only loopback URLs or local worker commands are accepted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qtts_eval.client import RemoteSession, Timeouts, collect, open_channel
+from qtts_eval.errors import BenchError, QttsEvalError
+from qtts_eval.fixtures import load_fixtures, read_reference_audio
+from qtts_eval.pipelines.base import SAMPLE_RATE_HZ, CloneMode, Request, UnsupportedRequest
+from qtts_eval.protocol import Encoding
+from qtts_eval.serve import LOOPBACK_HOSTS
+
+PERCENTILES = (50, 95, 99)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What to send and how hard."""
+
+    concurrency: tuple[int, ...] = (1, 3, 6, 10)  # closed-loop session counts, one level each
+    rates_hz: tuple[float, ...] = ()  # open-loop arrival rates, requests per second, one level each
+    requests_per_session: int = 2  # closed loop: requests each session sends
+    open_requests: int = 10  # open loop: arrivals per rate
+    max_sessions: int = 10  # open loop: concurrent sessions at most; later arrivals wait for one
+    max_level_s: float = 300.0  # no new request starts after this many seconds into a level
+    frames: int = 8  # frame budget per request
+    mode: CloneMode = CloneMode.XVECTOR  # clone mode
+    voice: str = "slt"  # fixture voice
+    text: str = "The quick brown fox jumps over the lazy dog."  # text of every request
+    seed: int = 0  # arrival-time seed (open loop) and request seed
+    timeouts: Timeouts = field(default_factory=Timeouts)  # waits per session and message
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request as the harness saw it."""
+
+    t0_ns: int  # speak sent (closed loop) or scheduled arrival (open loop)
+    first_ns: int | None  # first audio frame decoded at the harness
+    last_ns: int | None  # last audio frame decoded
+    audio_s: float  # seconds of audio received
+    underruns: int  # playback stalls if playback starts at the first byte
+    error: str | None  # what went wrong, if anything
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    kind: str  # "closed" or "open"
+    level: float  # sessions (closed) or arrivals per second (open)
+    samples: list[Sample]
+    wall_s: float  # first t0 to last completion
+
+
+def underruns(chunk_times_ns: list[int], chunk_samples: list[int]) -> int:
+    """Stalls of a player that starts at the first chunk and plays at 24 kHz, waiting when it runs dry."""
+    if not chunk_times_ns:
+        return 0
+    stalls = 0
+    clock_ns = chunk_times_ns[0]  # when the player reaches the start of the next chunk
+    for arrival_ns, samples in zip(chunk_times_ns, chunk_samples, strict=True):
+        if arrival_ns > clock_ns:
+            stalls += 1
+            clock_ns = arrival_ns
+        clock_ns += samples * 1_000_000_000 // SAMPLE_RATE_HZ
+    return stalls
+
+
+def check_target_is_local(target: str) -> None:
+    if target.startswith(("ws://", "wss://")):
+        host = urllib.parse.urlsplit(target).hostname or ""
+        if host not in LOOPBACK_HOSTS:
+            raise BenchError(f"load testing is loopback only; {target} is not on 127.0.0.1, ::1 or localhost")
+
+
+class SessionPool:
+    """Sessions to the target, opened on demand up to a bound and reused."""
+
+    def __init__(self, target: str, timeouts: Timeouts, size: int) -> None:
+        self.target = target
+        self.timeouts = timeouts
+        self._slots = threading.Semaphore(size)
+        self._idle: list[RemoteSession] = []
+        self._all: list[RemoteSession] = []
+        self._lock = threading.Lock()
+
+    def acquire(self) -> RemoteSession:
+        self._slots.acquire()
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        try:
+            session = RemoteSession(open_channel(self.target, self.timeouts), self.timeouts)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._all.append(session)
+        return session
+
+    def warm(self, count: int) -> None:
+        """Open ``count`` sessions now, so opening (a worker's model load) is not timed as latency."""
+        opened = [self.acquire() for _ in range(count)]
+        for session in opened:
+            self.release(session, broken=False)
+
+    def release(self, session: RemoteSession, broken: bool) -> None:
+        with self._lock:
+            if broken:
+                self._all.remove(session)
+                with contextlib.suppress(Exception):
+                    session.channel.close()
+            else:
+                self._idle.append(session)
+        self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._all:
+                with contextlib.suppress(Exception):
+                    session.channel.close()
+            self._all.clear()
+            self._idle.clear()
+
+
+class LoadRunner:
+    def __init__(self, target: str, options: LoadOptions) -> None:
+        check_target_is_local(target)
+        if any(n < 1 for n in options.concurrency) or any(r <= 0 for r in options.rates_hz):
+            raise BenchError("concurrency levels must be >= 1 and arrival rates > 0")
+        self.target = target
+        self.options = options
+        voice = load_fixtures().voice(options.voice)
+        audio, _ = read_reference_audio(voice.ref_wav)
+        self.request = Request(
+            text=options.text,
+            language="english",
+            ref_audio=audio,
+            ref_text=voice.ref_text,
+            mode=options.mode,
+            max_frames=options.frames,
+            seed=options.seed,
+        )
+
+    def one(self, pool: SessionPool, t0_ns: int | None) -> Sample:
+        """Run one request; t0_ns None means t0 is when speak is sent."""
+        broken = False
+        try:
+            session = pool.acquire()
+        except QttsEvalError as exc:
+            return Sample(t0_ns or time.monotonic_ns(), None, None, 0.0, 0, f"{type(exc).__name__}: {exc}")
+        try:
+            session.start(self.request.ref_audio, self.request.ref_text, Encoding.F32)
+            start_ns = time.monotonic_ns() if t0_ns is None else t0_ns
+            utterance = collect(session.speak(self.request, return_codes=False))
+        except (QttsEvalError, UnsupportedRequest) as exc:
+            broken = True
+            return Sample(t0_ns or time.monotonic_ns(), None, None, 0.0, 0, f"{type(exc).__name__}: {exc}")
+        finally:
+            pool.release(session, broken)
+        times = [chunk.t_ns for chunk in utterance.chunks]
+        counts = [chunk.samples.shape[0] for chunk in utterance.chunks]
+        return Sample(
+            t0_ns=start_ns,
+            first_ns=times[0] if times else None,
+            last_ns=times[-1] if times else None,
+            audio_s=sum(counts) / SAMPLE_RATE_HZ,
+            underruns=underruns(times, counts),
+            error=None,
+        )
+
+    def closed_loop(self, sessions: int) -> LevelResult:
+        pool = SessionPool(self.target, self.options.timeouts, sessions)
+        samples: list[Sample] = []
+        lock = threading.Lock()
+        deadline = time.monotonic() + self.options.max_level_s
+
+        def session_loop() -> None:
+            for _ in range(self.options.requests_per_session):
+                if time.monotonic() > deadline:
+                    return
+                sample = self.one(pool, None)
+                with lock:
+                    samples.append(sample)
+
+        pool.warm(sessions)
+        began = time.monotonic_ns()
+        try:
+            _run_threads([session_loop] * sessions)
+        finally:
+            pool.close()
+        return LevelResult("closed", sessions, samples, (time.monotonic_ns() - began) / 1e9)
+
+    def open_loop(self, rate_hz: float) -> LevelResult:
+        pool = SessionPool(self.target, self.options.timeouts, self.options.max_sessions)
+        rng = np.random.default_rng(self.options.seed)
+        gaps_s = rng.exponential(1.0 / rate_hz, self.options.open_requests)
+        samples: list[Sample] = []
+        lock = threading.Lock()
+        threads: list[threading.Thread] = []
+        pool.warm(self.options.max_sessions)
+        began = time.monotonic_ns()
+
+        def arrival(t0_ns: int) -> None:
+            sample = self.one(pool, t0_ns)
+            with lock:
+                samples.append(sample)
+
+        try:
+            arrival_ns = began
+            for gap_s in gaps_s:
+                arrival_ns += int(gap_s * 1e9)
+                if (arrival_ns - began) / 1e9 > self.options.max_level_s:
+                    break
+                time.sleep(max(0.0, (arrival_ns - time.monotonic_ns()) / 1e9))
+                thread = threading.Thread(target=arrival, args=(arrival_ns,), daemon=True)
+                thread.start()
+                threads.append(thread)
+            for thread in threads:
+                thread.join()
+        finally:
+            pool.close()
+        return LevelResult("open", rate_hz, samples, (time.monotonic_ns() - began) / 1e9)
+
+    def run(self, on_level: Callable[[LevelResult], None] | None = None) -> list[LevelResult]:
+        levels = [lambda n=n: self.closed_loop(n) for n in self.options.concurrency]
+        levels += [lambda r=r: self.open_loop(r) for r in self.options.rates_hz]
+        results = []
+        for level in levels:
+            result = level()
+            results.append(result)
+            if on_level is not None:
+                on_level(result)
+        return results
+
+
+def _run_threads(bodies: list[Callable[[], None]]) -> None:
+    threads = [threading.Thread(target=body, daemon=True) for body in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def summarise(result: LevelResult) -> dict[str, float | int | str]:
+    """Per-level row: counts, first-byte and RTF percentiles, throughput, underruns."""
+    ok = [s for s in result.samples if s.error is None and s.first_ns is not None and s.audio_s > 0]
+    first_ms = [(s.first_ns - s.t0_ns) / 1e6 for s in ok if s.first_ns is not None]
+    rtf = [(s.last_ns - s.t0_ns) / 1e9 / s.audio_s for s in ok if s.last_ns is not None]
+    row: dict[str, float | int | str] = {
+        "kind": result.kind,
+        "level": result.level,
+        "requests": len(result.samples),
+        "errors": len(result.samples) - len(ok),
+    }
+    for q in PERCENTILES:
+        row[f"first_ms_p{q}"] = float(np.percentile(first_ms, q)) if first_ms else math.nan
+    for q in PERCENTILES:
+        row[f"rtf_p{q}"] = float(np.percentile(rtf, q)) if rtf else math.nan
+    row["audio_s_per_s"] = sum(s.audio_s for s in ok) / result.wall_s if result.wall_s > 0 else math.nan
+    row["underruns"] = sum(s.underruns for s in ok)
+    return row
+
+
+def first_error(result: LevelResult) -> str | None:
+    return next((s.error for s in result.samples if s.error is not None), None)

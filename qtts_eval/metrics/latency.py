@@ -1,0 +1,96 @@
+"""Latency of one request from the chunk arrival times seen at the harness (definitions: docs/metrics.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from qtts_eval.pipelines.base import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Stage
+
+AUDIBLE_DBFS = -45.0  # a 10 ms window louder than this counts as audible (DESIGN.md)
+AUDIBLE_WINDOW_SAMPLES = SAMPLE_RATE_HZ // 100  # 10 ms
+PLAYABLE_FRAMES = 4  # one packet: 320 ms of audio, the paper's streaming packet
+
+
+@dataclass(frozen=True)
+class ChunkTiming:
+    """One chunk as it arrived: seconds after t0, and its length."""
+
+    t_s: float  # arrival at the harness, seconds after t0
+    samples: int  # samples in the chunk
+
+
+def audible_onset_sample(audio: np.ndarray) -> int | None:
+    """Index of the first 10 ms window whose RMS is above AUDIBLE_DBFS, or None if none is."""
+    windows = audio[: audio.size - audio.size % AUDIBLE_WINDOW_SAMPLES].reshape(-1, AUDIBLE_WINDOW_SAMPLES)
+    if windows.size == 0:
+        return None
+    rms = np.sqrt(np.mean(windows.astype(np.float64) ** 2, axis=1))
+    loud = np.flatnonzero(rms > 10 ** (AUDIBLE_DBFS / 20))
+    return int(loud[0]) * AUDIBLE_WINDOW_SAMPLES if loud.size else None
+
+
+def _arrival_of_sample(chunks: Sequence[ChunkTiming], sample: int) -> float | None:
+    """When the chunk holding ``sample`` arrived."""
+    total = 0
+    for chunk in chunks:
+        total += chunk.samples
+        if total > sample:
+            return chunk.t_s
+    return None
+
+
+def playback_underruns(chunks: Sequence[ChunkTiming]) -> tuple[int, float]:
+    """Simulate a player that starts at first byte and plays at 24 kHz: (stall count, total stall seconds)."""
+    if not chunks:
+        return 0, 0.0
+    playing_until = chunks[0].t_s
+    stalls, stalled = 0, 0.0
+    for chunk in chunks:
+        if chunk.t_s > playing_until:
+            if chunk is not chunks[0]:
+                stalls += 1
+                stalled += chunk.t_s - playing_until
+            playing_until = chunk.t_s
+        playing_until += chunk.samples / SAMPLE_RATE_HZ
+    return stalls, stalled
+
+
+def latency_columns(
+    chunks: Sequence[ChunkTiming], marks: dict[Stage, float], audio: np.ndarray
+) -> dict[str, float | int | list[float] | list[int] | None]:
+    """Record columns for one request; ``marks`` are stage times in seconds after t0."""
+    if not chunks:
+        return {}
+    first_byte = chunks[0].t_s
+    playable = min(PLAYABLE_FRAMES * SAMPLES_PER_FRAME, int(audio.size))
+    onset = audible_onset_sample(audio)
+    gaps = np.diff([chunk.t_s for chunk in chunks])
+    stalls, stalled = playback_underruns(chunks)
+
+    def split(later: float | None, earlier: float | None) -> float | None:
+        return later - earlier if later is not None and earlier is not None else None
+
+    prompt = marks.get(Stage.PROMPT_READY)
+    prefill = marks.get(Stage.PREFILL_DONE)
+    first_frame = marks.get(Stage.FIRST_FRAME)
+    packet_codes = marks.get(Stage.FIRST_PACKET_CODES)
+    return {
+        "first_byte_s": first_byte,
+        "first_playable_s": _arrival_of_sample(chunks, max(playable - 1, 0)),
+        "audible_onset_s": _arrival_of_sample(chunks, onset) if onset is not None else None,
+        "prompt_s": prompt,
+        "prefill_s": split(prefill, prompt),
+        "first_frame_s": split(first_frame, prefill),
+        "first_packet_decode_s": split(first_byte, packet_codes),
+        "chunks": len(chunks),
+        "gap_p50_s": float(np.percentile(gaps, 50)) if gaps.size else None,
+        "gap_p95_s": float(np.percentile(gaps, 95)) if gaps.size else None,
+        "gap_max_s": float(gaps.max()) if gaps.size else None,
+        "underruns": stalls,
+        "underrun_s": stalled,
+        "chunk_t_s": [chunk.t_s for chunk in chunks],
+        "chunk_samples": [chunk.samples for chunk in chunks],
+    }

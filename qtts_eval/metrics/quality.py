@@ -1,0 +1,61 @@
+"""Quality columns of one request's record: failure detectors plus speaker similarity and drift.
+
+On synthetic (random) weights the audio is noise-like: every column is still computed and stored, so the
+machinery is exercised and ports can be compared on it, but `quality_verdict_valid` is False and reports and
+gates must not read these numbers as a verdict on speech quality.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from qtts_eval.errors import NoSpeechError
+from qtts_eval.metrics.audio import audio_flags
+from qtts_eval.metrics.speaker import Embedder, cosine_similarity, speaker_drift_from_embedding
+
+QualityValue = float | bool | str | None
+
+
+def quality_columns(
+    audio: npt.NDArray[np.float32],
+    ref_audio: npt.NDArray[np.float32],
+    text: str,
+    language: str,
+    synthetic: bool,
+    embedder: Embedder | None,
+) -> dict[str, QualityValue]:
+    """Flat record columns for one output, defined in docs/metrics.md ("Audio quality and failure detectors").
+
+    Speaker columns are None when `embedder` is None, or when the output is silent, non-finite or holds no
+    speech the embedder can find: then there is no voice to compare, and the flags say why.
+    """
+    flags = audio_flags(audio, text, language)
+    columns: dict[str, QualityValue] = {
+        "audible_fraction": flags.audible_fraction,
+        "silent": flags.silent,
+        "nonfinite_fraction": flags.nonfinite_fraction,
+        "nonfinite": flags.nonfinite,
+        "clipping_fraction": flags.clipping_fraction,
+        "clipped": flags.clipped,
+        "duration_ratio": flags.duration_ratio,
+        "duration_anomaly": flags.duration_anomaly,
+        "quality_verdict_valid": not synthetic,
+        "speaker_embedder": None if embedder is None else embedder.name,
+        "speaker_sim": None,
+        "speaker_drift_min": None,
+        "speaker_drift_drop": None,
+        "speaker_drift": None,
+    }
+    if embedder is None or flags.silent or flags.nonfinite:
+        return columns
+    try:
+        reference = embedder.embed(ref_audio)
+        columns["speaker_sim"] = cosine_similarity(embedder.embed(audio), reference)
+        drift = speaker_drift_from_embedding(audio, reference, embedder)
+    except NoSpeechError:
+        return columns
+    columns["speaker_drift_min"] = drift.min
+    columns["speaker_drift_drop"] = drift.drop
+    columns["speaker_drift"] = drift.drifted
+    return columns

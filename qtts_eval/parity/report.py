@@ -1,0 +1,242 @@
+"""Parity reports: self-contained HTML (inline PNG plots, inline WAV players), Markdown and JSON."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from qtts_eval.parity.compare import Comparison, StageResult, Status
+from qtts_eval.parity.run import ParityResult
+from qtts_eval.pipelines.base import SAMPLE_RATE_HZ
+
+PLOT_DPI = 80  # keeps the embedded PNGs small
+FLOOR_REL_L2 = 1e-12  # plotted in place of an exact 0 on the log axis
+
+
+def _png(figure: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=PLOT_DPI, bbox_inches="tight")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _wav(samples: npt.NDArray[Any]) -> str:
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(samples, -1.0, 1.0), SAMPLE_RATE_HZ, format="WAV", subtype="PCM_16")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _comparisons(result: ParityResult) -> list[Comparison]:
+    return [c for c in (result.free, result.forced) if c is not None]
+
+
+def plots(result: ParityResult) -> dict[str, str]:
+    """Base64 PNGs by name: error by stage, per-codebook match, waveform overlay, spectrograms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found: dict[str, str] = {}
+    fig, ax = plt.subplots(figsize=(11, 3.5))
+    for comparison in _comparisons(result):
+        keys = [s.key for s in comparison.stages if "rel_l2" in s.metrics]
+        values = [max(comparison.stages[i].metrics["rel_l2"], FLOOR_REL_L2)
+                  for i, s in enumerate(comparison.stages) if "rel_l2" in s.metrics]  # fmt: skip
+        ax.plot(keys, values, marker="o", label=comparison.mode)
+    ax.set_yscale("log")
+    ax.set_ylabel("relative L2 error")
+    ax.set_title("Error by stage (exact 0 drawn at 1e-12)")
+    ax.tick_params(axis="x", rotation=90, labelsize=7)
+    ax.legend()
+    found["error_by_stage"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    width = 0.4
+    for offset, comparison in enumerate(_comparisons(result)):
+        for stage in comparison.stages:
+            if stage.key == "codes" and stage.per_codebook:
+                x = np.arange(len(stage.per_codebook)) + offset * width
+                ax.bar(x, [100 * v for v in stage.per_codebook], width=width, label=comparison.mode)
+    ax.set_xlabel("codebook")
+    ax.set_ylabel("exact match %")
+    ax.set_ylim(0, 105)
+    ax.set_title("Generated codes: match per codebook")
+    ax.legend()
+    found["codebook_match"] = _png(fig)
+
+    ref_wav, cand_wav = _audio_pair(result)
+    fig, ax = plt.subplots(figsize=(11, 2.5))
+    ax.plot(np.arange(len(ref_wav)) / SAMPLE_RATE_HZ, ref_wav, lw=0.5, label="reference")
+    ax.plot(np.arange(len(cand_wav)) / SAMPLE_RATE_HZ, cand_wav, lw=0.5, alpha=0.7, label="candidate")
+    ax.set_xlabel("s")
+    ax.legend()
+    ax.set_title("Waveforms (output.wav)")
+    found["waveform"] = _png(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3), sharey=True)
+    for ax, wav, title in ((axes[0], ref_wav, "reference"), (axes[1], cand_wav, "candidate")):
+        if len(wav) >= 512:
+            ax.specgram(wav, NFFT=512, Fs=SAMPLE_RATE_HZ, noverlap=384, cmap="magma")
+        ax.set_title(f"Spectrogram: {title}")
+        ax.set_xlabel("s")
+    axes[0].set_ylabel("Hz")
+    found["spectrogram"] = _png(fig)
+    return found
+
+
+def _audio_pair(result: ParityResult) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    candidate = result.forced_dump if result.forced_dump is not None else result.free_dump
+    return result.reference.tensors["output.wav"], candidate.tensors.get(
+        "output.wav", np.zeros(0, np.float32)
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "value") and isinstance(value.value, str):
+        return value.value
+    return value
+
+
+def to_json(result: ParityResult) -> dict[str, Any]:
+    """The machine-readable report."""
+    first = next((c.first_failure for c in _comparisons(result) if c.first_failure is not None), None)
+    data: dict[str, Any] = _jsonable(
+        {
+            "verdict": "pass" if result.passed else "fail",
+            "candidate": result.candidate,
+            "profile": asdict(result.profile),
+            "first_failing_stage": None if first is None else _where(first),
+            "reference_meta": asdict(result.reference.meta),
+            "candidate_meta": asdict(result.free_dump.meta),
+            "comparisons": [asdict(c) for c in _comparisons(result)],
+        }
+    )
+    return data
+
+
+def _where(stage: StageResult) -> dict[str, str]:
+    return {"key": stage.key, "group": stage.group, "note": stage.note}
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def to_markdown(result: ParityResult) -> str:
+    data = to_json(result)
+    lines = [
+        f"# Parity: {result.candidate}",
+        "",
+        f"**Verdict: {data['verdict'].upper()}** (profile `{result.profile.name}`: "
+        f"{result.profile.description})",
+        "",
+    ]
+    if data["first_failing_stage"]:
+        first = data["first_failing_stage"]
+        lines += [f"First failing stage: `{first['key']}` ({first['group']}): {first['note']}", ""]
+    meta = result.reference.meta
+    lines += [
+        f"Request: {meta.text!r} ({meta.language}), mode {meta.clone_mode}, non_streaming_mode "
+        f"{meta.non_streaming_mode}, {meta.max_frames} frames, seed {meta.seed}; reference "
+        f"{meta.implementation} {meta.dtype} on {meta.device}; "
+        f"candidate {result.free_dump.meta.implementation} "
+        f"{result.free_dump.meta.dtype}.",
+        "",
+    ]
+    for comparison in _comparisons(result):
+        lines += [f"## {comparison.mode}", "", "| stage | status | metrics | note |", "|---|---|---|---|"]
+        for stage in comparison.stages:
+            metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in stage.metrics.items())
+            lines.append(f"| `{stage.key}` | {stage.status.value} | {metrics} | {stage.note} |")
+        for divergence in comparison.divergences:
+            lines.append(
+                f"\nDivergence in `{divergence.key}` at frame {divergence.frame}, "
+                f"codebook {divergence.codebook}: "
+                f"reference margin {_fmt(divergence.reference_margin)}, candidate error bound "
+                f"{_fmt(divergence.candidate_error)}: **{divergence.kind.value.replace('_', ' ')}**"
+            )
+        lines.append("")
+    lines += ["## Thresholds", ""]
+    lines += [f"- `{r.stages}` {r.metric} {r.bound} {r.limit:g}: {r.source}" for r in result.profile.rules]
+    return "\n".join(lines) + "\n"
+
+
+_STATUS_COLOURS = {
+    Status.PASS: "#d4f4d4",
+    Status.FAIL: "#f8d0d0",
+    Status.SKIP: "#eeeeee",
+    Status.INFO: "#dde8f8",
+}
+
+
+def to_html(result: ParityResult) -> str:
+    """A single HTML file with no external assets."""
+    images = plots(result)
+    ref_wav, cand_wav = _audio_pair(result)
+    data = to_json(result)
+    esc = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>Parity: {esc(result.candidate)}</title>",
+        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:12px}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}</style></head><body>",
+        f"<h1>Parity: {esc(result.candidate)}</h1>",
+        f"<p id='verdict'><b>Verdict: {data['verdict'].upper()}</b> — profile "
+        f"<code>{esc(result.profile.name)}</code>: {esc(result.profile.description)}</p>",
+    ]
+    if data["first_failing_stage"]:
+        first = data["first_failing_stage"]
+        parts.append(f"<p>First failing stage: <code>{esc(first['key'])}</code> ({esc(first['group'])}): "
+                     f"{esc(first['note'])}</p>")  # fmt: skip
+    parts.append("<h2>Audio</h2>")
+    for label, wav in (("reference", ref_wav), ("candidate", cand_wav)):
+        parts.append(f"<p>{label}: <audio controls src='data:audio/wav;base64,{_wav(wav)}'></audio></p>")
+    for name in ("error_by_stage", "codebook_match", "waveform", "spectrogram"):
+        parts.append(f"<p><img alt='{name}' src='data:image/png;base64,{images[name]}'></p>")
+    for comparison in _comparisons(result):
+        parts.append(f"<h2>{esc(comparison.mode)}</h2><table><tr><th>stage</th><th>group</th><th>status</th>"
+                     "<th>metrics</th><th>note</th></tr>")  # fmt: skip
+        for stage in comparison.stages:
+            metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in stage.metrics.items())
+            parts.append(
+                f"<tr style='background:{_STATUS_COLOURS[stage.status]}'><td>{esc(stage.key)}</td>"
+                f"<td>{esc(stage.group)}</td><td>{stage.status.value}</td><td>{esc(metrics)}</td>"
+                f"<td>{esc(stage.note)}</td></tr>"
+            )
+        parts.append("</table>")
+    parts.append("<h2>Thresholds and their sources</h2><ul>")
+    parts += [f"<li><code>{esc(r.stages)}</code> {r.metric} {r.bound} {r.limit:g}: {esc(r.source)}</li>"
+              for r in result.profile.rules]  # fmt: skip
+    parts.append(f"</ul><h2>Metadata</h2><pre>{esc(json.dumps(data['reference_meta'], indent=1))}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_reports(result: ParityResult, out_dir: Path) -> dict[str, Path]:
+    """Write report.html, report.md and report.json under `out_dir`; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"html": out_dir / "report.html", "md": out_dir / "report.md", "json": out_dir / "report.json"}
+    paths["html"].write_text(to_html(result), encoding="utf-8")
+    paths["md"].write_text(to_markdown(result), encoding="utf-8")
+    paths["json"].write_text(json.dumps(to_json(result), indent=2) + "\n", encoding="utf-8")
+    return paths

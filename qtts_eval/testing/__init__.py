@@ -1,0 +1,1 @@
+"""Test aids that are real programs: candidates that misbehave on purpose."""

@@ -1,0 +1,162 @@
+"""A real protocol worker that misbehaves on command, to prove the harness catches each wire fault.
+
+    python -m qtts_eval.testing.faulty_worker --fault hang             # stdio worker
+    python -m qtts_eval.testing.faulty_worker --fault close --websocket  # WebSocket server on a free port
+
+It runs the suite's own protocol engine (qtts_eval.serve) over a tone generator instead of a model, so with
+``--fault none`` it is a correct, fast candidate, and each fault differs from it in exactly one way:
+
+  crash          the process exits (code 3) after the first audio frame
+  hang           generation stops after the first audio frame; the process stays alive and silent
+  close          the output stream is closed after the first audio frame; the process stays alive
+  malformed      a text message that is not JSON replaces the first audio frame
+  bad-frame      (stdio) a frame header with an unknown kind byte replaces the first audio frame
+  wrong-samples  every frame carries 1900 samples instead of 1920
+  nan            the second audio frame holds NaN samples
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from qtts_eval import protocol
+from qtts_eval.pipelines.base import (
+    SAMPLE_RATE_HZ,
+    SAMPLES_PER_FRAME,
+    AudioChunk,
+    Capability,
+    Event,
+    Pipeline,
+    PipelineConfig,
+    Request,
+    StreamEnd,
+)
+from qtts_eval.serve import (
+    Host,
+    StdioTransport,
+    Transport,
+    WebSocketTransport,
+    run_stdio_worker,
+    serve_websocket,
+)
+
+TONE_HZ = 220.0  # pitch of the generated tone
+TONE_LEVEL = 0.3  # amplitude, well inside full scale
+CRASH_EXIT_CODE = 3
+SHORT_FRAME_SAMPLES = 1900  # the wrong-samples fault's frame length (20 short of SAMPLES_PER_FRAME)
+CODEBOOKS = 16
+
+
+class Fault(str, enum.Enum):
+    NONE = "none"
+    CRASH = "crash"
+    HANG = "hang"
+    CLOSE = "close"
+    MALFORMED = "malformed"
+    BAD_FRAME = "bad-frame"
+    WRONG_SAMPLES = "wrong-samples"
+    NAN = "nan"
+
+
+class TonePipeline(Pipeline):
+    """One tone frame per codec frame, paced like a model; codes are the frame index in every codebook."""
+
+    capabilities = frozenset({Capability.SEEDED_SAMPLING})
+
+    def __init__(self, fault: Fault, frame_delay_s: float, healthy_utterances: int) -> None:
+        super().__init__(PipelineConfig(model="tone"))
+        self.fault = fault
+        self.frame_delay_s = frame_delay_s
+        self.healthy_utterances = healthy_utterances  # utterances served correctly before the fault strikes
+
+    def load(self) -> None:
+        """Nothing to load."""
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "synthetic": True, "fault": self.fault.value}
+
+    def stream(self, request: Request) -> Iterator[Event]:
+        if self.healthy_utterances > 0:
+            self.healthy_utterances -= 1
+            yield from TonePipeline(Fault.NONE, self.frame_delay_s, 0).stream(request)
+            return
+        frames = request.max_frames
+        length = SHORT_FRAME_SAMPLES if self.fault is Fault.WRONG_SAMPLES else SAMPLES_PER_FRAME
+        for index in range(frames):
+            time.sleep(self.frame_delay_s)
+            t = (np.arange(length) + index * length) / SAMPLE_RATE_HZ
+            samples = (TONE_LEVEL * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32)
+            if self.fault is Fault.NAN and index == 1:
+                samples[::7] = np.nan
+            yield AudioChunk(samples, time.monotonic_ns())
+            if self.fault is Fault.CRASH:
+                os._exit(CRASH_EXIT_CODE)
+            if self.fault is Fault.HANG:
+                threading.Event().wait()
+        codes = np.tile(np.arange(frames)[:, None], (1, CODEBOOKS))
+        yield StreamEnd(frames_generated=frames, codes=codes)
+
+
+class FaultyTransport(Transport):
+    """Passes everything through except the first audio frame, where transport-level faults strike."""
+
+    def __init__(self, inner: Transport, fault: Fault) -> None:
+        self.inner = inner
+        self.fault = fault
+        self.struck = False
+
+    async def receive(self) -> str | bytes | None:
+        return await self.inner.receive()
+
+    async def send_text(self, text: str) -> None:
+        await self.inner.send_text(text)
+
+    async def send_binary(self, data: bytes) -> None:
+        if self.struck or self.fault not in (Fault.CLOSE, Fault.MALFORMED, Fault.BAD_FRAME):
+            await self.inner.send_binary(data)
+            return
+        self.struck = True
+        if self.fault is Fault.MALFORMED:
+            await self.inner.send_text("{this is not json")
+        elif self.fault is Fault.BAD_FRAME and isinstance(self.inner, StdioTransport):
+            await self.inner.write(protocol.HEADER.pack(len(data), 0x7F) + data)
+        elif isinstance(self.inner, StdioTransport):
+            self.inner.writer.close()
+            await asyncio.Event().wait()  # alive but silent: only the closed stream tells
+        elif isinstance(self.inner, WebSocketTransport):
+            await self.inner.connection.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--fault", type=Fault, default=Fault.NONE, choices=list(Fault))
+    parser.add_argument("--frame-delay-ms", type=float, default=20.0, help="pause before each frame")
+    parser.add_argument("--after", type=int, default=0, help="utterances served correctly before the fault")
+    parser.add_argument("--websocket", action="store_true", help="serve WebSocket on a free loopback port")
+    args = parser.parse_args()
+    pipeline = TonePipeline(args.fault, args.frame_delay_ms / 1000, args.after)
+    host = Host(pipeline, "faulty")
+
+    def wrap(transport: Transport) -> Transport:
+        return FaultyTransport(transport, args.fault)
+
+    if not args.websocket:
+        run_stdio_worker(lambda: host, wrap)
+        return
+
+    def announce(url: str) -> None:
+        print(f"listening on {url}", flush=True)
+
+    asyncio.run(serve_websocket(host, "127.0.0.1", 0, announce, wrap))
+
+
+if __name__ == "__main__":
+    main()
