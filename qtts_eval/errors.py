@@ -58,7 +58,7 @@ class ParityError(QttsEvalError):
 
 
 class MetricError(QttsEvalError):
-    """Audio a metric cannot be computed on (empty, non-finite, mismatched), or an embedder that cannot load."""
+    """Audio a metric cannot use (empty, non-finite, mismatched lengths), or an embedder that cannot load."""
 
 
 class NoSpeechError(MetricError):

@@ -34,3 +34,11 @@ def tiny_reference() -> object:
     pipeline = ReferencePipeline(PipelineConfig(model="tiny"))
     pipeline.load()
     return pipeline
+
+
+@pytest.fixture(scope="session")
+def resemblyzer_embedder() -> object:
+    """resemblyzer's VoiceEncoder with its bundled weights, loaded once per session."""
+    from qtts_eval.metrics.speaker import ResemblyzerEmbedder
+
+    return ResemblyzerEmbedder()

@@ -1,7 +1,8 @@
 """`qtts-eval speakers`: the same- vs cross-speaker similarity matrix of the fixture voices, as Markdown.
 
 It validates the speaker embedder on known voices: every pair of clips of one voice must score above every
-pair of clips of two voices. Exit code 1 when the voices named by ``--require`` (default: all) do not separate.
+pair of clips of two voices. Exit code 1 when the voices named by ``--require`` (default: all) do not
+separate.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def add_parser(commands: Any) -> None:
         default=DEFAULT_EMBEDDER,
         help="'resemblyzer' (default), 'package.module:Class' or 'path/to/file.py:Class'",
     )
-    parser.add_argument("--embedder-path", type=Path, help="local weights passed to the embedder as model_path")
+    parser.add_argument("--embedder-path", type=Path, help="local weights for the embedder (model_path)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write")
     parser.add_argument(
         "--require", help="comma-separated voice ids that must separate (default: every fixture voice)"
