@@ -46,6 +46,9 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help="reference prompt layout with the whole text up front",
     )
+    parser.add_argument(
+        "--codec-dtype", choices=("float32", "bfloat16", "float16"), help="reference speech tokenizer dtype"
+    )
     parser.add_argument("--stream", action="store_true", help="stream the reference in packets (latency)")
     parser.add_argument("--packet-frames", type=int, help="with --stream: frames per packet (default 4)")
     parser.add_argument("--left-context", help="with --stream: decoder left context in frames, or 'exact'")
@@ -96,6 +99,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.non_streaming_mode:
         options["reference.non_streaming_mode"] = True
+    if args.codec_dtype is not None:
+        options["reference.codec_dtype"] = args.codec_dtype
     if args.stream:
         options["reference.streaming"] = True
     if args.packet_frames is not None:

@@ -52,10 +52,11 @@ class StreamSettings:
     packet_frames: int = DEFAULT_PACKET_FRAMES  # frames decoded per audio chunk
     left_context: int | None = DEFAULT_LEFT_CONTEXT  # frames of decoder history; None = exact (all)
     non_streaming_mode: bool = False  # the package's prompt layout flag (whole text up front when True)
+    codec_dtype: str | None = None  # speech tokenizer dtype; None = the talker's (the package default)
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> StreamSettings:
-        known = {"streaming", "packet_frames", "left_context", "non_streaming_mode"}
+        known = {"streaming", "packet_frames", "left_context", "non_streaming_mode", "codec_dtype"}
         unknown = set(options) - known
         if unknown:
             raise PipelineError(
@@ -73,6 +74,9 @@ class StreamSettings:
                 ) from None
             if left_context < 0:
                 raise PipelineError(f"reference: left_context must be >= 0, got {left_context}")
+        codec_dtype = options.get("codec_dtype")
+        if codec_dtype is not None and codec_dtype not in DTYPES:
+            raise PipelineError(f"reference: codec_dtype {codec_dtype!r} is not one of {', '.join(DTYPES)}")
         packet = int(options.get("packet_frames", DEFAULT_PACKET_FRAMES))
         if packet < 1:
             raise PipelineError(f"reference: packet_frames must be >= 1, got {packet}")
@@ -81,6 +85,7 @@ class StreamSettings:
             packet_frames=packet,
             left_context=left_context,
             non_streaming_mode=bool(options.get("non_streaming_mode", False)),
+            codec_dtype=codec_dtype,
         )
 
 
@@ -126,6 +131,18 @@ class ReferencePipeline(Pipeline):
                 dtype=getattr(torch, self.config.dtype),
                 attn_implementation=self.config.attn_implementation,
             )
+            if self.settings.codec_dtype is not None:
+                # The package loads its speech tokenizer with the talker's dtype; a bf16 talker beside an
+                # fp32 codec is a common deployment, so reload it through the package's own loader.
+                from qwen_tts import Qwen3TTSTokenizer
+
+                self.model.model.load_speech_tokenizer(
+                    Qwen3TTSTokenizer.from_pretrained(
+                        str(self.resolved.path / "speech_tokenizer"),
+                        device_map=self.config.device,
+                        dtype=getattr(torch, self.settings.codec_dtype),
+                    )
+                )
         except Exception as exc:
             raise PipelineError(
                 f"reference: the official loader rejected {self.resolved.path}: {exc}"
@@ -141,6 +158,7 @@ class ReferencePipeline(Pipeline):
             if settings.streaming
             else None,
             non_streaming_mode=settings.non_streaming_mode,
+            codec_dtype=settings.codec_dtype or self.config.dtype,
         )
         if self.resolved is not None:
             info.update(
