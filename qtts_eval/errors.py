@@ -54,7 +54,7 @@ class RemoteError(QttsEvalError):
 
 
 class ParityError(QttsEvalError):
-    """Parity dumps that cannot be captured, read or compared (bad file, mismatched settings, nondeterminism)."""
+    """Parity dumps that cannot be captured, read or compared (bad file, other request, nondeterminism)."""
 
 
 class MetricError(QttsEvalError):

@@ -33,7 +33,7 @@ def test_bench_prints_a_table_and_writes_a_loadable_run(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "fixture_id" in done.stdout and "en_short" in done.stdout and "ja_short" in done.stdout
-    assert "synthetic preset 'tiny'" in done.stdout
+    assert "weights: synthetic (tiny, random)" in done.stdout
     frame = load_run(tmp_path / "cli")
     assert len(frame) == 4  # 2 fixtures x 1 voice x 2 modes x 1 repeat
     assert set(frame["status"]) == {"ok"}

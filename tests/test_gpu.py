@@ -36,7 +36,7 @@ def test_cuda_greedy_runs_agree_and_report_cuda_memory(cuda_reference: Reference
     )
     first = measure(cuda_reference, request, "cuda:0")
     second = measure(cuda_reference, request, "cuda:0")
-    assert first.frames_generated == second.frames_generated > 0
+    assert first.end.frames_generated == second.end.frames_generated > 0
     assert first.audio.tobytes() == second.audio.tobytes()
-    assert first.peak_mem_kind == "cuda_allocated" and first.peak_mem_bytes > 0
-    assert first.peak_reserved_bytes is not None and first.peak_reserved_bytes >= first.peak_mem_bytes
+    assert first.memory.kind == "cuda_allocated" and first.memory.peak_bytes > 0
+    assert first.memory.reserved_bytes is not None and first.memory.reserved_bytes >= first.memory.peak_bytes

@@ -154,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
     env = frame.iloc[0] if len(frame) else None
     if env is not None and bool(env.get("env_synthetic")):
         print(
-            f"\nweights: synthetic ({env.get('env_synthetic_preset') or 'no model'}, random): speed and memory are "
-            "real, audio is noise-like and generation runs to the frame budget."
+            f"\nweights: synthetic ({env.get('env_synthetic_preset') or 'no model'}, random): speed and "
+            "memory are real, audio is noise-like and generation runs to the frame budget."
         )
     failed = int((frame["status"] != "ok").sum()) if len(frame) else 0
     print(f"\n{len(frame)} records, {failed} not ok -> {bench.store.directory}")

@@ -15,7 +15,6 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +32,11 @@ from qtts_eval.pipelines.base import (
     Capability,
     CloneMode,
     Event,
-    Pipeline,
     PipelineConfig,
     Request,
     StreamEnd,
 )
+from qtts_eval.pipelines.reference import ReferencePipeline
 
 FORCE_FLOOR = (
     -1.0e4
@@ -320,58 +319,22 @@ def _versions() -> dict[str, str]:
     return found
 
 
-class HookedReference(Pipeline):
+class HookedReference(ReferencePipeline):
     """The official package, run through its public API with capture hooks; optionally with a `Fault`.
 
-    Declares STAGE_DUMPS and FORCED_CODES. PipelineConfig.dtype is the talker and speaker encoder dtype, as
-    for the reference pipeline. Options (PipelineConfig.options): non_streaming_mode (bool, default False, the
-    package default prompt layout); codec_dtype (default "float32": the speech tokenizer's dtype; ports keep
-    the codec in float32, and in bfloat16 the random-weight Mimi encoder loses all precision).
+    Declares STAGE_DUMPS and FORCED_CODES. Loads like the reference pipeline (same options), except that
+    codec_dtype defaults to "float32": ports keep the codec in float32, and in bfloat16 the random-weight
+    Mimi encoder loses all precision.
     """
 
     capabilities = frozenset({Capability.STAGE_DUMPS, Capability.FORCED_CODES, Capability.SEEDED_SAMPLING})
 
     def __init__(self, config: PipelineConfig, fault: Fault | None = None) -> None:
-        super().__init__(config)
+        super().__init__(dataclasses.replace(config, options={"codec_dtype": "float32", **config.options}))
         self.fault = fault or Fault()
-        unknown = set(config.options) - {"non_streaming_mode", "codec_dtype"}
-        if unknown:
-            raise ParityError(f"unknown options {sorted(unknown)}; known: non_streaming_mode, codec_dtype")
-        self.non_streaming_mode = bool(config.options.get("non_streaming_mode", False))
-        self.codec_dtype = str(config.options.get("codec_dtype", "float32"))
-        self.model: Any = None
-        self.model_path: Path | None = None
 
-    def load(self) -> None:
-        import torch
-        import transformers
-
-        with contextlib.redirect_stdout(sys.stderr):  # keep the package's import banner out of reports
-            from qwen_tts import Qwen3TTSModel
-        transformers.logging.set_verbosity_error()
-        path = checkpoints.resolve(self.config.model).path
-        path = self._faulted_copy(path)
-        try:
-            self.model = Qwen3TTSModel.from_pretrained(
-                str(path),
-                device_map=self.config.device,
-                dtype=getattr(torch, self.config.dtype),
-                attn_implementation=self.config.attn_implementation,
-            )
-        except Exception as exc:
-            raise ParityError(f"the official loader rejected {path}: {exc}") from exc
-        if self.codec_dtype != self.config.dtype:
-            # The package's own tokenizer loader and setter, so the codec weights are read from disk in
-            # codec_dtype rather than rounded through the talker's dtype.
-            from qwen_tts import Qwen3TTSTokenizer
-
-            codec = Qwen3TTSTokenizer.from_pretrained(
-                str(path / "speech_tokenizer"),
-                device_map=self.config.device,
-                dtype=getattr(torch, self.codec_dtype),
-            )
-            self.model.model.load_speech_tokenizer(codec)
-        self.model_path = path
+    def checkpoint_dir(self, resolved: Path) -> Path:
+        return self._faulted_copy(resolved)
 
     def _faulted_copy(self, source: Path) -> Path:
         """A private modified copy of the checkpoint when the fault edits files (cached by source, fault)."""
@@ -389,7 +352,7 @@ class HookedReference(Pipeline):
         return target
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "non_streaming_mode": self.non_streaming_mode, "fault": self.fault.name}
+        return {**super().describe(), "fault": self.fault.name}
 
     def stream(self, request: Request) -> Iterator[Event]:
         import time
@@ -448,7 +411,7 @@ class HookedReference(Pipeline):
                     text=request.text,
                     language=request.language,
                     voice_clone_prompt=[item],
-                    non_streaming_mode=self.non_streaming_mode,
+                    non_streaming_mode=self.settings.non_streaming_mode,
                     max_new_tokens=request.max_frames,
                     do_sample=sampling.do_sample,
                     top_k=sampling.top_k,
@@ -489,7 +452,7 @@ class HookedReference(Pipeline):
             + ("" if self.fault.name == "none" else f" + fault {self.fault.name}"),
             versions=_versions(),
             dtype=self.config.dtype,
-            codec_dtype=self.codec_dtype,
+            codec_dtype=self.settings.codec_dtype or self.config.dtype,
             device=self.config.device,
             attn_implementation=self.config.attn_implementation,
             tf32={
@@ -499,7 +462,7 @@ class HookedReference(Pipeline):
             seed=request.seed,
             sampling=dataclasses.asdict(sampling),
             clone_mode=request.mode.value,
-            non_streaming_mode=self.non_streaming_mode,
+            non_streaming_mode=self.settings.non_streaming_mode,
             text=request.text,
             language=request.language,
             max_frames=request.max_frames,

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,9 +125,10 @@ class ReferencePipeline(Pipeline):
         transformers.logging.set_verbosity_error()
 
         self.resolved = checkpoints.resolve(self.config.model)
+        path = self.checkpoint_dir(self.resolved.path)
         try:
             self.model = Qwen3TTSModel.from_pretrained(
-                str(self.resolved.path),
+                str(path),
                 device_map=self.config.device,
                 dtype=getattr(torch, self.config.dtype),
                 attn_implementation=self.config.attn_implementation,
@@ -138,15 +140,17 @@ class ReferencePipeline(Pipeline):
 
                 self.model.model.load_speech_tokenizer(
                     Qwen3TTSTokenizer.from_pretrained(
-                        str(self.resolved.path / "speech_tokenizer"),
+                        str(path / "speech_tokenizer"),
                         device_map=self.config.device,
                         dtype=getattr(torch, self.settings.codec_dtype),
                     )
                 )
         except Exception as exc:
-            raise PipelineError(
-                f"reference: the official loader rejected {self.resolved.path}: {exc}"
-            ) from exc
+            raise PipelineError(f"reference: the official loader rejected {path}: {exc}") from exc
+
+    def checkpoint_dir(self, resolved: Path) -> Path:
+        """The directory actually loaded; subclasses may load a modified copy (parity's planted faults)."""
+        return resolved
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

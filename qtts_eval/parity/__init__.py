@@ -1,0 +1,1 @@
+"""Parity: stage dumps from official modules, comparison under tolerance profiles, reports."""
