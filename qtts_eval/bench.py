@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -22,13 +21,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from qtts_eval import environment, pipelines
+from qtts_eval.budget import frame_budget
 from qtts_eval.errors import BenchError
 from qtts_eval.fixtures import FixtureSet, TextFixture, Voice, load_fixtures, read_reference_audio
 from qtts_eval.metrics.latency import ChunkTiming, latency_columns
 from qtts_eval.metrics.memory import MemoryProbe, PeakMemory
+from qtts_eval.metrics.quality import quality_columns
+from qtts_eval.metrics.speaker import Embedder, load_embedder
 from qtts_eval.metrics.stats import percentile_ci
 from qtts_eval.pipelines.base import (
-    FRAME_RATE_HZ,
+    REMOTE_GPU_MEMORY_KEY,
     SAMPLE_RATE_HZ,
     AudioChunk,
     CloneMode,
@@ -42,33 +44,6 @@ from qtts_eval.pipelines.base import (
     UnsupportedRequest,
 )
 from qtts_eval.results import Record, RunStore
-
-# Nominal speaking rates in characters per second (spaces and punctuation included), used only to size
-# frame budgets: ~150 words/min English, ~4.5 Chinese characters/s, ~7 Japanese characters/s. They are
-# round working values chosen for this suite, not measurements.
-SPEAKING_RATE_CPS = {"english": 14.0, "chinese": 4.5, "japanese": 7.0}
-DEFAULT_SPEAKING_RATE_CPS = 8.0  # "auto" and other languages: between the alphabetic and CJK rates
-MIN_FRAME_BUDGET = 8  # 0.64 s: even a one-word text gets a few frames
-REAL_BUDGET_FACTOR = 2.0  # real weights stop at EOS; the budget only catches runaway generation
-REAL_BUDGET_SLACK_FRAMES = 25  # 2 s on top, for very short texts
-
-
-def estimated_frames(text: str, language: str) -> int:
-    """Codec frames a speaker at the nominal rate would need for ``text``."""
-    rate = SPEAKING_RATE_CPS.get(language.lower(), DEFAULT_SPEAKING_RATE_CPS)
-    return max(MIN_FRAME_BUDGET, math.ceil(len(text.strip()) / rate * FRAME_RATE_HZ))
-
-
-def frame_budget(text: str, language: str, synthetic: bool) -> int:
-    """max_new_tokens for a request.
-
-    Random weights never emit EOS, so a synthetic run generates exactly its budget: the estimate itself.
-    Real weights get head room; hitting the budget then means EOS was missed (a runaway generation).
-    """
-    estimate = estimated_frames(text, language)
-    if synthetic:
-        return estimate
-    return math.ceil(estimate * REAL_BUDGET_FACTOR) + REAL_BUDGET_SLACK_FRAMES
 
 
 @dataclass(frozen=True)
@@ -87,6 +62,10 @@ class BenchConfig:
     warmup: int = 1  # unrecorded requests per pipeline before the matrix (first-call costs)
     seed: int = 0  # request seed = seed + repeat
     sampling: Sampling = field(default_factory=Sampling)  # decoding settings for every request
+    speaker_embedder: str | None = (
+        "resemblyzer"  # speaker-similarity embedder spec; None = no speaker columns
+    )
+    speaker_embedder_path: str | None = None  # local weights for the embedder, if it takes any
     # PipelineConfig.options: "key" goes to every pipeline, "name.key" only to pipeline "name".
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -202,6 +181,7 @@ class Bench:
         self.fixtures = fixtures
         self.cells = build_matrix(config, fixtures)
         self._ref_audio: dict[str, np.ndarray] = {}
+        self._embedder: Embedder | None = None
 
     @classmethod
     def create(cls, config: BenchConfig, results_root: Path, run_id: str | None = None) -> Bench:
@@ -243,6 +223,8 @@ class Bench:
         todo = [cell for cell in self.cells if cell.key not in done]
         machine = self.store.header()["machine"]
         loaded: dict[str, Pipeline] = {}
+        if self.config.speaker_embedder and todo:
+            self._embedder = load_embedder(self.config.speaker_embedder, self.config.speaker_embedder_path)
         try:
             for name in dict.fromkeys(cell.pipeline for cell in todo):
                 loaded[name] = self._load(name)
@@ -300,6 +282,12 @@ class Bench:
             )
         return pipeline
 
+    def _quality(self, pipeline: Pipeline, request: Request, audio: np.ndarray) -> dict[str, Any]:
+        synthetic = bool(pipeline.describe().get("synthetic", False))
+        return quality_columns(
+            audio, request.ref_audio, request.text, request.language, synthetic, self._embedder
+        )
+
     def _reference(self, voice: Voice) -> np.ndarray:
         if voice.id not in self._ref_audio:
             audio, _ = read_reference_audio(voice.ref_wav)
@@ -352,6 +340,7 @@ class Bench:
             return dataclasses.replace(base, status="error", error=f"{type(exc).__name__}: {exc}")
         audio_seconds = result.audio.shape[0] / SAMPLE_RATE_HZ
         frames = result.end.frames_generated
+        memory = _memory_columns(pipeline, result)
         return dataclasses.replace(
             base,
             frames_generated=frames,
@@ -360,13 +349,25 @@ class Bench:
             audio_seconds=audio_seconds,
             wall_s=result.wall_s,
             rtf=result.wall_s / audio_seconds if audio_seconds > 0 else None,
-            peak_mem_bytes=result.memory.peak_bytes,
-            peak_mem_kind=result.memory.kind,
-            peak_reserved_bytes=result.memory.reserved_bytes,
-            mem_after_bytes=result.memory.after_bytes,
+            **memory,
             info=dict(result.end.info),
+            **self._quality(pipeline, request, result.audio),
             **latency_columns(result.chunks, result.marks, result.audio),  # type: ignore[arg-type]
         )
+
+
+def _memory_columns(pipeline: Pipeline, result: Measurement) -> dict[str, Any]:
+    if pipeline.in_process:
+        return {
+            "peak_mem_bytes": result.memory.peak_bytes,
+            "peak_mem_kind": result.memory.kind,
+            "peak_reserved_bytes": result.memory.reserved_bytes,
+            "mem_after_bytes": result.memory.after_bytes,
+        }
+    # Out of process, only what the candidate's own process uses counts: NVML per-process GPU memory
+    # when a GPU exists, otherwise nothing measured.
+    remote = result.end.info.get(REMOTE_GPU_MEMORY_KEY)
+    return {"peak_mem_bytes": remote, "peak_mem_kind": "nvml_process" if remote is not None else None}
 
 
 def _now() -> str:
@@ -416,6 +417,13 @@ def memory_drift(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _median_mib(values: pd.Series) -> float:
+    # External candidates without a GPU have no memory reading: missing values are skipped.
+    numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    measured = numbers[~np.isnan(numbers)]
+    return float(np.median(measured)) / 2**20 if measured.size else float("nan")
+
+
 def summarise(frame: pd.DataFrame, by: Sequence[str] = ("pipeline", "fixture_id")) -> pd.DataFrame:
     """Per-group medians of the core metrics, plus request and error counts."""
     keys = list(by)
@@ -428,7 +436,7 @@ def summarise(frame: pd.DataFrame, by: Sequence[str] = ("pipeline", "fixture_id"
         rtf=("rtf", "median"),
         frames=("frames_generated", "median"),
         budget_hits=("budget_hit", "sum"),
-        peak_mem_mb=("peak_mem_bytes", lambda values: float(np.median(values)) / 2**20),
+        peak_mem_mb=("peak_mem_bytes", _median_mib),
     )
     table = counts.join(medians).reset_index()
     table["errors"] = table["errors"].fillna(0).astype(int)

@@ -63,3 +63,7 @@ class MetricError(QttsEvalError):
 
 class NoSpeechError(MetricError):
     """A speaker embedder found no speech to embed in the audio it was given."""
+
+
+class GateError(QttsEvalError):
+    """A gates file, or runs given to gates, that cannot be read or used (unknown key, bad value, no run)."""

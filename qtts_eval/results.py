@@ -82,6 +82,22 @@ class Record:
     underrun_s: float | None = None  # total stalled time of that player
     chunk_t_s: list[float] | None = None  # arrival time of every chunk, seconds after t0
     chunk_samples: list[int] | None = None  # samples in every chunk
+    # Quality and failure detectors (qtts_eval.metrics.quality; docs/metrics.md). On synthetic weights they
+    # are stored but quality_verdict_valid is False: never a verdict on speech quality.
+    audible_fraction: float | None = None  # share of 10 ms windows above -45 dBFS
+    silent: bool | None = None  # too little audible audio
+    nonfinite_fraction: float | None = None  # share of NaN/Inf samples
+    nonfinite: bool | None = None  # any NaN/Inf sample
+    clipping_fraction: float | None = None  # share of samples at full scale
+    clipped: bool | None = None  # clipping above its threshold
+    duration_ratio: float | None = None  # audio seconds / the nominal-rate estimate for the text
+    duration_anomaly: bool | None = None  # duration_ratio outside its band (too short or runaway)
+    quality_verdict_valid: bool | None = None  # False on synthetic weights
+    speaker_embedder: str | None = None  # embedder that produced the speaker columns
+    speaker_sim: float | None = None  # cosine similarity of output and reference embeddings
+    speaker_drift_min: float | None = None  # lowest windowed similarity to the reference
+    speaker_drift_drop: float | None = None  # first window's similarity minus the lowest
+    speaker_drift: bool | None = None  # the drop passes the drift threshold (voice changed mid-utterance)
     info: dict[str, Any] = field(default_factory=dict)  # pipeline-reported facts (StreamEnd.info)
     started_at: str = ""  # UTC ISO-8601 time the request started
     env: dict[str, Any] = field(default_factory=dict)  # environment fingerprint (qtts_eval.environment)

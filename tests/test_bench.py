@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from qtts_eval import pipelines
-from qtts_eval.bench import Bench, BenchConfig, build_matrix, estimated_frames, frame_budget
+from qtts_eval.bench import Bench, BenchConfig, build_matrix
+from qtts_eval.budget import estimated_frames, frame_budget
 from qtts_eval.errors import BenchError, FixtureError, PipelineError, RequestError
 from qtts_eval.fixtures import load_fixtures
 from qtts_eval.pipelines.base import AudioChunk, CloneMode, Event, Pipeline, Request, StreamEnd

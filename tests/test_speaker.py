@@ -11,6 +11,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from qtts_eval.bench import measure
+from qtts_eval.budget import estimated_frames
 from qtts_eval.cli import main
 from qtts_eval.errors import MetricError, NoSpeechError
 from qtts_eval.fixtures import load_fixtures, read_reference_audio
@@ -27,6 +29,7 @@ from qtts_eval.metrics.speaker import (
     speaker_matrix,
     speaker_similarity,
 )
+from qtts_eval.pipelines.base import CloneMode, Pipeline, Request
 
 FIXTURES = load_fixtures()
 RECORDED_VOICES = ("slt", "rms", "awb")  # CMU ARCTIC recorded speakers; kal16 is a diphone voice
@@ -292,3 +295,28 @@ def test_quality_columns_without_a_voice_to_compare(resemblyzer_embedder: Embedd
     assert broken["nonfinite"] is True and broken["speaker_sim"] is None
     no_embedder = quality_columns(ref, ref, "Hello.", "english", False, None)
     assert no_embedder["speaker_embedder"] is None and no_embedder["speaker_sim"] is None
+
+
+def test_quality_columns_on_synthetic_weights(
+    tiny_reference: Pipeline, resemblyzer_embedder: Embedder
+) -> None:
+    """Random weights give noise-like audio: every column is computed, and the verdict is marked invalid."""
+    voice = FIXTURES.voice("slt")
+    ref = _clips("slt")[0]
+    text = "The train to the coast leaves in ten minutes."
+    request = Request(
+        text=text,
+        language="english",
+        ref_audio=ref,
+        ref_text=voice.ref_text,
+        mode=CloneMode.XVECTOR,
+        max_frames=estimated_frames(text, "english"),
+        seed=0,
+    )
+    audio = measure(tiny_reference, request, "cpu").audio
+    columns = quality_columns(audio, ref, text, "english", True, resemblyzer_embedder)
+    assert columns["quality_verdict_valid"] is False
+    assert isinstance(columns["audible_fraction"], float) and isinstance(columns["duration_ratio"], float)
+    assert columns["nonfinite"] is False and columns["silent"] is False  # tiny's decoder peaks near 0.5
+    # Noise-like audio scores far below any same-speaker pair of the fixtures (measured 0.557).
+    assert isinstance(columns["speaker_sim"], float) and columns["speaker_sim"] < 0.75

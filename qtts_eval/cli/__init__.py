@@ -6,10 +6,34 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qtts_eval.cli import bench, check_worker, checkpoint, fixtures, load, parity, serve, speakers, worker
+from qtts_eval.cli import (
+    bench,
+    check_worker,
+    checkpoint,
+    fixtures,
+    gate,
+    history,
+    load,
+    parity,
+    serve,
+    speakers,
+    worker,
+)
 from qtts_eval.errors import QttsEvalError
 
-SUBCOMMANDS = (bench, check_worker, checkpoint, fixtures, load, parity, serve, speakers, worker)
+SUBCOMMANDS = (
+    bench,
+    check_worker,
+    checkpoint,
+    fixtures,
+    gate,
+    history,
+    load,
+    parity,
+    serve,
+    speakers,
+    worker,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

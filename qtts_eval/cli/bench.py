@@ -61,6 +61,12 @@ def add_parser(commands: Any) -> None:
         help="pipeline option (repeatable): KEY for every pipeline, PIPELINE.KEY for one; VALUE is parsed "
         "as JSON when it can be, else kept as text",
     )
+    parser.add_argument(
+        "--speaker-embedder",
+        default=_DEFAULTS.speaker_embedder,
+        help="speaker-similarity embedder: resemblyzer, module:Class or file.py:Class; 'none' to skip",
+    )
+    parser.add_argument("--speaker-embedder-path", help="local weights for the speaker embedder")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results root directory")
     parser.add_argument("--run-id", help="name of the run directory (default: UTC timestamp)")
     parser.add_argument(
@@ -90,6 +96,8 @@ def _config(args: argparse.Namespace) -> BenchConfig:
             top_p=args.top_p,
             repetition_penalty=args.repetition_penalty,
         ),
+        speaker_embedder=None if args.speaker_embedder == "none" else args.speaker_embedder,
+        speaker_embedder_path=args.speaker_embedder_path,
         options=_options(args),
     )
 

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import get_window
 
+from qtts_eval.budget import REAL_BUDGET_FACTOR, estimated_frames
 from qtts_eval.errors import MetricError
 from qtts_eval.pipelines.base import FRAME_RATE_HZ, SAMPLE_RATE_HZ
 
@@ -33,9 +34,9 @@ CLIP_LEVEL = 0.999  # linear, full scale = 1.0
 # audible; recurring ones are). The fixture clips have none.
 CLIPPED_MIN_FRACTION = 0.001  # 0.1 % of samples, ~24 per second
 # Duration anomaly: output shorter or longer than the text at the nominal speaking rate by more than the
-# factor the bench allows real weights before calling a run a runaway (bench.REAL_BUDGET_FACTOR, 2.0).
-DURATION_RATIO_MIN = 0.5  # audio seconds / expected seconds
-DURATION_RATIO_MAX = 2.0  # audio seconds / expected seconds
+# factor the bench allows real weights before calling a run a runaway.
+DURATION_RATIO_MIN = 1 / REAL_BUDGET_FACTOR  # audio seconds / expected seconds
+DURATION_RATIO_MAX = REAL_BUDGET_FACTOR  # audio seconds / expected seconds
 
 # Log-mel L1: the 80-bin magnitude mel of HiFi-GAN-style vocoder losses, at the model's 24 kHz.
 MEL_N_FFT = 1024  # samples, 42.7 ms
@@ -107,9 +108,6 @@ def audible_onset_s(audio: npt.ArrayLike) -> float | None:
 
 def duration_ratio(audio_seconds: float, text: str, language: str) -> float:
     """`audio_seconds` over the seconds `text` takes at the bench's nominal speaking rate for `language`."""
-    # Imported here: the bench imports the metrics, so a module-level import would be circular.
-    from qtts_eval.bench import estimated_frames
-
     if not math.isfinite(audio_seconds) or audio_seconds < 0:
         raise MetricError(f"audio_seconds must be a finite non-negative number, got {audio_seconds!r}")
     return audio_seconds / (estimated_frames(text, language) / FRAME_RATE_HZ)

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qtts_eval.metrics.audio import audible_onset_s
 from qtts_eval.pipelines.base import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Stage
 
-AUDIBLE_DBFS = -45.0  # a 10 ms window louder than this counts as audible (DESIGN.md)
-AUDIBLE_WINDOW_SAMPLES = SAMPLE_RATE_HZ // 100  # 10 ms
 PLAYABLE_FRAMES = 4  # one packet: 320 ms of audio, the paper's streaming packet
 
 
@@ -20,16 +19,6 @@ class ChunkTiming:
 
     t_s: float  # arrival at the harness, seconds after t0
     samples: int  # samples in the chunk
-
-
-def audible_onset_sample(audio: np.ndarray) -> int | None:
-    """Index of the first 10 ms window whose RMS is above AUDIBLE_DBFS, or None if none is."""
-    windows = audio[: audio.size - audio.size % AUDIBLE_WINDOW_SAMPLES].reshape(-1, AUDIBLE_WINDOW_SAMPLES)
-    if windows.size == 0:
-        return None
-    rms = np.sqrt(np.mean(windows.astype(np.float64) ** 2, axis=1))
-    loud = np.flatnonzero(rms > 10 ** (AUDIBLE_DBFS / 20))
-    return int(loud[0]) * AUDIBLE_WINDOW_SAMPLES if loud.size else None
 
 
 def _arrival_of_sample(chunks: Sequence[ChunkTiming], sample: int) -> float | None:
@@ -66,7 +55,8 @@ def latency_columns(
         return {}
     first_byte = chunks[0].t_s
     playable = min(PLAYABLE_FRAMES * SAMPLES_PER_FRAME, int(audio.size))
-    onset = audible_onset_sample(audio)
+    onset_s = audible_onset_s(audio)
+    onset = round(onset_s * SAMPLE_RATE_HZ) if onset_s is not None else None
     gaps = np.diff([chunk.t_s for chunk in chunks])
     stalls, stalled = playback_underruns(chunks)
 

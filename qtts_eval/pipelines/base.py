@@ -15,6 +15,7 @@ from qtts_eval.errors import RequestError
 SAMPLE_RATE_HZ = 24_000  # the model's only output rate
 FRAME_RATE_HZ = 12.5  # codec frames per second of audio
 SAMPLES_PER_FRAME = 1920  # 24 kHz / 12.5 Hz
+REMOTE_GPU_MEMORY_KEY = "remote_gpu_mem_bytes"  # StreamEnd.info: an external candidate's NVML reading
 MAX_TEXT_CHARS = 5000  # longer inputs are refused: ~6 minutes of speech, beyond any fixture or budget
 
 
@@ -136,6 +137,8 @@ class Pipeline(ABC):
     """A TTS implementation under test."""
 
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    # False for candidates in another process: the harness's own memory says nothing about them.
+    in_process: ClassVar[bool] = True
 
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config

@@ -10,7 +10,14 @@ from typing import Any, ClassVar
 from qtts_eval.client import Channel, RemoteSession, Timeouts
 from qtts_eval.errors import PipelineError
 from qtts_eval.metrics.nvml import process_gpu_memory_bytes
-from qtts_eval.pipelines.base import Event, Pipeline, PipelineConfig, Request, StreamEnd
+from qtts_eval.pipelines.base import (
+    REMOTE_GPU_MEMORY_KEY,
+    Event,
+    Pipeline,
+    PipelineConfig,
+    Request,
+    StreamEnd,
+)
 from qtts_eval.protocol import Encoding
 
 
@@ -25,6 +32,7 @@ class RemotePipeline(Pipeline):
     AudioChunk.t_ns is taken when a binary frame has been received and decoded at the harness.
     """
 
+    in_process = False
     transport: ClassVar[str]
     transport_options: ClassVar[frozenset[str]]
     common_options: ClassVar[frozenset[str]] = frozenset(
@@ -85,7 +93,7 @@ class RemotePipeline(Pipeline):
             memory = process_gpu_memory_bytes(pid) if isinstance(event, StreamEnd) and pid else None
             if isinstance(event, StreamEnd) and memory is not None:
                 # NVML per-process usage at completion: the external counterpart of the torch peak.
-                event = dataclasses.replace(event, info={**event.info, "remote_gpu_mem_bytes": memory})
+                event = dataclasses.replace(event, info={**event.info, REMOTE_GPU_MEMORY_KEY: memory})
             yield event
 
     def close(self) -> None:
