@@ -93,8 +93,9 @@ class MetricGate:
             return self.name
         stat = f"{self.metric}.{self.statistic}"
         if self.max_regression is not None:
-            sign = "+" if self.better is Better.LOWER else "-"
-            return f"{stat} <= {sign}{self.max_regression:.0%} vs baseline"
+            if self.better is Better.LOWER:
+                return f"{stat} <= +{self.max_regression:.0%} vs baseline"
+            return f"{stat} >= -{self.max_regression:.0%} vs baseline"
         if self.at_most is not None:
             return f"{stat} <= {self.at_most:g}"
         return f"{stat} >= {self.at_least:g}"

