@@ -315,12 +315,10 @@ def worse_p_value(
 
 @functools.cache
 def quality_metric_names() -> frozenset[str]:
-    """The columns qtts_eval.metrics.quality writes; it is the one place that names them, so ask it."""
-    from qtts_eval.metrics.quality import quality_columns
-    from qtts_eval.pipelines.base import SAMPLE_RATE_HZ
+    """The columns qtts_eval.metrics.quality writes."""
+    from qtts_eval.metrics.quality import QUALITY_COLUMNS
 
-    silence = np.zeros(SAMPLE_RATE_HZ // 10, np.float32)  # 100 ms: any audio yields every column name
-    return frozenset(quality_columns(silence, silence, "a", "english", synthetic=True, embedder=None))
+    return frozenset(QUALITY_COLUMNS)
 
 
 def is_synthetic(frame: pd.DataFrame) -> bool:
@@ -398,16 +396,17 @@ def _threshold(
 
 def _metric_result(gate: MetricGate, spec: GateSpec, inputs: GateInputs) -> GateResult:
     label = gate.label
-    current = _select(inputs.current, gate)
-    if isinstance(current, str):
-        return GateResult(label, Outcome.REFUSED, f"{label}: {current}")
-    if (gate.quality or gate.metric in quality_metric_names()) and is_synthetic(current):
+    # Checked first: on synthetic weights a quality gate is never evaluated, whether or not values exist.
+    if (gate.quality or gate.metric in quality_metric_names()) and is_synthetic(inputs.current):
         return GateResult(
             label,
             Outcome.NOT_GATED,
-            f"{label}: {gate.metric} is a quality metric and run {_run_ids(current)} used synthetic "
+            f"{label}: {gate.metric} is a quality metric and run {_run_ids(inputs.current)} used synthetic "
             "(random) weights, whose audio is noise-like: reported, never gated",
         )
+    current = _select(inputs.current, gate)
+    if isinstance(current, str):
+        return GateResult(label, Outcome.REFUSED, f"{label}: {current}")
     values = _values(current, gate.metric)
     value = statistic_value(values, gate.statistic)
     stat = f"{gate.metric} {gate.statistic}"

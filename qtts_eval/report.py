@@ -102,9 +102,9 @@ def parity_images(result: ParityResult) -> dict[str, bytes]:
 
 def parity_audio(result: ParityResult) -> dict[str, npt.NDArray[Any]]:
     """Reference and candidate output audio (24 kHz), as the parity report's players play them."""
-    from qtts_eval.parity.report import _audio_pair
+    from qtts_eval.parity.report import audio_pair
 
-    reference, candidate = _audio_pair(result)
+    reference, candidate = audio_pair(result)
     return {"reference": reference, "candidate": candidate}
 
 

@@ -149,3 +149,14 @@ def test_scoped_options_reach_only_their_pipeline() -> None:
     options = {"timeout_s": 5, "reference.streaming": True, "websocket.url": "ws://127.0.0.1:1/api/v1/speak"}
     assert options_for("reference", options) == {"timeout_s": 5, "streaming": True}
     assert options_for("websocket", options) == {"timeout_s": 5, "url": "ws://127.0.0.1:1/api/v1/speak"}
+
+
+def test_records_carry_every_quality_column() -> None:
+    import dataclasses
+
+    from qtts_eval.metrics.quality import QUALITY_COLUMNS, quality_columns
+    from qtts_eval.results import Record
+
+    written = quality_columns(SILENCE, SILENCE, "Hello.", "english", synthetic=True, embedder=None)
+    assert tuple(written) == QUALITY_COLUMNS
+    assert set(QUALITY_COLUMNS) <= {field.name for field in dataclasses.fields(Record)}

@@ -15,6 +15,23 @@ from qtts_eval.metrics.audio import audio_flags
 from qtts_eval.metrics.speaker import Embedder, cosine_similarity, speaker_drift_from_embedding
 
 QualityValue = float | bool | str | None
+# Every column quality_columns writes (the record fields of the same names are defined in results.Record).
+QUALITY_COLUMNS = (
+    "audible_fraction",
+    "silent",
+    "nonfinite_fraction",
+    "nonfinite",
+    "clipping_fraction",
+    "clipped",
+    "duration_ratio",
+    "duration_anomaly",
+    "quality_verdict_valid",
+    "speaker_embedder",
+    "speaker_sim",
+    "speaker_drift_min",
+    "speaker_drift_drop",
+    "speaker_drift",
+)
 
 
 def quality_columns(

@@ -78,7 +78,7 @@ def plots(result: ParityResult) -> dict[str, str]:
     ax.legend()
     found["codebook_match"] = _png(fig)
 
-    ref_wav, cand_wav = _audio_pair(result)
+    ref_wav, cand_wav = audio_pair(result)
     fig, ax = plt.subplots(figsize=(11, 2.5))
     ax.plot(np.arange(len(ref_wav)) / SAMPLE_RATE_HZ, ref_wav, lw=0.5, label="reference")
     ax.plot(np.arange(len(cand_wav)) / SAMPLE_RATE_HZ, cand_wav, lw=0.5, alpha=0.7, label="candidate")
@@ -98,7 +98,7 @@ def plots(result: ParityResult) -> dict[str, str]:
     return found
 
 
-def _audio_pair(result: ParityResult) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+def audio_pair(result: ParityResult) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     candidate = result.forced_dump if result.forced_dump is not None else result.free_dump
     return result.reference.tensors["output.wav"], candidate.tensors.get(
         "output.wav", np.zeros(0, np.float32)
@@ -192,7 +192,7 @@ _STATUS_COLOURS = {
 def to_html(result: ParityResult) -> str:
     """A single HTML file with no external assets."""
     images = plots(result)
-    ref_wav, cand_wav = _audio_pair(result)
+    ref_wav, cand_wav = audio_pair(result)
     data = to_json(result)
     esc = html.escape
     parts = [
