@@ -3,44 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-from qtts_eval.cli import (
-    bench,
-    check_worker,
-    checkpoint,
-    fixtures,
-    gate,
-    history,
-    load,
-    parity,
-    serve,
-    speakers,
-    worker,
-)
 from qtts_eval.errors import QttsEvalError
 
+# One module per subcommand, each with add_parser() and run(); listed here, imported when the CLI starts.
 SUBCOMMANDS = (
-    bench,
-    check_worker,
-    checkpoint,
-    fixtures,
-    gate,
-    history,
-    load,
-    parity,
-    serve,
-    speakers,
-    worker,
+    "bench",
+    "check_worker",
+    "checkpoint",
+    "fixtures",
+    "gate",
+    "history",
+    "load",
+    "parity",
+    "serve",
+    "speakers",
+    "worker",
 )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qtts-eval", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in SUBCOMMANDS:
-        module.add_parser(commands)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"qtts_eval.cli.{name}").add_parser(commands)
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from qtts_eval.bench import Bench, BenchConfig, latency_table, memory_drift, summarise
-from qtts_eval.errors import BenchError
+from qtts_eval.cli.options import parse_options
 from qtts_eval.metrics.stats import Percentile, format_percentile
 from qtts_eval.pipelines.base import CloneMode, Sampling
 
@@ -115,14 +114,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         options["reference.packet_frames"] = args.packet_frames
     if args.left_context is not None:
         options["reference.left_context"] = args.left_context
-    for item in args.extra_options:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise BenchError(f"--option takes KEY=VALUE, got {item!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
+    options.update(parse_options(args.extra_options))
     return options
 
 

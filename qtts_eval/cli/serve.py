@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from typing import Any
 
 from qtts_eval import pipelines
+from qtts_eval.cli.options import parse_options
 from qtts_eval.errors import PipelineError
 from qtts_eval.pipelines.base import PipelineConfig
 from qtts_eval.serve import LOOPBACK_HOSTS, Host, serve_websocket
@@ -32,19 +32,6 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="pipeline option (repeatable); VALUE is parsed as JSON when it can be, else kept as a string",
     )
-
-
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise PipelineError(f"--option {pair!r} is not KEY=VALUE")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
 
 
 def load_host(args: argparse.Namespace) -> Host:

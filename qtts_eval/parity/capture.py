@@ -36,7 +36,7 @@ from qtts_eval.pipelines.base import (
     Request,
     StreamEnd,
 )
-from qtts_eval.pipelines.reference import ReferencePipeline
+from qtts_eval.pipelines.reference import ReferencePipeline, generation_kwargs
 
 FORCE_FLOOR = (
     -1.0e4
@@ -405,23 +405,13 @@ class HookedReference(ReferencePipeline):
                         ref_code = torch.from_numpy(forced.ref_codes).to(item.ref_code.device)
                     item = dataclasses.replace(item, ref_spk_embedding=embedding, ref_code=ref_code)
                     forcer = _Forcer(model, forced.codes)
-                sampling = request.sampling
                 torch.manual_seed(request.seed)
                 wavs, rate = model.generate_voice_clone(
                     text=request.text,
                     language=request.language,
                     voice_clone_prompt=[item],
                     non_streaming_mode=self.settings.non_streaming_mode,
-                    max_new_tokens=request.max_frames,
-                    do_sample=sampling.do_sample,
-                    top_k=sampling.top_k,
-                    top_p=sampling.top_p,
-                    temperature=sampling.temperature,
-                    repetition_penalty=sampling.repetition_penalty,
-                    subtalker_dosample=sampling.do_sample,
-                    subtalker_top_k=sampling.top_k,
-                    subtalker_top_p=sampling.top_p,
-                    subtalker_temperature=sampling.temperature,
+                    **generation_kwargs(request),
                 )
             finally:
                 recorder.remove()

@@ -90,6 +90,24 @@ class StreamSettings:
         )
 
 
+def generation_kwargs(request: Request) -> dict[str, Any]:
+    """The request's frame budget and decoding settings as ``generate_voice_clone`` keywords; the code
+    predictor (sub-talker) samples with the talker's settings."""
+    sampling = request.sampling
+    return {
+        "max_new_tokens": request.max_frames,
+        "do_sample": sampling.do_sample,
+        "top_k": sampling.top_k,
+        "top_p": sampling.top_p,
+        "temperature": sampling.temperature,
+        "repetition_penalty": sampling.repetition_penalty,
+        "subtalker_dosample": sampling.do_sample,
+        "subtalker_top_k": sampling.top_k,
+        "subtalker_top_p": sampling.top_p,
+        "subtalker_temperature": sampling.temperature,
+    }
+
+
 class _Cancelled(Exception):
     """Raised inside the talker hook to stop generation when the caller abandons the stream."""
 
@@ -253,7 +271,6 @@ class _Run:
         )
         self.ref_codes = prompt[0].ref_code
         self._mark(Stage.PROMPT_READY)
-        sampling = request.sampling
         handles = [self.talker.register_forward_hook(self._on_talker_step)]
         if self.settings.streaming:
             handles.append(self.decoder.register_forward_pre_hook(self._on_offline_decode))
@@ -263,16 +280,7 @@ class _Run:
                 language=request.language,
                 voice_clone_prompt=prompt,
                 non_streaming_mode=self.settings.non_streaming_mode,
-                max_new_tokens=request.max_frames,
-                do_sample=sampling.do_sample,
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                temperature=sampling.temperature,
-                repetition_penalty=sampling.repetition_penalty,
-                subtalker_dosample=sampling.do_sample,
-                subtalker_top_k=sampling.top_k,
-                subtalker_top_p=sampling.top_p,
-                subtalker_temperature=sampling.temperature,
+                **generation_kwargs(request),
             )
         finally:
             for handle in handles:
