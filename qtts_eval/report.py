@@ -144,7 +144,13 @@ def plot_chunk_timeline(frame: pd.DataFrame, max_requests: int = 8) -> Any:
         arrivals = np.asarray(row.chunk_t_s, dtype=np.float64)
         available = np.cumsum(np.asarray(row.chunk_samples, dtype=np.float64)) / SAMPLE_RATE_HZ
         colour = f"C{index % 10}"
-        ax.step(arrivals, available, where="post", color=colour, label=f"{row.fixture_id} {row.mode}")
+        ax.step(
+            arrivals,
+            available,
+            where="post",
+            color=colour,
+            label=f"{row.pipeline} {row.fixture_id} {row.mode} #{row.repeat}",
+        )
         ax.plot(arrivals, arrivals - arrivals[0], ":", color=colour)
     ax.set_xlabel("time since hand-off, s")
     ax.set_ylabel("audio at the harness, s")
