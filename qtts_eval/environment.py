@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -76,6 +77,9 @@ def fingerprint() -> dict[str, Any]:
     """Machine and software facts; the pipeline adds its own (model, weights, dtype, device)."""
     commit, dirty = git_commit()
     return {
+        # Other work on the machine when the run started: on a 2-core CPU a second torch process made tiny
+        # requests up to 10x slower (docs/benchmarks.md), so a busy machine must show in the records.
+        "loadavg_1m": os.getloadavg()[0],
         "hostname": platform.node(),
         "platform": platform.platform(),
         "python": platform.python_version(),
