@@ -265,7 +265,8 @@ class Bench:
         load_s = (time.monotonic_ns() - started) / 1e9
         first = self.cells[0]
         for index in range(self.config.warmup):
-            request = self._request(pipeline, Cell(name, first.text, first.voice, first.mode, 0))
+            synthetic = bool(pipeline.describe().get("synthetic", False))
+            request = self._request(Cell(name, first.text, first.voice, first.mode, 0), synthetic)
             # First calls pay one-off costs (lazy init, compilation, graph capture): kept apart from records.
             result = measure(
                 pipeline, dataclasses.replace(request, seed=request.seed + 10_000 + index), self.config.device
@@ -282,8 +283,7 @@ class Bench:
             )
         return pipeline
 
-    def _quality(self, pipeline: Pipeline, request: Request, audio: np.ndarray) -> dict[str, Any]:
-        synthetic = bool(pipeline.describe().get("synthetic", False))
+    def _quality(self, request: Request, audio: np.ndarray, synthetic: bool) -> dict[str, Any]:
         return quality_columns(
             audio, request.ref_audio, request.text, request.language, synthetic, self._embedder
         )
@@ -294,8 +294,7 @@ class Bench:
             self._ref_audio[voice.id] = audio
         return self._ref_audio[voice.id]
 
-    def _request(self, pipeline: Pipeline, cell: Cell) -> Request:
-        synthetic = bool(pipeline.describe().get("synthetic", False))
+    def _request(self, cell: Cell, synthetic: bool) -> Request:
         return Request(
             text=cell.text.text,
             language=cell.text.language,
@@ -308,7 +307,9 @@ class Bench:
         )
 
     def _run_cell(self, pipeline: Pipeline, cell: Cell, machine: dict[str, Any]) -> Record:
-        request = self._request(pipeline, cell)
+        facts = pipeline.describe()
+        synthetic = bool(facts.get("synthetic", False))
+        request = self._request(cell, synthetic)
         base = Record(
             run_id=self.run_id,
             request_key=cell.key,
@@ -327,7 +328,7 @@ class Bench:
             started_at=_now(),
             env={
                 **machine,
-                **pipeline.describe(),
+                **facts,
                 "fixtures_version": self.fixtures.version,
                 "fixtures_hash": self.fixtures.content_hash,
             },
@@ -351,7 +352,7 @@ class Bench:
             rtf=result.wall_s / audio_seconds if audio_seconds > 0 else None,
             **memory,
             info=dict(result.end.info),
-            **self._quality(pipeline, request, result.audio),
+            **self._quality(request, result.audio, synthetic),
             **latency_columns(result.chunks, result.marks, result.audio),  # type: ignore[arg-type]
         )
 

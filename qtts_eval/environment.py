@@ -12,7 +12,7 @@ from typing import Any
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -85,11 +85,11 @@ def fingerprint() -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu": _cpu_model(),
         **_gpu(),
-        "torch": _version("torch"),
-        "torchaudio": _version("torchaudio"),
-        "transformers": _version("transformers"),
-        "qwen_tts": _version("qwen-tts"),
-        "qtts_eval": _version("qtts-eval"),
+        "torch": package_version("torch"),
+        "torchaudio": package_version("torchaudio"),
+        "transformers": package_version("transformers"),
+        "qwen_tts": package_version("qwen-tts"),
+        "qtts_eval": package_version("qtts-eval"),
         "git_commit": commit,
         "git_dirty": dirty,
     }

@@ -21,6 +21,7 @@ import numpy as np
 from qtts_eval.client import RemoteSession, Timeouts, collect, open_channel
 from qtts_eval.errors import BenchError, QttsEvalError
 from qtts_eval.fixtures import load_fixtures, read_reference_audio
+from qtts_eval.metrics.latency import ChunkTiming, playback_underruns
 from qtts_eval.pipelines.base import SAMPLE_RATE_HZ, CloneMode, Request, UnsupportedRequest
 from qtts_eval.protocol import Encoding
 from qtts_eval.serve import LOOPBACK_HOSTS
@@ -64,20 +65,6 @@ class LevelResult:
     level: float  # sessions (closed) or arrivals per second (open)
     samples: list[Sample]
     wall_s: float  # first t0 to last completion
-
-
-def underruns(chunk_times_ns: list[int], chunk_samples: list[int]) -> int:
-    """Stalls of a player that starts at the first chunk and plays at 24 kHz, waiting when it runs dry."""
-    if not chunk_times_ns:
-        return 0
-    stalls = 0
-    clock_ns = chunk_times_ns[0]  # when the player reaches the start of the next chunk
-    for arrival_ns, samples in zip(chunk_times_ns, chunk_samples, strict=True):
-        if arrival_ns > clock_ns:
-            stalls += 1
-            clock_ns = arrival_ns
-        clock_ns += samples * 1_000_000_000 // SAMPLE_RATE_HZ
-    return stalls
 
 
 def check_target_is_local(target: str) -> None:
@@ -179,7 +166,9 @@ class LoadRunner:
             first_ns=times[0] if times else None,
             last_ns=times[-1] if times else None,
             audio_s=sum(counts) / SAMPLE_RATE_HZ,
-            underruns=underruns(times, counts),
+            underruns=playback_underruns(
+                [ChunkTiming((t - times[0]) / 1e9, n) for t, n in zip(times, counts, strict=True)]
+            )[0],
             error=None,
         )
 

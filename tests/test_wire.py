@@ -22,7 +22,8 @@ from qtts_eval.client import collect
 from qtts_eval.conformance import CheckOptions, check_target
 from qtts_eval.errors import CandidateTimeout, ProtocolError
 from qtts_eval.fixtures import load_fixtures, read_reference_audio
-from qtts_eval.load import LoadOptions, LoadRunner, summarise, underruns
+from qtts_eval.load import LoadOptions, LoadRunner, summarise
+from qtts_eval.metrics.latency import ChunkTiming, playback_underruns
 from qtts_eval.pipelines.base import CloneMode, Pipeline, PipelineConfig, Request
 
 FAULTY = [sys.executable, "-m", "qtts_eval.testing.faulty_worker"]
@@ -151,11 +152,11 @@ def test_conformance_fails_a_broken_worker_at_the_right_rule(fault: str, rule: s
 
 
 def test_underrun_simulation_counts_late_chunks() -> None:
-    frame_ns = 80_000_000  # one 1920-sample frame plays for 80 ms
-    on_time = [0, frame_ns, 2 * frame_ns]
-    late = [0, frame_ns + 5_000_000, 2 * frame_ns + 5_000_000]
-    assert underruns(on_time, [1920] * 3) == 0
-    assert underruns(late, [1920] * 3) == 1  # the player waits once, then is 5 ms behind but fed
+    frame_s = 0.080  # one 1920-sample frame plays for 80 ms
+    on_time = [ChunkTiming(t, 1920) for t in (0, frame_s, 2 * frame_s)]
+    late = [ChunkTiming(t, 1920) for t in (0, frame_s + 0.005, 2 * frame_s + 0.005)]
+    assert playback_underruns(on_time)[0] == 0
+    assert playback_underruns(late)[0] == 1  # the player waits once, then is 5 ms behind but fed
 
 
 def test_load_sweep_and_open_loop_report_percentiles() -> None:

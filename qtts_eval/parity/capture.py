@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import importlib.metadata
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qtts_eval import checkpoints
+from qtts_eval.environment import package_version
 from qtts_eval.errors import ParityError
 from qtts_eval.parity.dumps import DumpMeta, StageDump
 from qtts_eval.pipelines.base import (
@@ -312,11 +312,7 @@ class _Forcer:
 
 
 def _versions() -> dict[str, str]:
-    found = {}
-    for package in _VERSIONED:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            found[package] = importlib.metadata.version(package)
-    return found
+    return {package: version for package in _VERSIONED if (version := package_version(package)) is not None}
 
 
 class HookedReference(ReferencePipeline):
@@ -437,10 +433,11 @@ class HookedReference(ReferencePipeline):
         import torch
 
         sampling = request.sampling
+        versions = _versions()
         return DumpMeta(
-            implementation=f"qwen-tts {_versions().get('qwen-tts', '?')}"
+            implementation=f"qwen-tts {versions.get('qwen-tts', '?')}"
             + ("" if self.fault.name == "none" else f" + fault {self.fault.name}"),
-            versions=_versions(),
+            versions=versions,
             dtype=self.config.dtype,
             codec_dtype=self.settings.codec_dtype or self.config.dtype,
             device=self.config.device,
