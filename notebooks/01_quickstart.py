@@ -23,8 +23,8 @@ RUN_ID = "notebook-tiny"  # created with qtts_eval.report.NOTEBOOK_RUN when miss
 
 # %%
 from qtts_eval import report
-from qtts_eval.bench import latency_table, summarise
 from qtts_eval.results import load_run
+from qtts_eval.summary import latency_table, summarise
 
 run_dir = report.ensure_run(RESULTS_ROOT, RUN_ID)
 frame = load_run(run_dir)

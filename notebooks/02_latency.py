@@ -22,8 +22,8 @@ RUN_ID = "notebook-tiny"  # a streamed run (created on the tiny checkpoint when 
 
 # %%
 from qtts_eval import report
-from qtts_eval.bench import latency_table
 from qtts_eval.results import load_run
+from qtts_eval.summary import latency_table
 
 frame = load_run(report.ensure_run(RESULTS_ROOT, RUN_ID))
 frame[["fixture_id", "chunks", "first_byte_s", "first_playable_s", "gap_p95_s", "underruns", "rtf"]]

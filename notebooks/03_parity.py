@@ -29,7 +29,7 @@ from pathlib import Path
 from IPython.display import Audio, Image, display
 
 from qtts_eval import report
-from qtts_eval.pipelines.base import SAMPLE_RATE_HZ
+from qtts_eval.units import SAMPLE_RATE_HZ
 
 result = report.load_parity(report.ensure_parity(Path(RESULTS_ROOT) / PARITY_DIR, CANDIDATE, MODEL))
 print(f"{result.candidate}: {'PASS' if result.passed else 'FAIL'} under profile {result.profile.name}")

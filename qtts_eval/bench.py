@@ -1,8 +1,10 @@
 """Matrix runner: pipelines x fixtures x voices x modes x repeats, one record per request.
 
 Pipelines are interleaved inside each matrix cell (A, B, A, B, ...) rather than run one after another,
-so slow drift of the machine (thermal, other load) lands on every pipeline alike. Warm-up requests run
-first and are never recorded. Records are appended as they are measured (qtts_eval.results).
+so slow drift of the machine (thermal, other load) lands on every pipeline alike. Before a cell is measured,
+its warm-up class (mode, voice, text-length class) has been warmed with unrecorded requests of the same
+shape, so no shape, mode or voice is measured cold. Every request is timed by the one clock
+(qtts_eval.measure). Records are appended as they are measured (qtts_eval.results).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import dataclasses
 import datetime as dt
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,29 +22,31 @@ import pandas as pd
 from tqdm import tqdm
 
 from qtts_eval import environment, pipelines
-from qtts_eval.budget import frame_budget
+from qtts_eval.budget import frame_budget, length_class
 from qtts_eval.errors import BenchError
-from qtts_eval.fixtures import FixtureSet, TextFixture, Voice, load_fixtures, read_reference_audio
-from qtts_eval.metrics.latency import ChunkTiming, latency_columns
-from qtts_eval.metrics.memory import MemoryProbe, PeakMemory
+from qtts_eval.fixtures import FixtureSet, TextFixture, Voice, load_fixtures
+from qtts_eval.measure import Measurement, measure
+from qtts_eval.metrics.latency import latency_columns
 from qtts_eval.metrics.quality import quality_columns
 from qtts_eval.metrics.speaker import Embedder, load_embedder
-from qtts_eval.metrics.stats import percentile_ci
+from qtts_eval.pipelines import options as pipeline_options
 from qtts_eval.pipelines.base import (
     REMOTE_GPU_MEMORY_KEY,
-    SAMPLE_RATE_HZ,
-    AudioChunk,
     CloneMode,
-    Mark,
     Pipeline,
     PipelineConfig,
     Request,
     Sampling,
-    Stage,
-    StreamEnd,
     UnsupportedRequest,
 )
 from qtts_eval.results import Record, RunStore
+from qtts_eval.summary import latency_table, memory_drift, steady_state, summarise
+from qtts_eval.units import SAMPLE_RATE_HZ
+
+QUICK = "quick"  # one text per category, modes taken in turn: every category and every mode, in minutes
+FULL = "full"  # every selected text in every mode
+MATRICES = (QUICK, FULL)
+WARMUP_FRAMES = 8  # frame budget of a warm-up request: the cell's prompt shape, without its full length
 
 
 @dataclass(frozen=True)
@@ -55,18 +58,19 @@ class BenchConfig:
     device: str = "cpu"  # torch device
     dtype: str = "float32"  # talker dtype
     attn_implementation: str = "sdpa"  # eager, sdpa or flash_attention_2
-    fixtures: tuple[str, ...] = ()  # text fixture ids; empty = all
+    matrix: str = QUICK  # QUICK or FULL (see MATRICES); explicit fixtures are run in every mode either way
+    fixtures: tuple[str, ...] = ()  # text fixture ids; empty = all (FULL) or one per category (QUICK)
     voices: tuple[str, ...] = ("slt",)  # reference voice ids
     modes: tuple[str, ...] = (CloneMode.ICL.value, CloneMode.XVECTOR.value)  # clone modes
-    repeats: int = 2  # measured repeats of every cell
-    warmup: int = 1  # unrecorded requests per pipeline before the matrix (first-call costs)
+    repeats: int = 1  # measured repeats of every cell
+    warmup: int = 1  # unrecorded requests per pipeline and warm-up class (mode, voice, length class)
     seed: int = 0  # request seed = seed + repeat
     sampling: Sampling = field(default_factory=Sampling)  # decoding settings for every request
     speaker_embedder: str | None = (
         "resemblyzer"  # speaker-similarity embedder spec; None = no speaker columns
     )
     speaker_embedder_path: str | None = None  # local weights for the embedder, if it takes any
-    # PipelineConfig.options: "key" goes to every pipeline, "name.key" only to pipeline "name".
+    # PipelineConfig.options: "key" goes to every pipeline that takes it, "name.key" only to pipeline "name".
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -75,18 +79,11 @@ class BenchConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BenchConfig:
         data = dict(data)
+        data.setdefault("matrix", FULL)  # runs written before the quick matrix existed ran the full one
         data["sampling"] = Sampling(**data["sampling"])
         for key in ("pipelines", "fixtures", "voices", "modes"):
             data[key] = tuple(data[key])
         return cls(**data)
-
-
-def options_for(pipeline: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The options one pipeline gets: unscoped keys, then its own "pipeline.key" entries."""
-    mine = {key: value for key, value in options.items() if "." not in key}
-    prefix = f"{pipeline}."
-    mine.update({key[len(prefix) :]: value for key, value in options.items() if key.startswith(prefix)})
-    return mine
 
 
 @dataclass(frozen=True)
@@ -104,13 +101,29 @@ class Cell:
         return f"{self.pipeline}|{self.text.id}|{self.voice.id}|{self.mode.value}|{self.repeat}"
 
 
+def _texts(config: BenchConfig, fixtures: FixtureSet) -> list[TextFixture]:
+    if config.fixtures:
+        return [fixtures.text(text_id) for text_id in config.fixtures]
+    texts = list(fixtures.texts.values())
+    if config.matrix == FULL:
+        return texts
+    firsts: dict[str, TextFixture] = {}
+    for text in texts:
+        firsts.setdefault(text.category, text)
+    return list(firsts.values())
+
+
 def build_matrix(config: BenchConfig, fixtures: FixtureSet) -> list[Cell]:
     """Every cell, validated up front so a typo fails before any model loads."""
     if config.repeats < 1:
         raise BenchError(f"repeats must be at least 1, got {config.repeats}")
+    if config.warmup < 0:
+        raise BenchError(f"warmup must not be negative, got {config.warmup}")
+    if config.matrix not in MATRICES:
+        raise BenchError(f"matrix {config.matrix!r} is not one of {', '.join(MATRICES)}")
     if not config.pipelines:
         raise BenchError("no pipelines given")
-    texts = [fixtures.text(text_id) for text_id in config.fixtures] or list(fixtures.texts.values())
+    texts = _texts(config, fixtures)
     voices = [fixtures.voice(voice_id) for voice_id in config.voices]
     if not voices:
         raise BenchError("no voices given")
@@ -118,58 +131,28 @@ def build_matrix(config: BenchConfig, fixtures: FixtureSet) -> list[Cell]:
         modes = [CloneMode(mode) for mode in config.modes]
     except ValueError as exc:
         raise BenchError(f"{exc}; modes are {', '.join(m.value for m in CloneMode)}") from exc
-    for name in config.pipelines:
-        pipelines.pipeline_class(name)  # unknown names fail here, with suggestions
+    if not modes:
+        raise BenchError("no modes given")
+    classes = {name: pipelines.pipeline_class(name) for name in config.pipelines}  # unknown names fail here
+    scoped = pipeline_options.scope(
+        config.options, {name: cls.options_schema for name, cls in classes.items()}
+    )
+    for name, cls in classes.items():
+        pipeline_options.parse(cls.label, cls.options_schema, scoped[name])  # typos fail before loading
+    quick = config.matrix == QUICK and not config.fixtures
     return [
         Cell(pipeline, text, voice, mode, repeat)
         for repeat in range(config.repeats)
-        for text in texts
+        for index, text in enumerate(texts)
         for voice in voices
-        for mode in modes
+        for mode in ([modes[index % len(modes)]] if quick else modes)
         for pipeline in config.pipelines
     ]
 
 
-@dataclass(frozen=True)
-class Measurement:
-    """What the harness observed for one request."""
-
-    audio: np.ndarray  # all chunks, concatenated
-    end: StreamEnd  # the pipeline's closing event
-    chunks: list[ChunkTiming]  # arrival time and length of every chunk
-    marks: dict[Stage, float]  # stage times, seconds after t0
-    wall_s: float  # t0 -> last chunk
-    memory: PeakMemory
-
-
-def measure(pipeline: Pipeline, request: Request, device: str) -> Measurement:
-    """Run one request; t0 is the hand-off, every time is taken when the event reaches the harness."""
-    probe = MemoryProbe(device)
-    probe.start()
-    audio: list[np.ndarray] = []
-    chunks: list[ChunkTiming] = []
-    marks: dict[Stage, float] = {}
-    end: StreamEnd | None = None
-    t0 = time.monotonic_ns()
-    for event in pipeline.stream(request):
-        if isinstance(event, AudioChunk):
-            audio.append(event.samples)
-            chunks.append(ChunkTiming((event.t_ns - t0) / 1e9, int(event.samples.shape[0])))
-        elif isinstance(event, Mark):
-            marks[event.stage] = (event.t_ns - t0) / 1e9
-        else:
-            end = event
-    memory = probe.stop()
-    if end is None:
-        raise BenchError("the pipeline's stream ended without a StreamEnd event")
-    return Measurement(
-        audio=np.concatenate(audio) if audio else np.zeros(0, np.float32),
-        end=end,
-        chunks=chunks,
-        marks=marks,
-        wall_s=chunks[-1].t_s if chunks else 0.0,
-        memory=memory,
-    )
+def warmup_class(cell: Cell) -> tuple[str, str, str, str]:
+    """Requests of one class share their first-call costs: same pipeline, mode, voice and prompt size."""
+    return cell.pipeline, cell.mode.value, cell.voice.id, length_class(cell.text.text, cell.text.language)
 
 
 class Bench:
@@ -180,8 +163,8 @@ class Bench:
         self.store = store
         self.fixtures = fixtures
         self.cells = build_matrix(config, fixtures)
-        self._ref_audio: dict[str, np.ndarray] = {}
         self._embedder: Embedder | None = None
+        self._warmed: set[tuple[str, str, str, str]] = set()
 
     @classmethod
     def create(cls, config: BenchConfig, results_root: Path, run_id: str | None = None) -> Bench:
@@ -229,7 +212,9 @@ class Bench:
             for name in dict.fromkeys(cell.pipeline for cell in todo):
                 loaded[name] = self._load(name)
             for cell in tqdm(todo, desc=f"bench {self.run_id}", disable=not progress, file=sys.stderr):
-                self.store.append(self._run_cell(loaded[cell.pipeline], cell, machine))
+                pipeline = loaded[cell.pipeline]
+                self._warm(pipeline, cell)
+                self.store.append(self._run_cell(pipeline, cell, machine))
         finally:
             for pipeline in loaded.values():
                 pipeline.close()
@@ -241,6 +226,7 @@ class Bench:
                 "rows": summarise(frame).to_dict(orient="records"),
                 "latency": latency_table(frame).to_dict(orient="records"),
                 "memory_drift": memory_drift(frame).to_dict(orient="records"),
+                "steady_state": steady_state(frame).to_dict(orient="records"),
                 "warmup": self.store.warmups(),
             }
         )
@@ -252,55 +238,58 @@ class Bench:
         return load_run(self.store.directory)
 
     def _load(self, name: str) -> Pipeline:
+        scoped = pipeline_options.scope(
+            self.config.options, {name: pipelines.pipeline_class(name).options_schema}
+        )
         config = PipelineConfig(
             model=self.config.model,
             device=self.config.device,
             dtype=self.config.dtype,
             attn_implementation=self.config.attn_implementation,
-            options=options_for(name, self.config.options),
+            options=scoped[name],
         )
         pipeline = pipelines.create(name, config)
         started = time.monotonic_ns()
         pipeline.load()
-        load_s = (time.monotonic_ns() - started) / 1e9
-        first = self.cells[0]
-        for index in range(self.config.warmup):
-            synthetic = bool(pipeline.describe().get("synthetic", False))
-            request = self._request(Cell(name, first.text, first.voice, first.mode, 0), synthetic)
-            # First calls pay one-off costs (lazy init, compilation, graph capture): kept apart from records.
-            result = measure(
-                pipeline, dataclasses.replace(request, seed=request.seed + 10_000 + index), self.config.device
-            )
-            self.store.append_warmup(
-                {
-                    "pipeline": name,
-                    "index": index,
-                    "load_s": load_s if index == 0 else None,
-                    "wall_s": result.wall_s,
-                    "first_byte_s": result.chunks[0].t_s if result.chunks else None,
-                    "audio_seconds": result.audio.shape[0] / SAMPLE_RATE_HZ,
-                }
-            )
+        self.store.append_warmup({"pipeline": name, "load_s": (time.monotonic_ns() - started) / 1e9})
         return pipeline
+
+    def _warm(self, pipeline: Pipeline, cell: Cell) -> None:
+        """Before a cell's first measurement: unrecorded requests of its warm-up class, on the cell's own text
+        and voice with a short budget, so first-call costs (lazy init, per-shape kernels, prompt building)
+        are paid outside the records."""
+        group = warmup_class(cell)
+        if group in self._warmed or self.config.warmup == 0:
+            return
+        self._warmed.add(group)
+        synthetic = bool(pipeline.describe().get("synthetic", False))
+        request = self._request(cell, synthetic)
+        for index in range(self.config.warmup):
+            warm = dataclasses.replace(
+                request, max_frames=min(WARMUP_FRAMES, request.max_frames), seed=request.seed + 10_000 + index
+            )
+            entry: dict[str, Any] = {"pipeline": cell.pipeline, "class": "/".join(group[1:]), "index": index}
+            try:
+                result = measure(pipeline, warm, cell.pipeline)
+            except Exception as exc:  # the measured request will record the failure; warm-up only notes it
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+            else:
+                entry.update(
+                    wall_s=result.wall_s, first_byte_s=result.chunks[0].t_s if result.chunks else None
+                )
+            self.store.append_warmup(entry)
 
     def _quality(self, request: Request, audio: np.ndarray, synthetic: bool) -> dict[str, Any]:
         return quality_columns(
             audio, request.ref_audio, request.text, request.language, synthetic, self._embedder
         )
 
-    def _reference(self, voice: Voice) -> np.ndarray:
-        if voice.id not in self._ref_audio:
-            audio, _ = read_reference_audio(voice.ref_wav)
-            self._ref_audio[voice.id] = audio
-        return self._ref_audio[voice.id]
-
     def _request(self, cell: Cell, synthetic: bool) -> Request:
-        return Request(
-            text=cell.text.text,
-            language=cell.text.language,
-            ref_audio=self._reference(cell.voice),
-            ref_text=cell.voice.ref_text,
-            mode=cell.mode,
+        return Request.for_voice(
+            cell.voice,
+            cell.text.text,
+            cell.text.language,
+            cell.mode,
             max_frames=frame_budget(cell.text.text, cell.text.language, synthetic),
             seed=self.config.seed + cell.repeat,
             sampling=self.config.sampling,
@@ -325,6 +314,7 @@ class Bench:
             text_chars=len(cell.text.text),
             frame_budget=request.max_frames,
             status="ok",
+            warm=warmup_class(cell) in self._warmed,
             started_at=_now(),
             env={
                 **machine,
@@ -334,7 +324,7 @@ class Bench:
             },
         )
         try:
-            result = measure(pipeline, request, self.config.device)
+            result = measure(pipeline, request, cell.pipeline)
         except UnsupportedRequest as exc:
             return dataclasses.replace(base, status="unsupported", error=str(exc))
         except Exception as exc:  # a failing candidate must not end the run; the error is recorded
@@ -353,7 +343,7 @@ class Bench:
             **memory,
             info=dict(result.end.info),
             **self._quality(request, result.audio, synthetic),
-            **latency_columns(result.chunks, result.marks, result.audio),  # type: ignore[arg-type]
+            **latency_columns(result.chunks, result.marks, result.audio, result.pipeline_chunk_t_s),  # type: ignore[arg-type]
         )
 
 
@@ -373,72 +363,3 @@ def _memory_columns(pipeline: Pipeline, result: Measurement) -> dict[str, Any]:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-LATENCY_METRICS = ("first_byte_s", "first_playable_s", "audible_onset_s", "rtf", "gap_p95_s")
-PERCENTILES = (50.0, 95.0, 99.0)
-
-
-def latency_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per pipeline and metric: p50/p95/p99 over ok requests, each with a bootstrap 95 % interval."""
-    ok = frame[frame["status"] == "ok"]
-    rows = []
-    for pipeline, group in ok.groupby("pipeline"):
-        for metric in LATENCY_METRICS:
-            if metric not in group or group[metric].isna().all():
-                continue
-            row: dict[str, Any] = {"pipeline": pipeline, "metric": metric}
-            for q in PERCENTILES:
-                p = percentile_ci(group[metric].dropna().tolist(), q)
-                row[f"p{q:g}"], row[f"p{q:g}_low"], row[f"p{q:g}_high"], row["n"] = (
-                    p.value,
-                    p.low,
-                    p.high,
-                    p.n,
-                )
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def memory_drift(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per pipeline: memory held after each request, first vs last and the fitted slope per request."""
-    rows = []
-    for pipeline, group in frame[frame["mem_after_bytes"].notna()].groupby("pipeline"):
-        after = group["mem_after_bytes"].to_numpy(dtype=np.float64)
-        slope = float(np.polyfit(np.arange(after.size), after, 1)[0]) if after.size > 1 else 0.0
-        rows.append(
-            {
-                "pipeline": pipeline,
-                "requests": int(after.size),
-                "first_mb": after[0] / 2**20,
-                "last_mb": after[-1] / 2**20,
-                "slope_mb_per_request": slope / 2**20,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def _median_mib(values: pd.Series) -> float:
-    # External candidates without a GPU have no memory reading: missing values are skipped.
-    numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
-    measured = numbers[~np.isnan(numbers)]
-    return float(np.median(measured)) / 2**20 if measured.size else float("nan")
-
-
-def summarise(frame: pd.DataFrame, by: Sequence[str] = ("pipeline", "fixture_id")) -> pd.DataFrame:
-    """Per-group medians of the core metrics, plus request and error counts."""
-    keys = list(by)
-    ok = frame[frame["status"] == "ok"]
-    counts = frame.groupby(keys).agg(requests=("status", "size"))
-    counts["errors"] = frame[frame["status"] != "ok"].groupby(keys).size()
-    medians = ok.groupby(keys).agg(
-        wall_s=("wall_s", "median"),
-        audio_s=("audio_seconds", "median"),
-        rtf=("rtf", "median"),
-        frames=("frames_generated", "median"),
-        budget_hits=("budget_hit", "sum"),
-        peak_mem_mb=("peak_mem_bytes", _median_mib),
-    )
-    table = counts.join(medians).reset_index()
-    table["errors"] = table["errors"].fillna(0).astype(int)
-    return table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from qtts_eval.pipelines.base import FRAME_RATE_HZ
+from qtts_eval.units import FRAME_RATE_HZ
 
 # Nominal speaking rates in characters per second (spaces and punctuation included), used only to size
 # frame budgets: ~150 words/min English, ~4.5 Chinese characters/s, ~7 Japanese characters/s. They are
@@ -32,3 +32,13 @@ def frame_budget(text: str, language: str, synthetic: bool) -> int:
     if synthetic:
         return estimate
     return math.ceil(estimate * REAL_BUDGET_FACTOR) + REAL_BUDGET_SLACK_FRAMES
+
+
+LENGTH_CLASSES = ((64, "short"), (256, "medium"))  # (most estimated frames, class); longer texts are "long"
+
+
+def length_class(text: str, language: str) -> str:
+    """A coarse prompt-size class (short up to ~5 s of speech, medium up to ~20 s, long): requests of one
+    class share their shapes closely enough to share a warm-up."""
+    frames = estimated_frames(text, language)
+    return next((name for limit, name in LENGTH_CLASSES if frames <= limit), "long")

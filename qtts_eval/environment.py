@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -71,6 +72,16 @@ def _gpu() -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cuda_driver": driver,
     }
+
+
+@functools.cache
+def device_name(device: str) -> str:
+    """The card behind a torch device string ("cuda:1" names the second card, not the current one)."""
+    if not device.startswith("cuda"):
+        return _cpu_model() or "cpu"
+    import torch
+
+    return str(torch.cuda.get_device_name(torch.device(device)))
 
 
 def fingerprint() -> dict[str, Any]:

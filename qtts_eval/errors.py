@@ -25,6 +25,11 @@ class PipelineError(QttsEvalError):
     """A pipeline that cannot be found, created or run."""
 
 
+class ClockError(PipelineError):
+    """A pipeline whose events contradict the harness's clock: stamped before t0, after arrival, or out of
+    order."""
+
+
 class ResultsError(QttsEvalError):
     """A results directory that cannot be read or written safely."""
 

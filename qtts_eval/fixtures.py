@@ -46,7 +46,7 @@ import numpy.typing as npt
 import soundfile as sf
 
 from qtts_eval.errors import AudioError, FixtureError
-from qtts_eval.pipelines.base import SAMPLE_RATE_HZ
+from qtts_eval.units import SAMPLE_RATE_HZ
 
 MIN_REFERENCE_S = 1.0  # below this (12.5 codec frames) a clip holds too little speech to carry a voice
 MAX_REFERENCE_S = 30.0  # longer is more likely a mistake than a prompt; ICL context grows 12.5 frames/s

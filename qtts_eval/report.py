@@ -18,7 +18,7 @@ import pandas as pd
 
 from qtts_eval.bench import Bench, BenchConfig
 from qtts_eval.history import History
-from qtts_eval.pipelines.base import SAMPLE_RATE_HZ
+from qtts_eval.units import SAMPLE_RATE_HZ
 
 if TYPE_CHECKING:
     from qtts_eval.parity.run import ParityResult

@@ -27,16 +27,25 @@ import pandas as pd
 
 from qtts_eval.errors import ResultsError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
 PARQUET_FILE = "records.parquet"
 SUMMARY_FILE = "summary.json"
 WARMUP_FILE = "warmup.jsonl"  # unrecorded warm-up requests: load and first-call times, kept apart
 
-# Older schema versions are upgraded one step at a time: _MIGRATIONS[n] turns a version-n record into
-# version n+1. Empty while only version 1 exists.
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+def _v1_to_v2(obj: dict[str, Any]) -> dict[str, Any]:
+    # Version 2: the harness stamps every event (one clock). Version-1 times of in-process pipelines were the
+    # pipeline's own stamps; they stay where they were, and the new columns are unknown for them.
+    if "request_key" in obj:
+        obj = {"warm": None, "pipeline_first_byte_s": None, "handoff_s": None, **obj}
+    return obj
+
+
+# Older schema versions are upgraded one step at a time: _MIGRATIONS[n] turns a version-n record (or run
+# header) into version n+1.
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class Record:
     text_chars: int  # characters in the input text
     frame_budget: int  # max codec frames allowed (max_new_tokens); derived from the text
     status: str  # "ok", "error" or "unsupported"
+    warm: bool | None = None  # its warm-up class (pipeline, mode, voice, length class) was warmed before it
     error: str | None = None  # the error message when status is not "ok"
     frames_generated: int | None = None  # codec frames in the output (12.5 frames per audio second)
     budget_hit: bool | None = None  # generation stopped at the frame budget rather than at EOS
@@ -67,13 +77,17 @@ class Record:
     peak_mem_kind: str | None = None  # "cuda_allocated" or "process_rss"
     peak_reserved_bytes: int | None = None  # torch peak reserved (CUDA only)
     mem_after_bytes: int | None = None  # memory still held after the request (drift across requests)
+    # Latency is stamped by the harness when each event reaches it (qtts_eval.measure), for every pipeline.
     first_byte_s: float | None = None  # t0 -> first audio sample at the harness
     first_playable_s: float | None = None  # t0 -> one full packet (320 ms) of audio at the harness
     audible_onset_s: float | None = None  # t0 -> arrival of the first 10 ms window above -45 dBFS
-    prompt_s: float | None = None  # t0 -> speaker embedding and reference codes ready
+    # The pipeline's own times (stage marks and its stamp of the first chunk), checked against the harness's.
+    prompt_s: float | None = None  # t0 -> speaker embedding and reference codes ready (~0 when cached)
     prefill_s: float | None = None  # prompt ready -> talker prefill done
     first_frame_s: float | None = None  # prefill done -> first 16-code frame complete
-    first_packet_decode_s: float | None = None  # first packet's codes complete -> its audio at the harness
+    first_packet_decode_s: float | None = None  # first packet's codes complete -> its audio ready (pipeline)
+    pipeline_first_byte_s: float | None = None  # t0 -> first chunk ready, by the pipeline's own stamp
+    handoff_s: float | None = None  # pipeline's first-chunk stamp -> the harness's (queue or wire hop)
     chunks: int | None = None  # audio chunks received
     gap_p50_s: float | None = None  # median gap between consecutive chunk arrivals
     gap_p95_s: float | None = None  # 95th percentile of those gaps

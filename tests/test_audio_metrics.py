@@ -20,7 +20,7 @@ from qtts_eval.metrics.audio import (
     mrstft_distance,
     snr_db,
 )
-from qtts_eval.pipelines.base import SAMPLE_RATE_HZ
+from qtts_eval.units import SAMPLE_RATE_HZ
 
 FIXTURES = load_fixtures()
 CLIPS = [

@@ -14,6 +14,7 @@ from qtts_eval.budget import estimated_frames, frame_budget
 from qtts_eval.errors import BenchError, FixtureError, PipelineError, RequestError
 from qtts_eval.fixtures import load_fixtures
 from qtts_eval.pipelines.base import AudioChunk, CloneMode, Event, Pipeline, Request, StreamEnd
+from qtts_eval.pipelines.options import scope
 from qtts_eval.results import load_run
 
 SILENCE = np.zeros(1920 * 4, np.float32)
@@ -28,7 +29,7 @@ class CrashOnChinese(Pipeline):
     def stream(self, request: Request) -> Iterator[Event]:
         if request.language == "chinese":
             raise RuntimeError("segfault-like failure in the candidate")
-        yield AudioChunk(SILENCE, 0)
+        yield AudioChunk(SILENCE)
         yield StreamEnd(frames_generated=4)
 
     def describe(self) -> dict[str, object]:
@@ -144,11 +145,46 @@ def test_resume_refuses_changed_fixtures(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_scoped_options_reach_only_their_pipeline() -> None:
-    from qtts_eval.bench import options_for
+    from qtts_eval.pipelines.calibration import Delays
+    from qtts_eval.pipelines.reference import ReferenceOptions
+    from qtts_eval.wire.pipelines import WebSocketOptions
 
+    schemas = {"reference": ReferenceOptions, "websocket": WebSocketOptions, "calibration": Delays}
     options = {"timeout_s": 5, "reference.streaming": True, "websocket.url": "ws://127.0.0.1:1/api/v1/speak"}
-    assert options_for("reference", options) == {"timeout_s": 5, "streaming": True}
-    assert options_for("websocket", options) == {"timeout_s": 5, "url": "ws://127.0.0.1:1/api/v1/speak"}
+    scoped = scope(options, schemas)
+    assert scoped["reference"] == {"streaming": True}  # timeout_s is not a reference option
+    assert scoped["websocket"] == {"timeout_s": 5, "url": "ws://127.0.0.1:1/api/v1/speak"}
+    assert scoped["calibration"] == {}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"streamin": True}, "Did you mean 'streaming'"),  # unscoped typo: no pipeline takes it
+        ({"reference.left_contxt": 3}, "Did you mean 'left_context'"),  # scoped typo
+        ({"refrence.streaming": True}, "Did you mean 'reference'"),  # scope names no pipeline of the run
+        ({"reference.packet_frames": "four"}, "'four' is not an integer"),
+        ({"reference.left_context": "all"}, "frame count or 'exact'"),
+        ({"calibration.chunks": 0}, "at least 1"),
+    ],
+)
+def test_misspelled_or_invalid_options_fail_before_anything_loads(
+    options: dict[str, object], message: str
+) -> None:
+    config = BenchConfig(pipelines=("reference", "calibration"), fixtures=("en_short",), options=options)
+    with pytest.raises(PipelineError, match=message):
+        build_matrix(config, load_fixtures())
+
+
+def test_quick_matrix_covers_every_category_and_mode_once() -> None:
+    fixtures = load_fixtures()
+    cells = build_matrix(BenchConfig(), fixtures)
+    categories = {text.category for text in fixtures.texts.values()}
+    assert {cell.text.category for cell in cells} == categories
+    assert len(cells) == len(categories)  # one text per category, one voice, one repeat
+    assert {cell.mode for cell in cells} == set(CloneMode)
+    full = build_matrix(BenchConfig(matrix="full"), fixtures)
+    assert len(full) == len(fixtures.texts) * len(CloneMode)
 
 
 def test_records_carry_every_quality_column() -> None:

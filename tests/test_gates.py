@@ -95,7 +95,7 @@ def test_planted_slowdown_fails_naming_metric_baseline_and_change(
         "baseline 0.04",
         "run baseline",
         "run slow",
-        "change +3",
+        f"change {first_byte.change:+.1%}",
         "REGRESSION",
     ):
         assert words in first_byte.message, (words, first_byte.message)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qtts_eval.bench import measure
 from qtts_eval.fixtures import load_fixtures, read_reference_audio
+from qtts_eval.measure import measure
 from qtts_eval.pipelines.base import CloneMode, PipelineConfig, Request
 from qtts_eval.pipelines.reference import ReferencePipeline
 
@@ -34,8 +34,8 @@ def test_cuda_greedy_runs_agree_and_report_cuda_memory(cuda_reference: Reference
         max_frames=16,
         seed=0,
     )
-    first = measure(cuda_reference, request, "cuda:0")
-    second = measure(cuda_reference, request, "cuda:0")
+    first = measure(cuda_reference, request)
+    second = measure(cuda_reference, request)
     assert first.end.frames_generated == second.end.frames_generated > 0
     assert first.audio.tobytes() == second.audio.tobytes()
     assert first.memory.kind == "cuda_allocated" and first.memory.peak_bytes > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qtts_eval.bench import measure
+from qtts_eval.measure import measure
 from qtts_eval.metrics.latency import (
     ChunkTiming,
     latency_columns,
@@ -62,7 +62,7 @@ def test_harness_measures_injected_delays() -> None:
     )
     first_bytes, gaps = [], []
     for _ in range(5):
-        result = measure(pipeline, request, "cpu")
+        result = measure(pipeline, request)
         first_bytes.append(result.chunks[0].t_s)
         gaps.extend(np.diff([chunk.t_s for chunk in result.chunks]))
     # Medians: a 2-core machine shared with other work can delay a single wake-up.

@@ -7,10 +7,10 @@ import io
 import numpy as np
 import pytest
 
-from qtts_eval import protocol
 from qtts_eval.errors import ProtocolError
 from qtts_eval.pipelines.base import CloneMode
-from qtts_eval.protocol import Encoding, ErrorCode, InvalidMessage
+from qtts_eval.wire import protocol
+from qtts_eval.wire.protocol import Encoding, ErrorCode, InvalidMessage
 
 VOICE = (np.linspace(-0.5, 0.5, 24_000, dtype=np.float32), "A transcript.")
 

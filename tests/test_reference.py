@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qtts_eval.bench import measure
 from qtts_eval.fixtures import load_fixtures, read_reference_audio
+from qtts_eval.measure import measure
 from qtts_eval.pipelines.base import CloneMode, Request, Sampling
 
 BUDGET = 12  # frames: enough to tell outputs apart, small enough to stay fast on CPU
@@ -37,31 +37,29 @@ def _request(
 
 @pytest.mark.parametrize("mode", list(CloneMode))
 def test_two_greedy_runs_are_bit_identical(tiny_reference, slt, mode: CloneMode) -> None:
-    first = measure(tiny_reference, _request(slt, mode), "cpu")
-    second = measure(tiny_reference, _request(slt, mode), "cpu")
+    first = measure(tiny_reference, _request(slt, mode))
+    second = measure(tiny_reference, _request(slt, mode))
     assert first.audio.size > 0
     assert first.audio.tobytes() == second.audio.tobytes()
 
 
 def test_budget_caps_generation(tiny_reference, slt) -> None:
-    result = measure(tiny_reference, _request(slt, CloneMode.XVECTOR), "cpu")
+    result = measure(tiny_reference, _request(slt, CloneMode.XVECTOR))
     # Random weights run to the budget; the last step's frame is never emitted (REFERENCE-NOTES).
     assert result.end.frames_generated == BUDGET - 1
     assert result.audio.shape[0] == (BUDGET - 1) * 1920
 
 
 def test_modes_condition_differently(tiny_reference, slt) -> None:
-    icl = measure(tiny_reference, _request(slt, CloneMode.ICL), "cpu").audio
-    xvector = measure(tiny_reference, _request(slt, CloneMode.XVECTOR), "cpu").audio
+    icl = measure(tiny_reference, _request(slt, CloneMode.ICL)).audio
+    xvector = measure(tiny_reference, _request(slt, CloneMode.XVECTOR)).audio
     assert not np.array_equal(icl[: xvector.size], xvector[: icl.size])
 
 
 def test_sampling_follows_the_seed(tiny_reference, slt) -> None:
     sampling = Sampling(do_sample=True)
-    same = [
-        measure(tiny_reference, _request(slt, CloneMode.XVECTOR, 7, sampling), "cpu").audio for _ in range(2)
-    ]
-    other = measure(tiny_reference, _request(slt, CloneMode.XVECTOR, 8, sampling), "cpu").audio
+    same = [measure(tiny_reference, _request(slt, CloneMode.XVECTOR, 7, sampling)).audio for _ in range(2)]
+    other = measure(tiny_reference, _request(slt, CloneMode.XVECTOR, 8, sampling)).audio
     assert same[0].tobytes() == same[1].tobytes()
     assert same[0].tobytes() != other.tobytes()
 

@@ -11,11 +11,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from qtts_eval.bench import measure
 from qtts_eval.budget import estimated_frames
 from qtts_eval.cli import main
 from qtts_eval.errors import MetricError, NoSpeechError
 from qtts_eval.fixtures import load_fixtures, read_reference_audio
+from qtts_eval.measure import measure
 from qtts_eval.metrics.quality import quality_columns
 from qtts_eval.metrics.speaker import (
     DRIFT_MAX_DROP,
@@ -313,7 +313,7 @@ def test_quality_columns_on_synthetic_weights(
         max_frames=estimated_frames(text, "english"),
         seed=0,
     )
-    audio = measure(tiny_reference, request, "cpu").audio
+    audio = measure(tiny_reference, request).audio
     columns = quality_columns(audio, ref, text, "english", True, resemblyzer_embedder)
     assert columns["quality_verdict_valid"] is False
     assert isinstance(columns["audible_fraction"], float) and isinstance(columns["duration_ratio"], float)

@@ -1,6 +1,6 @@
 """Candidates over the wire: every fault gets a named error in time, the kit and the load generator work.
 
-The candidates here are real processes speaking the protocol: ``qtts_eval.testing.faulty_worker`` (a tone
+The candidates here are real processes speaking the protocol: ``qtts_eval.wire.faulty_worker`` (a tone
 generator behind the suite's own protocol engine that misbehaves on command) and, in the slow tests,
 ``qtts-eval serve`` / ``qtts-eval worker`` around the official reference on the tiny checkpoint.
 """
@@ -17,16 +17,17 @@ import numpy as np
 import pytest
 
 from qtts_eval import pipelines
-from qtts_eval.bench import Bench, BenchConfig, measure
-from qtts_eval.client import collect
-from qtts_eval.conformance import CheckOptions, check_target
+from qtts_eval.bench import Bench, BenchConfig
 from qtts_eval.errors import CandidateTimeout, ProtocolError
 from qtts_eval.fixtures import load_fixtures, read_reference_audio
-from qtts_eval.load import LoadOptions, LoadRunner, summarise
+from qtts_eval.measure import measure
 from qtts_eval.metrics.latency import ChunkTiming, playback_underruns
 from qtts_eval.pipelines.base import CloneMode, Pipeline, PipelineConfig, Request
+from qtts_eval.wire.client import collect
+from qtts_eval.wire.conformance import CheckOptions, check_target
+from qtts_eval.wire.load import LoadOptions, LoadRunner, summarise
 
-FAULTY = [sys.executable, "-m", "qtts_eval.testing.faulty_worker"]
+FAULTY = [sys.executable, "-m", "qtts_eval.wire.faulty_worker"]
 QTTS = [sys.executable, "-m", "qtts_eval"]
 TIMEOUT_S = 3.0  # per-message wait in fault tests: a hang must be reported within this (plus exit grace)
 FRAMES = 4  # frame budget of the real-model requests: small, so the tiny model stays fast on 2 cores
@@ -142,7 +143,7 @@ def test_conformance_passes_a_correct_worker_and_websocket_server() -> None:
 
 @pytest.mark.parametrize(("fault", "rule"), [("wrong-samples", "audio-f32"), ("nan", "audio-f32")])
 def test_conformance_fails_a_broken_worker_at_the_right_rule(fault: str, rule: str) -> None:
-    from qtts_eval.client import Timeouts
+    from qtts_eval.wire.client import Timeouts
 
     options = CheckOptions(frames=FRAMES, timeouts=Timeouts(start_s=60, message_s=TIMEOUT_S))
     results = check_target(" ".join([*FAULTY, "--fault", fault]), options)
@@ -202,11 +203,11 @@ def test_reference_over_websocket_matches_in_process(tiny_reference, reference_u
     import dataclasses
 
     request = dataclasses.replace(request_xv, mode=mode)
-    local = measure(tiny_reference, request, "cpu")
+    local = measure(tiny_reference, request)
     pipeline = pipelines.create("websocket", PipelineConfig(options={"url": reference_url}))
     pipeline.load()
     try:
-        remote = measure(pipeline, request, "cpu")
+        remote = measure(pipeline, request)
         assert pipeline.describe()["synthetic"] is True  # the server's facts reach the records
     finally:
         pipeline.close()
@@ -216,10 +217,10 @@ def test_reference_over_websocket_matches_in_process(tiny_reference, reference_u
 
 @pytest.mark.slow
 def test_reference_stdio_worker_matches_in_process(tiny_reference, request_xv) -> None:
-    local = measure(tiny_reference, request_xv, "cpu")
+    local = measure(tiny_reference, request_xv)
     pipeline = _worker([*QTTS, "worker", "--pipeline", "reference", "--model", "tiny"])
     try:
-        remote = measure(pipeline, request_xv, "cpu")
+        remote = measure(pipeline, request_xv)
     finally:
         pipeline.close()
     assert remote.audio.tobytes() == local.audio.tobytes()

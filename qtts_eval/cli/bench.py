@@ -8,10 +8,11 @@ from typing import Any
 
 import pandas as pd
 
-from qtts_eval.bench import Bench, BenchConfig, latency_table, memory_drift, summarise
+from qtts_eval.bench import FULL, QUICK, Bench, BenchConfig
 from qtts_eval.cli.options import parse_options
 from qtts_eval.metrics.stats import Percentile, format_percentile
 from qtts_eval.pipelines.base import CloneMode, Sampling
+from qtts_eval.summary import latency_table, memory_drift, steady_state, summarise
 
 _DEFAULTS = BenchConfig()
 
@@ -25,14 +26,25 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--attn", default=_DEFAULTS.attn_implementation, help="eager, sdpa, flash_attention_2"
     )
-    parser.add_argument("--fixture", dest="fixtures", action="append", help="text fixture id (default: all)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="every text fixture in every mode (default: the quick matrix, one text per category, modes in "
+        "turn)",
+    )
+    parser.add_argument(
+        "--fixture", dest="fixtures", action="append", help="text fixture id, run in every mode (repeatable)"
+    )
     parser.add_argument(
         "--voice", dest="voices", action="append", help=f"voice id (default: {_DEFAULTS.voices[0]})"
     )
     parser.add_argument("--mode", dest="modes", action="append", choices=[m.value for m in CloneMode])
     parser.add_argument("--repeats", type=int, default=_DEFAULTS.repeats)
     parser.add_argument(
-        "--warmup", type=int, default=_DEFAULTS.warmup, help="unrecorded requests per pipeline"
+        "--warmup",
+        type=int,
+        default=_DEFAULTS.warmup,
+        help="unrecorded requests per pipeline and warm-up class (mode, voice, text-length class)",
     )
     parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     parser.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy decoding")
@@ -82,6 +94,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         device=args.device,
         dtype=args.dtype,
         attn_implementation=args.attn,
+        matrix=FULL if args.full else QUICK,
         fixtures=tuple(args.fixtures or ()),
         voices=tuple(args.voices or _DEFAULTS.voices),
         modes=tuple(args.modes or _DEFAULTS.modes),
@@ -143,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
         if len(frame) and frame["chunks"].max() > 1:
             print("\nlatency, ms (RTF as a ratio): p50 / p95 / p99 with bootstrap 95 % intervals")
             print(_latency_text(latency_table(frame)).to_string(index=False))
+        steady = steady_state(frame)
+        if len(steady):
+            print("\nsteady state: first request of each cell / median of its later repeats")
+            print(steady.to_string(index=False))
         drift = memory_drift(frame)
         if len(drift):
             print("\nmemory held after each request (drift over sequential generations)")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from qtts_eval.client import Timeouts
-from qtts_eval.conformance import CheckOptions, check_target, format_table
 from qtts_eval.pipelines.base import CloneMode
+from qtts_eval.wire.client import Timeouts
+from qtts_eval.wire.conformance import CheckOptions, check_target, format_table
 
 _DEFAULTS = CheckOptions()
 

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qtts_eval.client import Timeouts
-from qtts_eval.load import LevelResult, LoadOptions, LoadRunner, first_error, summarise
 from qtts_eval.pipelines.base import CloneMode
+from qtts_eval.wire.client import Timeouts
+from qtts_eval.wire.load import LevelResult, LoadOptions, LoadRunner, first_error, summarise
 
 _DEFAULTS = LoadOptions()
 _COLUMNS = (

@@ -69,14 +69,11 @@ def run(args: argparse.Namespace) -> int:
     from qtts_eval.parity.report import write_reports
     from qtts_eval.parity.run import compare_files, compare_pipeline, reference_dump
 
-    voice = fixtures.load_fixtures().voice(args.voice)
-    audio, _ = fixtures.read_reference_audio(voice.ref_wav)
-    request = Request(
-        text=args.text,
-        language=args.language,
-        ref_audio=audio,
-        ref_text=voice.ref_text,
-        mode=CloneMode(args.mode),
+    request = Request.for_voice(
+        fixtures.load_fixtures().voice(args.voice),
+        args.text,
+        args.language,
+        CloneMode(args.mode),
         max_frames=args.frames,
         seed=args.seed,
         # Greedy without repetition penalty: the captured logits are then exactly what the choice was made on.

@@ -11,7 +11,7 @@ from qtts_eval import pipelines
 from qtts_eval.cli.options import parse_options
 from qtts_eval.errors import PipelineError
 from qtts_eval.pipelines.base import PipelineConfig
-from qtts_eval.serve import LOOPBACK_HOSTS, Host, serve_websocket
+from qtts_eval.wire.server import LOOPBACK_HOSTS, Host, serve_websocket
 
 DEFAULT_PORT = 8765
 

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from qtts_eval.cli.serve import add_pipeline_arguments, load_host
-from qtts_eval.serve import run_stdio_worker
+from qtts_eval.wire.server import run_stdio_worker
 
 
 def add_parser(commands: Any) -> None:

@@ -19,7 +19,7 @@ from scipy.signal import get_window
 
 from qtts_eval.budget import REAL_BUDGET_FACTOR, estimated_frames
 from qtts_eval.errors import MetricError
-from qtts_eval.pipelines.base import FRAME_RATE_HZ, SAMPLE_RATE_HZ
+from qtts_eval.units import FRAME_RATE_HZ, SAMPLE_RATE_HZ
 
 # Audible: a window's RMS level above this, as DESIGN.md defines audible onset (10 ms above -45 dBFS).
 AUDIBLE_WINDOW_S = 0.010  # 10 ms

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from qtts_eval.metrics.audio import audible_onset_s
-from qtts_eval.pipelines.base import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, Stage
+from qtts_eval.pipelines.base import Stage
+from qtts_eval.units import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 
 PLAYABLE_FRAMES = 4  # one packet: 320 ms of audio, the paper's streaming packet
 
@@ -48,11 +49,16 @@ def playback_underruns(chunks: Sequence[ChunkTiming]) -> tuple[int, float]:
 
 
 def latency_columns(
-    chunks: Sequence[ChunkTiming], marks: dict[Stage, float], audio: np.ndarray
+    chunks: Sequence[ChunkTiming],
+    marks: dict[Stage, float],
+    audio: np.ndarray,
+    pipeline_chunk_t_s: Sequence[float | None] = (),
 ) -> dict[str, float | int | list[float] | list[int] | None]:
-    """Record columns for one request; ``marks`` are stage times in seconds after t0."""
+    """Record columns for one request. ``chunks`` carry the harness's arrival stamps; ``marks`` (stage times)
+    and ``pipeline_chunk_t_s`` are the pipeline's own times; all in seconds after t0."""
     if not chunks:
         return {}
+    own_first = pipeline_chunk_t_s[0] if pipeline_chunk_t_s else None
     first_byte = chunks[0].t_s
     playable = min(PLAYABLE_FRAMES * SAMPLES_PER_FRAME, int(audio.size))
     onset_s = audible_onset_s(audio)
@@ -74,7 +80,10 @@ def latency_columns(
         "prompt_s": prompt,
         "prefill_s": split(prefill, prompt),
         "first_frame_s": split(first_frame, prefill),
-        "first_packet_decode_s": split(first_byte, packet_codes),
+        # Both ends on the pipeline's own clock: the decode itself, without the hand-off to the harness.
+        "first_packet_decode_s": split(own_first, packet_codes),
+        "pipeline_first_byte_s": own_first,
+        "handoff_s": split(first_byte, own_first),
         "chunks": len(chunks),
         "gap_p50_s": float(np.percentile(gaps, 50)) if gaps.size else None,
         "gap_p95_s": float(np.percentile(gaps, 95)) if gaps.size else None,

@@ -35,14 +35,15 @@ class MemoryProbe:
     peak (ru_maxrss), which can only overstate."""
 
     def __init__(self, device: str) -> None:
+        self.device = device  # every CUDA call names it: the current device may be another card
         self.cuda = device.startswith("cuda")
 
     def start(self) -> None:
         if self.cuda:
             import torch
 
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
             return
         with contextlib.suppress(OSError):
             _CLEAR_REFS.write_text("5")
@@ -51,12 +52,12 @@ class MemoryProbe:
         if self.cuda:
             import torch
 
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
             return PeakMemory(
-                torch.cuda.max_memory_allocated(),
+                torch.cuda.max_memory_allocated(self.device),
                 "cuda_allocated",
-                torch.cuda.max_memory_reserved(),
-                torch.cuda.memory_allocated(),
+                torch.cuda.max_memory_reserved(self.device),
+                torch.cuda.memory_allocated(self.device),
             )
         peak = _status_bytes("VmHWM")
         if peak is None:

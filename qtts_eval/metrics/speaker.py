@@ -31,7 +31,7 @@ import soxr
 from qtts_eval.errors import MetricError, NoSpeechError
 from qtts_eval.fixtures import FixtureSet, read_reference_audio
 from qtts_eval.metrics.audio import as_mono
-from qtts_eval.pipelines.base import SAMPLE_RATE_HZ
+from qtts_eval.units import SAMPLE_RATE_HZ
 
 RESEMBLYZER_RATE_HZ = 16_000  # resemblyzer's mel front end is built for 16 kHz (its hparams.sampling_rate)
 MEL_STEP_S = 0.010  # resemblyzer's mel hop (hparams.mel_window_step, 10 ms)

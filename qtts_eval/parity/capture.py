@@ -27,7 +27,6 @@ from qtts_eval.environment import package_version
 from qtts_eval.errors import ParityError
 from qtts_eval.parity.dumps import DumpMeta, StageDump
 from qtts_eval.pipelines.base import (
-    SAMPLE_RATE_HZ,
     AudioChunk,
     Capability,
     CloneMode,
@@ -37,6 +36,7 @@ from qtts_eval.pipelines.base import (
     StreamEnd,
 )
 from qtts_eval.pipelines.reference import ReferencePipeline, generation_kwargs
+from qtts_eval.units import SAMPLE_RATE_HZ
 
 FORCE_FLOOR = (
     -1.0e4
@@ -406,7 +406,7 @@ class HookedReference(ReferencePipeline):
                     text=request.text,
                     language=request.language,
                     voice_clone_prompt=[item],
-                    non_streaming_mode=self.settings.non_streaming_mode,
+                    non_streaming_mode=self.options.non_streaming_mode,
                     **generation_kwargs(request),
                 )
             finally:
@@ -439,7 +439,7 @@ class HookedReference(ReferencePipeline):
             + ("" if self.fault.name == "none" else f" + fault {self.fault.name}"),
             versions=versions,
             dtype=self.config.dtype,
-            codec_dtype=self.settings.codec_dtype or self.config.dtype,
+            codec_dtype=self.options.codec_dtype or self.config.dtype,
             device=self.config.device,
             attn_implementation=self.config.attn_implementation,
             tf32={
@@ -449,7 +449,7 @@ class HookedReference(ReferencePipeline):
             seed=request.seed,
             sampling=dataclasses.asdict(sampling),
             clone_mode=request.mode.value,
-            non_streaming_mode=self.settings.non_streaming_mode,
+            non_streaming_mode=self.options.non_streaming_mode,
             text=request.text,
             language=request.language,
             max_frames=request.max_frames,

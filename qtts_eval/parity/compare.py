@@ -19,7 +19,7 @@ import numpy.typing as npt
 from qtts_eval.errors import ParityError
 from qtts_eval.parity.dumps import DumpMeta, StageDump, stage_of
 from qtts_eval.parity.profiles import Profile, Rule
-from qtts_eval.pipelines.base import SAMPLE_RATE_HZ
+from qtts_eval.units import SAMPLE_RATE_HZ
 
 SNR_CAP_DB = 200.0  # reported for identical signals instead of infinity (keeps JSON finite)
 MEL_BINS = 80  # log-mel distance: mel bands

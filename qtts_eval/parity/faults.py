@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qtts_eval.parity.capture import Fault
-from qtts_eval.pipelines.base import SAMPLE_RATE_HZ
+from qtts_eval.units import SAMPLE_RATE_HZ
 
 WRONG_RATE_HZ = 16_000  # the clip is resampled to this rate but still labelled 24 kHz
 WRONG_FMAX_HZ = 8_000  # speaker-encoder mel upper edge instead of the official 12 kHz

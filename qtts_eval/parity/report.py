@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from qtts_eval.parity.compare import Comparison, StageResult, Status
 from qtts_eval.parity.run import ParityResult
-from qtts_eval.pipelines.base import SAMPLE_RATE_HZ
+from qtts_eval.units import SAMPLE_RATE_HZ
 
 PLOT_DPI = 80  # keeps the embedded PNGs small
 FLOOR_REL_L2 = 1e-12  # plotted in place of an exact 0 on the log axis

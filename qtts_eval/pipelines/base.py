@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import enum
+import functools
+import queue
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
+from qtts_eval import environment
 from qtts_eval.errors import RequestError
+from qtts_eval.fixtures import Voice, read_reference_audio
+from qtts_eval.pipelines import options
+from qtts_eval.pipelines.options import NoOptions
+from qtts_eval.units import MAX_TEXT_CHARS, SAMPLE_RATE_HZ
 
-SAMPLE_RATE_HZ = 24_000  # the model's only output rate
-FRAME_RATE_HZ = 12.5  # codec frames per second of audio
-SAMPLES_PER_FRAME = 1920  # 24 kHz / 12.5 Hz
 REMOTE_GPU_MEMORY_KEY = "remote_gpu_mem_bytes"  # StreamEnd.info: an external candidate's NVML reading
-MAX_TEXT_CHARS = 5000  # longer inputs are refused: ~6 minutes of speech, beyond any fixture or budget
+
+
+@functools.lru_cache(maxsize=16)
+def reference_audio(path: Path) -> npt.NDArray[np.float32]:
+    """A voice's reference clip, read and validated once per process (requests share the array, read-only)."""
+    audio, _ = read_reference_audio(path)
+    audio.setflags(write=False)
+    return audio
 
 
 class CloneMode(str, enum.Enum):
@@ -80,13 +94,38 @@ class Request:
         if self.mode is CloneMode.ICL and not self.ref_text.strip():
             raise RequestError("ICL mode needs the reference transcript, and ref_text is empty")
 
+    @classmethod
+    def for_voice(
+        cls,
+        voice: Voice,
+        text: str,
+        language: str,
+        mode: CloneMode,
+        max_frames: int,
+        seed: int,
+        sampling: Sampling | None = None,
+    ) -> Request:
+        """The one way to build a request from the fixtures: the voice's reference clip and transcript."""
+        return cls(
+            text=text,
+            language=language,
+            ref_audio=reference_audio(voice.ref_wav),
+            ref_text=voice.ref_text,
+            mode=mode,
+            max_frames=max_frames,
+            seed=seed,
+            sampling=sampling or Sampling(),
+        )
+
 
 @dataclass(frozen=True)
 class AudioChunk:
-    """A piece of output audio as it arrived at the harness."""
+    """A piece of output audio. The harness stamps its arrival itself (qtts_eval.measure)."""
 
     samples: np.ndarray = field(repr=False)  # float32 mono at 24 kHz
-    t_ns: int  # time.monotonic_ns() when the chunk was available in host memory
+    # The pipeline's own time.monotonic_ns() when the samples were in host memory, if it knows it: kept apart
+    # from the harness's stamp (pipeline_* columns) and checked against it.
+    t_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +151,9 @@ class Mark:
     """A stage reached inside the pipeline, timed like AudioChunk (after device work has finished)."""
 
     stage: Stage
-    t_ns: int  # time.monotonic_ns()
+    t_ns: int | None = (
+        None  # the pipeline's own time.monotonic_ns(); None: the harness's arrival stamp counts
+    )
 
 
 Event = AudioChunk | Mark | StreamEnd
@@ -136,12 +177,15 @@ class UnsupportedRequest(Exception):
 class Pipeline(ABC):
     """A TTS implementation under test."""
 
+    label: ClassVar[str] = "pipeline"  # names the pipeline in error messages
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     # False for candidates in another process: the harness's own memory says nothing about them.
     in_process: ClassVar[bool] = True
+    options_schema: ClassVar[type] = NoOptions  # a frozen dataclass: the options this pipeline takes
 
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config
+        self.options: Any = options.parse(self.label, self.options_schema, config.options)
 
     @abstractmethod
     def load(self) -> None:
@@ -156,9 +200,50 @@ class Pipeline(ABC):
         return {
             "model_ref": self.config.model,
             "device": self.config.device,
+            "device_name": environment.device_name(self.config.device),
             "dtype": self.config.dtype,
             "attn_implementation": self.config.attn_implementation,
         }
 
     def close(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Release resources (processes, sockets, GPU memory)."""
+
+
+Emit = Callable[[Event], None]
+_DONE = object()  # queue sentinel: the producer has finished
+
+
+def produce(
+    work: Callable[[Emit, threading.Event], None], in_thread: bool = True, name: str = "qtts-eval-producer"
+) -> Iterator[Event]:
+    """Run ``work(emit, cancelled)`` and yield what it emits, in order.
+
+    In a worker thread, events reach the caller through a queue as they are emitted (streaming); inline,
+    they are yielded once ``work`` returns. An exception in ``work`` is raised in the caller. Closing the
+    iterator sets ``cancelled`` and waits for the worker to notice.
+    """
+    events: queue.Queue[Any] = queue.Queue()
+    cancelled = threading.Event()
+
+    def run() -> None:
+        try:
+            work(events.put, cancelled)
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            events.put(exc)
+        finally:
+            events.put(_DONE)
+
+    worker = threading.Thread(target=run, name=name, daemon=True) if in_thread else None
+    if worker is not None:
+        worker.start()
+    else:
+        run()
+    try:
+        while (event := events.get()) is not _DONE:
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+    finally:
+        cancelled.set()  # no-op when finished; stops the producer if the caller walked away
+        if worker is not None:
+            worker.join()

@@ -1,19 +1,18 @@
 """The reference: the official qwen-tts package, loaded through its own loader.
 
-The package has no streaming output, so the streaming driver observes it: a forward hook on the official
-talker sees each codec frame as it is generated (a decode step's output carries the previous step's full
-16-code frame), and every ``packet_frames`` frames the official 12 Hz decoder module decodes the new packet
-with ``left_context`` frames of history. Generation runs in a worker thread; chunks reach the caller through
-a queue as they are produced. The package's own offline decode still runs at the end of
-``generate_voice_clone``: the driver compares the streamed audio with it and records the deviation.
+The package has no streaming output, so the streaming driver observes it: forward hooks on the official
+talker and code predictor see each codec frame as soon as its 16 codes exist (see _Run), and every
+``packet_frames`` frames the official 12 Hz decoder module decodes the new packet with ``left_context``
+frames of history. Generation runs in a worker thread; chunks reach the caller through a queue as they are
+produced. The package's own offline decode still runs at the end of ``generate_voice_clone``: the driver
+compares the streamed audio with it and records the deviation.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
+import hashlib
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,11 +24,10 @@ import numpy as np
 from qtts_eval import checkpoints
 from qtts_eval.errors import PipelineError
 from qtts_eval.pipelines.base import (
-    SAMPLE_RATE_HZ,
-    SAMPLES_PER_FRAME,
     AudioChunk,
     Capability,
     CloneMode,
+    Emit,
     Event,
     Mark,
     Pipeline,
@@ -37,7 +35,9 @@ from qtts_eval.pipelines.base import (
     Request,
     Stage,
     StreamEnd,
+    produce,
 )
+from qtts_eval.units import CODEBOOKS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_PACKET_FRAMES = 4  # 320 ms, the paper's streaming packet
@@ -46,48 +46,33 @@ EXACT = "exact"  # left_context value for full history (reproduces the offline d
 
 
 @dataclass(frozen=True)
-class StreamSettings:
-    """How the reference streams; part of every record (env_*), since it changes the audio."""
+class ReferenceOptions:
+    """How the reference runs; part of every record (env_*), since it changes the audio or the timed work."""
 
     streaming: bool = False  # False: one chunk with the whole utterance, after the official decode
     packet_frames: int = DEFAULT_PACKET_FRAMES  # frames decoded per audio chunk
-    left_context: int | None = DEFAULT_LEFT_CONTEXT  # frames of decoder history; None = exact (all)
+    left_context: int | str = DEFAULT_LEFT_CONTEXT  # frames of decoder history, or "exact" (all of it)
     non_streaming_mode: bool = False  # the package's prompt layout flag (whole text up front when True)
     codec_dtype: str | None = None  # speech tokenizer dtype; None = the talker's (the package default)
+    # Build each voice's clone prompt (speaker embedding, reference codes) once and reuse it, as a port that
+    # caches voices does (the protocol's voice_id) and as the package's own create_voice_clone_prompt API
+    # invites. False rebuilds it inside every request. prompt_s is recorded either way.
+    cache_prompt: bool = True
 
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> StreamSettings:
-        known = {"streaming", "packet_frames", "left_context", "non_streaming_mode", "codec_dtype"}
-        unknown = set(options) - known
-        if unknown:
-            raise PipelineError(
-                f"reference: unknown options {sorted(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        left = options.get("left_context", DEFAULT_LEFT_CONTEXT)
-        if left == EXACT or left is None:
-            left_context = None
-        else:
-            try:
-                left_context = int(left)
-            except (TypeError, ValueError):
-                raise PipelineError(
-                    f"reference: left_context must be a frame count or 'exact', got {left!r}"
-                ) from None
-            if left_context < 0:
-                raise PipelineError(f"reference: left_context must be >= 0, got {left_context}")
-        codec_dtype = options.get("codec_dtype")
-        if codec_dtype is not None and codec_dtype not in DTYPES:
-            raise PipelineError(f"reference: codec_dtype {codec_dtype!r} is not one of {', '.join(DTYPES)}")
-        packet = int(options.get("packet_frames", DEFAULT_PACKET_FRAMES))
-        if packet < 1:
-            raise PipelineError(f"reference: packet_frames must be >= 1, got {packet}")
-        return cls(
-            streaming=bool(options.get("streaming", False)),
-            packet_frames=packet,
-            left_context=left_context,
-            non_streaming_mode=bool(options.get("non_streaming_mode", False)),
-            codec_dtype=codec_dtype,
-        )
+    def __post_init__(self) -> None:
+        if self.packet_frames < 1:
+            raise ValueError(f"packet_frames must be >= 1, got {self.packet_frames}")
+        if isinstance(self.left_context, str) and self.left_context != EXACT:
+            raise ValueError(f"left_context must be a frame count or {EXACT!r}, got {self.left_context!r}")
+        if isinstance(self.left_context, int) and self.left_context < 0:
+            raise ValueError(f"left_context must be >= 0, got {self.left_context}")
+        if self.codec_dtype is not None and self.codec_dtype not in DTYPES:
+            raise ValueError(f"codec_dtype {self.codec_dtype!r} is not one of {', '.join(DTYPES)}")
+
+    @property
+    def context_frames(self) -> int | None:
+        """Decoder history in frames; None = all of it."""
+        return None if self.left_context == EXACT else int(self.left_context)
 
 
 def generation_kwargs(request: Request) -> dict[str, Any]:
@@ -109,29 +94,31 @@ def generation_kwargs(request: Request) -> dict[str, Any]:
 
 
 class _Cancelled(Exception):
-    """Raised inside the talker hook to stop generation when the caller abandons the stream."""
+    """Raised inside a hook to stop generation when the caller abandons the stream."""
 
 
-_DONE = object()  # queue sentinel: the generation thread has finished
+def _audio_key(request: Request) -> tuple[str, str, str]:
+    """What a clone prompt depends on: the reference clip's content, its transcript and the mode."""
+    digest = hashlib.sha256(np.ascontiguousarray(request.ref_audio).tobytes()).hexdigest()
+    return digest, request.ref_text, request.mode.value
 
 
 class ReferencePipeline(Pipeline):
-    """``Qwen3TTSModel.generate_voice_clone`` in ICL or x-vector-only mode, whole or streamed.
+    """``Qwen3TTSModel.generate_voice_clone`` in ICL or x-vector-only mode, whole or streamed (options:
+    ReferenceOptions)."""
 
-    Options (PipelineConfig.options): ``streaming`` (bool), ``packet_frames`` (int, default 4),
-    ``left_context`` (frames, default 72, or "exact"), ``non_streaming_mode`` (bool, default False: the
-    package default prompt layout; ports may implement only one layout, so it is recorded).
-    """
-
+    label = "reference"
     capabilities = frozenset({Capability.SEEDED_SAMPLING})
+    options_schema = ReferenceOptions
+    options: ReferenceOptions
 
     def __init__(self, config: PipelineConfig) -> None:
         super().__init__(config)
         if config.dtype not in DTYPES:
             raise PipelineError(f"reference: dtype {config.dtype!r} is not one of {', '.join(DTYPES)}")
-        self.settings = StreamSettings.from_options(config.options)
         self.resolved: checkpoints.ResolvedModel | None = None
         self.model: Any = None
+        self.prompts: dict[tuple[str, str, str], Any] = {}  # cache_prompt: clone prompts by _audio_key
 
     def load(self) -> None:
         import torch
@@ -151,7 +138,7 @@ class ReferencePipeline(Pipeline):
                 dtype=getattr(torch, self.config.dtype),
                 attn_implementation=self.config.attn_implementation,
             )
-            if self.settings.codec_dtype is not None:
+            if self.options.codec_dtype is not None:
                 # The package loads its speech tokenizer with the talker's dtype; a bf16 talker beside an
                 # fp32 codec is a common deployment, so reload it through the package's own loader.
                 from qwen_tts import Qwen3TTSTokenizer
@@ -160,7 +147,7 @@ class ReferencePipeline(Pipeline):
                     Qwen3TTSTokenizer.from_pretrained(
                         str(path / "speech_tokenizer"),
                         device_map=self.config.device,
-                        dtype=getattr(torch, self.settings.codec_dtype),
+                        dtype=getattr(torch, self.options.codec_dtype),
                     )
                 )
         except Exception as exc:
@@ -172,15 +159,14 @@ class ReferencePipeline(Pipeline):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        settings = self.settings
+        options = self.options
         info.update(
-            streaming=settings.streaming,
-            packet_frames=settings.packet_frames if settings.streaming else None,
-            left_context=(settings.left_context if settings.left_context is not None else EXACT)
-            if settings.streaming
-            else None,
-            non_streaming_mode=settings.non_streaming_mode,
-            codec_dtype=settings.codec_dtype or self.config.dtype,
+            streaming=options.streaming,
+            packet_frames=options.packet_frames if options.streaming else None,
+            left_context=str(options.left_context) if options.streaming else None,
+            non_streaming_mode=options.non_streaming_mode,
+            codec_dtype=options.codec_dtype or self.config.dtype,
+            cache_prompt=options.cache_prompt,
         )
         if self.resolved is not None:
             info.update(
@@ -192,94 +178,109 @@ class ReferencePipeline(Pipeline):
             )
         return info
 
+    def clone_prompt(self, request: Request) -> Any:
+        """The package's voice clone prompt for the request, from the cache when ``cache_prompt`` is on."""
+        key = _audio_key(request)
+        if key in self.prompts:
+            return self.prompts[key]
+        prompt = self.model.create_voice_clone_prompt(
+            ref_audio=(request.ref_audio, SAMPLE_RATE_HZ),
+            ref_text=request.ref_text,
+            x_vector_only_mode=request.mode is CloneMode.XVECTOR,
+        )
+        if self.options.cache_prompt:
+            self.prompts[key] = prompt
+        return prompt
+
     def stream(self, request: Request) -> Iterator[Event]:
         if self.model is None:
             raise PipelineError("reference: stream() called before load()")
-        run = _Run(self, request)
-        worker: threading.Thread | None = None
-        if self.settings.streaming:
-            worker = threading.Thread(target=run.generate, name="qtts-eval-reference", daemon=True)
-            worker.start()
-        else:
-            # Nothing to deliver before the end, so no worker thread: on a 2-core CPU, generating in a
-            # second thread ran the tiny model ~20 % slower (OpenMP thread pools competing for cores).
-            run.generate()
-        try:
-            while True:
-                event = run.events.get()
-                if event is _DONE:
-                    break
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
-        finally:
-            run.cancelled.set()  # no-op when finished; stops generation if the caller walked away
-            if worker is not None:
-                worker.join()
+        # Whole-utterance requests deliver nothing before the end, so they generate in the caller's thread: on
+        # a 2-core CPU a second thread ran the tiny model ~20 % slower (OpenMP thread pools competing).
+        return produce(
+            lambda emit, cancelled: _Run(self, request, emit, cancelled).generate(),
+            in_thread=self.options.streaming,
+            name="qtts-eval-reference",
+        )
 
 
 class _Run:
-    """One request's generation thread, talker hook and incremental decoder."""
+    """One request: the hooks that observe frames as their codes come to exist, and the packet decoder.
 
-    def __init__(self, pipeline: ReferencePipeline, request: Request) -> None:
+    In a decode step the talker first runs the code predictor for the previous step's codebook-0 token,
+    which completes that frame, and only then runs its own transformer for the next token. The frame is
+    observed at that point, before the next talker pass: the code predictor's last input embedding
+    (codebook 15) is called exactly once per frame, after all 15 predicted codes exist, and the other
+    embeddings' latest inputs are then that frame's codes. The talker's own output (which carries the same
+    frame one pass later) confirms every observed frame.
+    """
+
+    def __init__(self, pipeline: ReferencePipeline, request: Request, emit: Emit, cancelled: Any) -> None:
         self.pipeline = pipeline
         self.request = request
-        self.settings = pipeline.settings
-        self.events: queue.Queue[Any] = queue.Queue()
-        self.cancelled = threading.Event()
+        self.options = pipeline.options
+        self.emit = emit
+        self.cancelled = cancelled
         self.frames: list[Any] = []  # [16] code tensors, in generation order
+        self.talker_frames: list[
+            Any
+        ] = []  # the same frames as the talker's output carries them, a pass later
         self.emitted = 0  # frames already sent as audio
         self.streamed: list[np.ndarray] = []
         self.prefill_seen = False
+        self.codebook0: Any = None  # this step's codebook-0 input (the previous step's talker token)
+        self.latest: list[Any] = []  # latest input of each code-predictor embedding (codebooks 1..15)
         self.decoding_packet = False  # True while the driver itself runs the decoder
         self.ref_codes: Any = None  # [T_ref, 16] reference codes (ICL), decoder left context
         model = pipeline.model.model
         self.talker = model.talker
+        self.embeddings = list(self.talker.code_predictor.get_input_embeddings())
+        self.latest = [None] * len(self.embeddings)
         self.decoder = model.speech_tokenizer.model.decoder
         self.eos_id = model.config.talker_config.codec_eos_token_id
-        self.cuda = pipeline.config.device.startswith("cuda")
+        self.device = pipeline.config.device
+        self.cuda = self.device.startswith("cuda")
 
     def _now(self) -> int:
         if self.cuda:
             import torch
 
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
         return time.monotonic_ns()
 
     def _mark(self, stage: Stage) -> None:
-        self.events.put(Mark(stage, self._now()))
+        self.emit(Mark(stage, self._now()))
 
     def generate(self) -> None:
-        try:
+        with contextlib.suppress(_Cancelled):
             self._generate()
-        except _Cancelled:
-            pass
-        except BaseException as exc:  # handed to the caller's thread, which raises it
-            self.events.put(exc)
-        finally:
-            self.events.put(_DONE)
+
+    def _hooks(self) -> list[Any]:
+        handles = [
+            self.talker.register_forward_pre_hook(self._on_talker_input, with_kwargs=True),
+            self.talker.register_forward_hook(self._on_talker_step),
+        ]
+        for index, embedding in enumerate(self.embeddings):
+            handles.append(embedding.register_forward_hook(self._on_code_embedding(index)))
+        if self.options.streaming:
+            handles.append(self.decoder.register_forward_pre_hook(self._on_offline_decode))
+        return handles
 
     def _generate(self) -> None:
         import torch
 
         request, model = self.request, self.pipeline.model
         torch.manual_seed(request.seed)
-        prompt = model.create_voice_clone_prompt(
-            ref_audio=(request.ref_audio, SAMPLE_RATE_HZ),
-            ref_text=request.ref_text,
-            x_vector_only_mode=request.mode is CloneMode.XVECTOR,
-        )
+        prompt = self.pipeline.clone_prompt(request)
         self.ref_codes = prompt[0].ref_code
         self._mark(Stage.PROMPT_READY)
-        handles = [self.talker.register_forward_hook(self._on_talker_step)]
-        if self.settings.streaming:
-            handles.append(self.decoder.register_forward_pre_hook(self._on_offline_decode))
+        handles = self._hooks()
         try:
             wavs, sample_rate = model.generate_voice_clone(
                 text=request.text,
                 language=request.language,
                 voice_clone_prompt=prompt,
-                non_streaming_mode=self.settings.non_streaming_mode,
+                non_streaming_mode=self.options.non_streaming_mode,
                 **generation_kwargs(request),
             )
         finally:
@@ -290,32 +291,68 @@ class _Run:
                 f"reference: model returned {sample_rate} Hz audio, expected {SAMPLE_RATE_HZ}"
             )
         offline = np.asarray(wavs[0], dtype=np.float32)
-        codes = torch.stack(self.frames).cpu().numpy() if self.frames else np.zeros((0, 16), np.int64)
+        # Frames are kept as device tensors during generation (no per-step device sync); EOS is never
+        # observed here (generation stops before the code predictor runs for it), checked once at the end.
+        codes = torch.stack(self.frames).cpu().numpy() if self.frames else np.zeros((0, CODEBOOKS), np.int64)
+        confirmed = (
+            torch.stack(self.talker_frames).cpu().numpy() if self.talker_frames else np.zeros_like(codes)
+        )
+        # The talker's output carries each frame one pass after its codes exist: the same codes, or the
+        # early observation is broken.
+        if not np.array_equal(codes, confirmed):
+            raise PipelineError(
+                "reference: the frames seen as they were completed differ from the talker's output"
+            )
+        if codes.size and (codes[:, 0] == self.eos_id).any():
+            raise PipelineError("reference: an EOS token was observed as a codec frame")
         info: dict[str, Any] = {}
-        if self.settings.streaming:
+        if self.options.streaming:
             streamed = np.concatenate(self.streamed) if self.streamed else np.zeros(0, np.float32)
             info.update(_deviation(streamed, offline))
         else:
-            self.events.put(AudioChunk(offline, self._now()))
+            self.emit(AudioChunk(offline, self._now()))
         # In ICL mode the package cuts the reference's share off its decode proportionally; the frame
         # count comes from the observed codes instead.
-        self.events.put(StreamEnd(frames_generated=len(self.frames), codes=codes, info=info))
+        self.emit(StreamEnd(frames_generated=len(self.frames), codes=codes, info=info))
 
-    def _on_talker_step(self, _module: Any, _args: Any, output: Any) -> None:
+    def _on_talker_input(self, _module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
         if self.cancelled.is_set():
             raise _Cancelled
+        inputs = kwargs.get("inputs_embeds")
+        if inputs is None or inputs.shape[1] == 1:  # a decode step: its input_ids is codebook 0 of a frame
+            self.codebook0 = kwargs.get("input_ids")
+
+    def _on_code_embedding(self, index: int) -> Any:
+        last = index == len(self.embeddings) - 1
+
+        def hook(_module: Any, args: Any, _output: Any) -> None:
+            self.latest[index] = args[0]
+            # All 15 predicted codes of this step's frame exist now. (The prompt assembly also embeds the
+            # reference codes, outside any decode step: codebook0 is None then.)
+            if last and self.codebook0 is not None:
+                self._on_frame()
+
+        return hook
+
+    def _on_frame(self) -> None:
+        import torch
+
+        frame = torch.cat([self.codebook0.reshape(-1)[:1]] + [ids.reshape(-1)[:1] for ids in self.latest])
+        self.codebook0 = None
+        self.frames.append(frame.detach())
+        if len(self.frames) == 1:
+            self._mark(Stage.FIRST_FRAME)
+        if self.options.streaming and len(self.frames) - self.emitted >= self.options.packet_frames:
+            self._emit_packet(len(self.frames))
+
+    def _on_talker_step(self, _module: Any, _args: Any, output: Any) -> None:
         if not self.prefill_seen:
             self.prefill_seen = True
             self._mark(Stage.PREFILL_DONE)
             return
         frame = output.hidden_states[1]
-        if frame is None or int(frame[0, 0]) == self.eos_id:
-            return
-        self.frames.append(frame[0].detach())
-        if len(self.frames) == 1:
-            self._mark(Stage.FIRST_FRAME)
-        if self.settings.streaming and len(self.frames) - self.emitted >= self.settings.packet_frames:
-            self._emit_packet(len(self.frames))
+        if frame is not None:
+            self.talker_frames.append(frame[0].detach())
 
     def _on_offline_decode(self, _module: Any, _args: Any) -> None:
         # The package's own decode starts only once generation has ended: the last, possibly short,
@@ -335,7 +372,7 @@ class _Run:
         history = self.ref_codes.to(generated.device) if self.ref_codes is not None else generated[:0]
         codes = torch.cat([history, generated]).clamp(min=0)  # [T, 16], as the package's decode clamps
         absolute_start = history.shape[0] + start
-        context = self.settings.left_context
+        context = self.options.context_frames
         left = absolute_start if context is None else min(context, absolute_start)
         window = codes[absolute_start - left :].transpose(0, 1).unsqueeze(0)  # [1, 16, frames]
         self.decoding_packet = True
@@ -347,7 +384,7 @@ class _Run:
         audio = wav.float().cpu().numpy()
         self.emitted = end
         self.streamed.append(audio)
-        self.events.put(AudioChunk(audio, self._now()))
+        self.emit(AudioChunk(audio, self._now()))
 
 
 MAX_ALIGN_SAMPLES = 2  # the package's proportional ICL cut can leave a sample or two at the front

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qtts_eval import protocol
-from qtts_eval.client import Channel, RemoteSession, Timeouts, Utterance, collect, open_channel
 from qtts_eval.errors import ProtocolError, QttsEvalError, RemoteError
-from qtts_eval.fixtures import load_fixtures, read_reference_audio
-from qtts_eval.pipelines.base import SAMPLES_PER_FRAME, CloneMode, Request
-from qtts_eval.protocol import Encoding, ErrorCode
+from qtts_eval.fixtures import load_fixtures
+from qtts_eval.pipelines.base import CloneMode, Request
+from qtts_eval.units import SAMPLES_PER_FRAME
+from qtts_eval.wire import protocol
+from qtts_eval.wire.client import Channel, RemoteSession, Timeouts, Utterance, collect, open_channel
+from qtts_eval.wire.protocol import Encoding, ErrorCode
 
 PCM16_TOLERANCE = 1.0 / 32767  # one pcm16 step: rounding alone moves a sample by at most half of it
 CANCEL_BUDGET_FACTOR = 4  # the cancelled utterance asks for this many times the normal budget
@@ -52,9 +53,7 @@ class Checker:
     def __init__(self, target: str, options: CheckOptions) -> None:
         self.target = target
         self.options = options
-        fixture = load_fixtures().voice(options.voice)
-        audio, _ = read_reference_audio(fixture.ref_wav)
-        self.voice = (audio, fixture.ref_text)
+        self.voice = load_fixtures().voice(options.voice)
         self._session: RemoteSession | None = None
         self._channel: Channel | None = None
         self.f32: Utterance | None = None  # the f32 utterance, compared against pcm16
@@ -75,18 +74,18 @@ class Checker:
         self._session = None
 
     def request(self, frames: int | None = None, text: str | None = None) -> Request:
-        return Request(
-            text=self.options.text if text is None else text,
-            language="english",
-            ref_audio=self.voice[0],
-            ref_text=self.voice[1],
-            mode=self.options.mode,
+        return Request.for_voice(
+            self.voice,
+            self.options.text if text is None else text,
+            "english",
+            self.options.mode,
             max_frames=frames or self.options.frames,
             seed=0,
         )
 
     def start(self, encoding: Encoding = Encoding.F32) -> str:
-        return self.session.start(*self.voice, encoding)
+        request = self.request()
+        return self.session.start(request.ref_audio, request.ref_text, encoding)
 
     def expect_error(self, code: ErrorCode) -> None:
         message = self.session.next_message()

@@ -1,10 +1,10 @@
 """A real protocol worker that misbehaves on command, to prove the harness catches each wire fault.
 
-    python -m qtts_eval.testing.faulty_worker --fault hang             # stdio worker
-    python -m qtts_eval.testing.faulty_worker --fault close --websocket  # WebSocket server on a free port
+    python -m qtts_eval.wire.faulty_worker --fault hang             # stdio worker
+    python -m qtts_eval.wire.faulty_worker --fault close --websocket  # WebSocket server on a free port
 
-It runs the suite's own protocol engine (qtts_eval.serve) over a tone generator instead of a model, so with
-``--fault none`` it is a correct, fast candidate, and each fault differs from it in exactly one way:
+It runs the suite's own protocol engine (qtts_eval.wire.server) over a tone generator instead of a model, so
+with ``--fault none`` it is a correct, fast candidate, and each fault differs from it in exactly one way:
 
   crash          the process exits (code 3) after the first audio frame
   hang           generation stops after the first audio frame; the process stays alive and silent
@@ -27,10 +27,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from qtts_eval import protocol
 from qtts_eval.pipelines.base import (
-    SAMPLE_RATE_HZ,
-    SAMPLES_PER_FRAME,
     AudioChunk,
     Capability,
     Event,
@@ -39,7 +36,10 @@ from qtts_eval.pipelines.base import (
     Request,
     StreamEnd,
 )
-from qtts_eval.serve import (
+from qtts_eval.pipelines.calibration import tone
+from qtts_eval.units import CODEBOOKS, SAMPLES_PER_FRAME
+from qtts_eval.wire import protocol
+from qtts_eval.wire.server import (
     Host,
     StdioTransport,
     Transport,
@@ -48,11 +48,8 @@ from qtts_eval.serve import (
     serve_websocket,
 )
 
-TONE_HZ = 220.0  # pitch of the generated tone
-TONE_LEVEL = 0.3  # amplitude, well inside full scale
 CRASH_EXIT_CODE = 3
 SHORT_FRAME_SAMPLES = 1900  # the wrong-samples fault's frame length (20 short of SAMPLES_PER_FRAME)
-CODEBOOKS = 16
 
 
 class Fault(str, enum.Enum):
@@ -92,8 +89,7 @@ class TonePipeline(Pipeline):
         length = SHORT_FRAME_SAMPLES if self.fault is Fault.WRONG_SAMPLES else SAMPLES_PER_FRAME
         for index in range(frames):
             time.sleep(self.frame_delay_s)
-            t = (np.arange(length) + index * length) / SAMPLE_RATE_HZ
-            samples = (TONE_LEVEL * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32)
+            samples = tone(length, index * length)
             if self.fault is Fault.NAN and index == 1:
                 samples[::7] = np.nan
             yield AudioChunk(samples, time.monotonic_ns())

@@ -21,19 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from qtts_eval import protocol
 from qtts_eval.errors import ProtocolError, RequestError
-from qtts_eval.pipelines.base import (
-    SAMPLE_RATE_HZ,
-    SAMPLES_PER_FRAME,
-    AudioChunk,
-    Mark,
-    Pipeline,
-    Request,
-    StreamEnd,
-    UnsupportedRequest,
-)
-from qtts_eval.protocol import ErrorCode, InvalidMessage
+from qtts_eval.pipelines.base import AudioChunk, Mark, Pipeline, Request, StreamEnd, UnsupportedRequest
+from qtts_eval.units import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
+from qtts_eval.wire import protocol
+from qtts_eval.wire.protocol import ErrorCode, InvalidMessage
 
 VOICE_CACHE_SIZE = 64  # voices kept per server; the least recently used is dropped first
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")

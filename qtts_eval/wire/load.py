@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qtts_eval.client import RemoteSession, Timeouts, collect, open_channel
 from qtts_eval.errors import BenchError, QttsEvalError
-from qtts_eval.fixtures import load_fixtures, read_reference_audio
+from qtts_eval.fixtures import load_fixtures
 from qtts_eval.metrics.latency import ChunkTiming, playback_underruns
-from qtts_eval.pipelines.base import SAMPLE_RATE_HZ, CloneMode, Request, UnsupportedRequest
-from qtts_eval.protocol import Encoding
-from qtts_eval.serve import LOOPBACK_HOSTS
+from qtts_eval.pipelines.base import CloneMode, Request, UnsupportedRequest
+from qtts_eval.units import SAMPLE_RATE_HZ
+from qtts_eval.wire.client import RemoteSession, Timeouts, collect, open_channel
+from qtts_eval.wire.protocol import Encoding
+from qtts_eval.wire.server import LOOPBACK_HOSTS
 
 PERCENTILES = (50, 95, 99)
 
@@ -131,14 +132,11 @@ class LoadRunner:
             raise BenchError("concurrency levels must be >= 1 and arrival rates > 0")
         self.target = target
         self.options = options
-        voice = load_fixtures().voice(options.voice)
-        audio, _ = read_reference_audio(voice.ref_wav)
-        self.request = Request(
-            text=options.text,
-            language="english",
-            ref_audio=audio,
-            ref_text=voice.ref_text,
-            mode=options.mode,
+        self.request = Request.for_voice(
+            load_fixtures().voice(options.voice),
+            options.text,
+            "english",
+            options.mode,
             max_frames=options.frames,
             seed=options.seed,
         )
@@ -159,7 +157,7 @@ class LoadRunner:
             return Sample(t0_ns or time.monotonic_ns(), None, None, 0.0, 0, f"{type(exc).__name__}: {exc}")
         finally:
             pool.release(session, broken)
-        times = [chunk.t_ns for chunk in utterance.chunks]
+        times = utterance.arrived_ns
         counts = [chunk.samples.shape[0] for chunk in utterance.chunks]
         return Sample(
             t0_ns=start_ns,

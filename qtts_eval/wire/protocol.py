@@ -19,7 +19,8 @@ from typing import IO, Any
 import numpy as np
 
 from qtts_eval.errors import ProtocolError, RequestError
-from qtts_eval.pipelines.base import SAMPLE_RATE_HZ, CloneMode, Request, Sampling
+from qtts_eval.pipelines.base import CloneMode, Request, Sampling
+from qtts_eval.units import SAMPLE_RATE_HZ
 
 PROTOCOL_VERSION = 1
 SPEAK_PATH = "/api/v1/speak"  # WebSocket endpoint path

@@ -20,24 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from qtts_eval import protocol
 from qtts_eval.errors import CandidateTimeout, PipelineError, ProtocolError, RemoteError
-from qtts_eval.pipelines.base import (
-    SAMPLE_RATE_HZ,
-    SAMPLES_PER_FRAME,
-    AudioChunk,
-    Event,
-    Mark,
-    Request,
-    Stage,
-    StreamEnd,
-    UnsupportedRequest,
-)
-from qtts_eval.protocol import Encoding, ErrorCode
+from qtts_eval.pipelines.base import AudioChunk, Event, Mark, Request, Stage, StreamEnd, UnsupportedRequest
+from qtts_eval.units import CODEBOOKS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
+from qtts_eval.wire import protocol
+from qtts_eval.wire.protocol import Encoding, ErrorCode
 
 STDERR_TAIL_LINES = 20  # worker stderr lines quoted when it dies
 EXIT_GRACE_S = 2.0  # a worker asked to stop gets this long before it is terminated
-CODEBOOKS = 16  # codes per frame
 
 
 @dataclass(frozen=True)
@@ -210,6 +200,7 @@ class Utterance:
     """Everything one speak produced, with harness-side arrival times."""
 
     chunks: list[AudioChunk]  # audio as it arrived
+    arrived_ns: list[int]  # time.monotonic_ns() when each chunk reached collect()
     end: StreamEnd  # frames and codes from the complete message
     cancelled: bool  # the complete message said the utterance was cancelled
 
@@ -365,11 +356,13 @@ def _remote_error(message: dict[str, Any]) -> Exception:
 
 
 def collect(events: Iterator[Event]) -> Utterance:
-    """Drain an utterance's events."""
+    """Drain an utterance's events, stamping each chunk's arrival."""
     chunks: list[AudioChunk] = []
+    arrived: list[int] = []
     for event in events:
         if isinstance(event, AudioChunk):
+            arrived.append(time.monotonic_ns())
             chunks.append(event)
         elif isinstance(event, StreamEnd):
-            return Utterance(chunks, event, bool(event.info.get("cancelled", False)))
+            return Utterance(chunks, arrived, event, bool(event.info.get("cancelled", False)))
     raise ProtocolError("the utterance ended without a complete message")

@@ -1,0 +1,41 @@
+"""Model refs and deterministic random-weight checkpoints in the exact Qwen3-TTS-12Hz-0.6B-Base layout.
+
+A model ref is one of:
+  * a synthetic preset name (``tiny``, ``0.6b-base``), optionally with a seed: ``tiny@seed=3``;
+  * a local directory holding a checkpoint (real weights, or a synthetic one built earlier);
+  * a hub id such as ``Qwen/Qwen3-TTS-12Hz-0.6B-Base`` (resolved from the local hub cache).
+
+Synthetic checkpoints are built through the official ``qwen_tts`` model classes (so every tensor has
+the name and shape the official loader expects), initialised from a seed, and written with their
+config.json files spelled out key by key: ``save_pretrained`` writes configs the loader rejects
+(../shared/REFERENCE-NOTES.md), and third-party ports read keys the reference ignores. They are cached
+by content: the cache key hashes the configs, the seed and the builder version.
+"""
+
+from qtts_eval.checkpoints.build import MARKER_FILE, build_checkpoint, weights_hash
+from qtts_eval.checkpoints.cache import (
+    DEFAULT_SEED,
+    ResolvedModel,
+    cache_root,
+    resolve,
+    synthetic_checkpoint,
+)
+from qtts_eval.checkpoints.configs import model_config, speech_tokenizer_config
+from qtts_eval.checkpoints.presets import PRESETS, Preset
+from qtts_eval.checkpoints.tokenizer import build_text_tokenizer
+
+__all__ = [
+    "DEFAULT_SEED",
+    "MARKER_FILE",
+    "PRESETS",
+    "Preset",
+    "ResolvedModel",
+    "build_checkpoint",
+    "build_text_tokenizer",
+    "cache_root",
+    "model_config",
+    "resolve",
+    "speech_tokenizer_config",
+    "synthetic_checkpoint",
+    "weights_hash",
+]

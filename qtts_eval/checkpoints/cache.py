@@ -1,0 +1,128 @@
+"""Model refs: presets built into a content-addressed cache, local directories, hub ids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from qtts_eval.checkpoints.build import BUILDER_VERSION, MARKER_FILE, build_checkpoint, weights_hash
+from qtts_eval.checkpoints.presets import PRESETS, preset_by_name
+from qtts_eval.checkpoints.tokenizer import tokenizer_corpus
+from qtts_eval.errors import CheckpointError
+
+DEFAULT_SEED = 0
+
+# Files the official loader opens; a directory missing one is refused before loading.
+REQUIRED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "speech_tokenizer/config.json",
+    "speech_tokenizer/preprocessor_config.json",
+    "speech_tokenizer/model.safetensors",
+)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model ref points and what is known about its weights."""
+
+    ref: str  # the ref as the user gave it
+    path: Path  # local checkpoint directory handed to Qwen3TTSModel.from_pretrained
+    synthetic: bool  # random weights built by this module
+    weights_hash: str  # sha256 over the checkpoint's safetensors files (talker + speech tokenizer)
+    preset: str | None = None  # synthetic preset name
+    seed: int | None = None  # synthetic seed
+
+
+def cache_root() -> Path:
+    env = os.environ.get("QTTS_EVAL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "qtts-eval"
+
+
+def cache_key(preset_name: str, seed: int) -> str:
+    preset = preset_by_name(preset_name)
+    spec = json.dumps(
+        {"builder": BUILDER_VERSION, "preset": preset.__dict__, "seed": seed, "corpus": tokenizer_corpus()},
+        sort_keys=True,
+        default=list,
+    )
+    return f"{preset_name}-seed{seed}-{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
+
+
+def synthetic_checkpoint(preset_name: str, seed: int = DEFAULT_SEED) -> Path:
+    """Path of the cached synthetic checkpoint, building it first if needed."""
+    target = cache_root() / "checkpoints" / cache_key(preset_name, seed)
+    if (target / MARKER_FILE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        build_checkpoint(preset_name, seed, staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / MARKER_FILE).is_file():  # lost a race to a concurrent builder: theirs is fine
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+_PRESET_REF = re.compile(r"^(?P<preset>[\w.\-]+?)(?:@seed=(?P<seed>\d+))?$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")  # owner/name, as opposed to a filesystem path
+
+
+def check_checkpoint_dir(path: Path) -> None:
+    """Refuse a directory missing any file the official loader needs, naming the missing files."""
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} is missing {', '.join(missing)}; a Qwen3-TTS-12Hz checkpoint needs "
+            f"{', '.join(REQUIRED_FILES)}"
+        )
+
+
+def _hub_snapshot(ref: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(ref, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1"))
+    except Exception as exc:
+        raise CheckpointError(
+            f"model ref {ref!r} is not a preset ({', '.join(PRESETS)}), not a local directory, and could not "
+            f"be fetched from the hub: {exc}"
+        ) from exc
+
+
+def resolve(ref: str) -> ResolvedModel:
+    """Turn a model ref into a local checkpoint directory, building or fetching it if needed."""
+    match = _PRESET_REF.match(ref)
+    if match and match["preset"] in PRESETS:
+        seed = int(match["seed"]) if match["seed"] else DEFAULT_SEED
+        path = synthetic_checkpoint(match["preset"], seed)
+    elif Path(ref).expanduser().is_dir():
+        path = Path(ref).expanduser().resolve()
+    elif _HUB_ID.match(ref):
+        path = _hub_snapshot(ref)
+    else:
+        raise CheckpointError(
+            f"model ref {ref!r} is neither a preset ({', '.join(PRESETS)}), an existing directory, "
+            "nor a hub id (owner/name)"
+        )
+    check_checkpoint_dir(path)
+    marker = path / MARKER_FILE
+    if marker.is_file():
+        info = json.loads(marker.read_text())
+        return ResolvedModel(ref, path, True, info["weights_hash"], info["preset"], info["seed"])
+    return ResolvedModel(ref, path, False, weights_hash(path))

@@ -1,0 +1,109 @@
+"""Tables from a run's records: per-group medians, latency percentiles with intervals, memory drift,
+steady state. Pure functions of a pandas frame (qtts_eval.results.load_run)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from qtts_eval.metrics.stats import percentile_ci
+
+LATENCY_METRICS = ("first_byte_s", "first_playable_s", "audible_onset_s", "rtf", "gap_p95_s")
+PERCENTILES = (50.0, 95.0, 99.0)
+
+
+def latency_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per pipeline and metric: p50/p95/p99 over ok requests, each with a bootstrap 95 % interval."""
+    ok = frame[frame["status"] == "ok"]
+    rows = []
+    for pipeline, group in ok.groupby("pipeline"):
+        for metric in LATENCY_METRICS:
+            if metric not in group or group[metric].isna().all():
+                continue
+            row: dict[str, Any] = {"pipeline": pipeline, "metric": metric}
+            for q in PERCENTILES:
+                p = percentile_ci(group[metric].dropna().tolist(), q)
+                row[f"p{q:g}"], row[f"p{q:g}_low"], row[f"p{q:g}_high"], row["n"] = (
+                    p.value,
+                    p.low,
+                    p.high,
+                    p.n,
+                )
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def memory_drift(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per pipeline: memory held after each request, first vs last and the fitted slope per request."""
+    rows = []
+    for pipeline, group in frame[frame["mem_after_bytes"].notna()].groupby("pipeline"):
+        after = group["mem_after_bytes"].to_numpy(dtype=np.float64)
+        slope = float(np.polyfit(np.arange(after.size), after, 1)[0]) if after.size > 1 else 0.0
+        rows.append(
+            {
+                "pipeline": pipeline,
+                "requests": int(after.size),
+                "first_mb": after[0] / 2**20,
+                "last_mb": after[-1] / 2**20,
+                "slope_mb_per_request": slope / 2**20,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _median_mib(values: pd.Series) -> float:
+    # External candidates without a GPU have no memory reading: missing values are skipped.
+    numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    measured = numbers[~np.isnan(numbers)]
+    return float(np.median(measured)) / 2**20 if measured.size else float("nan")
+
+
+def summarise(frame: pd.DataFrame, by: Sequence[str] = ("pipeline", "fixture_id")) -> pd.DataFrame:
+    """Per-group medians of the core metrics, plus request and error counts."""
+    keys = list(by)
+    ok = frame[frame["status"] == "ok"]
+    counts = frame.groupby(keys).agg(requests=("status", "size"))
+    counts["errors"] = frame[frame["status"] != "ok"].groupby(keys).size()
+    medians = ok.groupby(keys).agg(
+        wall_s=("wall_s", "median"),
+        audio_s=("audio_seconds", "median"),
+        rtf=("rtf", "median"),
+        frames=("frames_generated", "median"),
+        budget_hits=("budget_hit", "sum"),
+        peak_mem_mb=("peak_mem_bytes", _median_mib),
+    )
+    table = counts.join(medians).reset_index()
+    table["errors"] = table["errors"].fillna(0).astype(int)
+    return table
+
+
+def steady_state(frame: pd.DataFrame, metric: str = "wall_s") -> pd.DataFrame:
+    """Per pipeline: the first measured request of every cell against the cell's later repeats.
+
+    ``first_over_rest`` is the median over cells of (repeat 0) / median(repeats 1..), for ``metric``: near 1
+    when warm-up reached steady state; well above 1 means the first requests still paid one-off costs.
+    """
+    ok = frame[(frame["status"] == "ok") & frame[metric].notna()]
+    rows = []
+    for pipeline, group in ok.groupby("pipeline"):
+        ratios = []
+        for _, cell in group.groupby(["fixture_id", "voice_id", "mode"]):
+            first = cell[cell["repeat"] == 0][metric]
+            rest = cell[cell["repeat"] > 0][metric]
+            if len(first) and len(rest) and float(rest.median()) > 0:
+                ratios.append(float(first.iloc[0]) / float(rest.median()))
+        if ratios:
+            rows.append(
+                {
+                    "pipeline": pipeline,
+                    "metric": metric,
+                    "cells": len(ratios),
+                    "first_over_rest": float(np.median(ratios)),
+                    "worst": float(np.max(ratios)),
+                    "cold_requests": int(group["warm"].eq(False).sum()) if "warm" in group else 0,
+                }
+            )
+    return pd.DataFrame(rows)

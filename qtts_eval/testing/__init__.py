@@ -1,1 +1,0 @@
-"""Test aids that are real programs: candidates that misbehave on purpose."""
