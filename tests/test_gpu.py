@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qtts_eval.fixtures import load_fixtures, read_reference_audio
+from qtts_eval.fixtures import load_fixtures
 from qtts_eval.measure import measure
 from qtts_eval.pipelines.base import CloneMode, PipelineConfig, Request
 from qtts_eval.pipelines.reference import ReferencePipeline
@@ -24,19 +24,11 @@ def cuda_reference() -> ReferencePipeline:
 
 def test_cuda_greedy_runs_agree_and_report_cuda_memory(cuda_reference: ReferencePipeline) -> None:
     voice = load_fixtures().voice("slt")
-    audio, _ = read_reference_audio(voice.ref_wav)
-    request = Request(
-        text="Hello from the GPU.",
-        language="english",
-        ref_audio=audio,
-        ref_text=voice.ref_text,
-        mode=CloneMode.ICL,
-        max_frames=16,
-        seed=0,
-    )
+    request = Request.for_voice(voice, "Hello from the GPU.", "english", CloneMode.ICL, max_frames=16, seed=0)
     first = measure(cuda_reference, request)
     second = measure(cuda_reference, request)
     assert first.end.frames_generated == second.end.frames_generated > 0
     assert first.audio.tobytes() == second.audio.tobytes()
     assert first.memory.kind == "cuda_allocated" and first.memory.peak_bytes > 0
     assert first.memory.reserved_bytes is not None and first.memory.reserved_bytes >= first.memory.peak_bytes
+    assert cuda_reference.describe()["device_name"] == torch.cuda.get_device_name(0)  # the card actually used
