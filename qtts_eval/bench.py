@@ -9,10 +9,12 @@ shape, so no shape, mode or voice is measured cold. Every request is timed by th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,23 +203,43 @@ class Bench:
     def run_id(self) -> str:
         return self.store.directory.name
 
-    def run(self, progress: bool = True) -> pd.DataFrame:
+    def todo(self) -> list[Cell]:
+        """The cells not yet recorded (all of them in a new run); cuts a torn last record first."""
         done = self.store.open_for_resume()
-        todo = [cell for cell in self.cells if cell.key not in done]
+        return [cell for cell in self.cells if cell.key not in done]
+
+    def run(self, progress: bool = True) -> pd.DataFrame:
+        todo = self.todo()
         machine = self.store.header()["machine"]
-        loaded: dict[str, Pipeline] = {}
-        if self.config.speaker_embedder and todo:
-            self._embedder = load_embedder(self.config.speaker_embedder, self.config.speaker_embedder_path)
-        try:
-            for name in dict.fromkeys(cell.pipeline for cell in todo):
-                loaded[name] = self._load(name)
+        with self.measuring({cell.pipeline for cell in todo}) as measure_cell:
             for cell in tqdm(todo, desc=f"bench {self.run_id}", disable=not progress, file=sys.stderr):
-                pipeline = loaded[cell.pipeline]
-                self._warm(pipeline, cell)
-                self.store.append(self._run_cell(pipeline, cell, machine))
+                self.store.append(measure_cell(cell, machine))
+        return self.finish()
+
+    @contextlib.contextmanager
+    def measuring(self, names: Iterable[str]) -> Iterator[Callable[[Cell, dict[str, Any]], Record]]:
+        """Load each named pipeline once (and the speaker embedder), then measure cells one at a time, each
+        after its warm-up class; closes the pipelines at the end. Used here and by every cluster worker."""
+        loaded: dict[str, Pipeline] = {}
+        names = sorted(names)
+        if self.config.speaker_embedder and names:
+            self._embedder = load_embedder(self.config.speaker_embedder, self.config.speaker_embedder_path)
+
+        def measure_cell(cell: Cell, machine: dict[str, Any]) -> Record:
+            pipeline = loaded[cell.pipeline]
+            self._warm(pipeline, cell)
+            return self._run_cell(pipeline, cell, machine)
+
+        try:
+            for name in names:
+                loaded[name] = self._load(name)
+            yield measure_cell
         finally:
             for pipeline in loaded.values():
                 pipeline.close()
+
+    def finish(self) -> pd.DataFrame:
+        """Write the columnar copy and the summary of everything recorded; the run's records as a frame."""
         self.store.write_parquet()
         frame = self.frame()
         self.store.write_summary(

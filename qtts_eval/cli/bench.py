@@ -84,6 +84,18 @@ def add_parser(commands: Any) -> None:
         "--resume", type=Path, metavar="RUN_DIR", help="continue a run; skips what is recorded"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cluster = parser.add_argument_group("Ray cluster (docs/ray.md)")
+    cluster.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="fan the matrix out over a Ray cluster: auto, host:6379 or ray://host:10001",
+    )
+    cluster.add_argument(
+        "--ray-gpus-per-worker", type=float, default=0.0, help="1 on GPU clusters: a worker per card"
+    )
+    cluster.add_argument("--ray-cpus-per-worker", type=float, default=1.0, help="CPU slots per worker")
+    cluster.add_argument("--ray-accelerator-type", help="pin workers to one GPU type, e.g. H100")
+    cluster.add_argument("--ray-workers", type=int, help="number of workers (default: as many as fit)")
     parser.set_defaults(run=run)
 
 
@@ -148,7 +160,19 @@ def run(args: argparse.Namespace) -> int:
         bench = Bench.resume(args.resume)
     else:
         bench = Bench.create(_config(args), args.results, args.run_id)
-    frame = bench.run(progress=not args.no_progress)
+    if args.ray:
+        from qtts_eval.cluster import ClusterConfig, run_on_cluster
+
+        cluster = ClusterConfig(
+            address=args.ray,
+            gpus_per_worker=args.ray_gpus_per_worker,
+            cpus_per_worker=args.ray_cpus_per_worker,
+            accelerator_type=args.ray_accelerator_type,
+            workers=args.ray_workers,
+        )
+        frame = run_on_cluster(bench, cluster, progress=not args.no_progress)
+    else:
+        frame = bench.run(progress=not args.no_progress)
     with pd.option_context(
         "display.width", 160, "display.max_columns", 20, "display.float_format", "{:.3f}".format
     ):
