@@ -28,8 +28,10 @@ import hashlib
 import importlib.resources
 import json
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from qtts_eval.environment import package_version
@@ -218,7 +220,7 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")  # the r
 
 
 @functools.cache
-def tokenizer_files() -> dict[str, str]:
+def tokenizer_files() -> Mapping[str, str]:
     """The contents of TOKENIZER_FILES, derived from the ranks and checked by encoding (once per process).
 
     The check loads the files the way the official loader does and requires every ordinary token to encode
@@ -253,10 +255,10 @@ def tokenizer_files() -> dict[str, str]:
         got = loaded.encode(text, add_special_tokens=False)
         if got != ids:
             raise CheckpointError(f"tokenizer build: {text!r} encodes to {got}, not the real ids {ids}")
-    return files
+    return MappingProxyType(files)
 
 
-def _write(files: dict[str, str], directory: Path) -> None:
+def _write(files: Mapping[str, str], directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (directory / name).write_text(text, encoding="utf-8")
