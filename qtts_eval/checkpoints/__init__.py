@@ -9,7 +9,8 @@ Synthetic checkpoints are built through the official ``qwen_tts`` model classes 
 the name and shape the official loader expects), initialised from a seed, and written with their
 config.json files spelled out key by key: ``save_pretrained`` writes configs the loader rejects
 (../shared/REFERENCE-NOTES.md), and third-party ports read keys the reference ignores. They are cached
-by content: the cache key hashes the configs, the seed and the builder version.
+by content: the cache key hashes the configs, the seed, the builder version and the text tokenizer's source.
+Their text tokenizer is the real Qwen2 BPE (``tokenizer.py``), so text ids are those of the released model.
 """
 
 from qtts_eval.checkpoints.build import MARKER_FILE, build_checkpoint, weights_hash
@@ -22,7 +23,7 @@ from qtts_eval.checkpoints.cache import (
 )
 from qtts_eval.checkpoints.configs import model_config, speech_tokenizer_config
 from qtts_eval.checkpoints.presets import PRESETS, Preset
-from qtts_eval.checkpoints.tokenizer import build_text_tokenizer
+from qtts_eval.checkpoints.tokenizer import TokenizerSource, build_text_tokenizer, tokenizer_source
 
 __all__ = [
     "DEFAULT_SEED",
@@ -30,6 +31,7 @@ __all__ = [
     "PRESETS",
     "Preset",
     "ResolvedModel",
+    "TokenizerSource",
     "build_checkpoint",
     "build_text_tokenizer",
     "cache_root",
@@ -37,5 +39,6 @@ __all__ = [
     "resolve",
     "speech_tokenizer_config",
     "synthetic_checkpoint",
+    "tokenizer_source",
     "weights_hash",
 ]

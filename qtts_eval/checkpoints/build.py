@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -18,7 +19,7 @@ from qtts_eval.checkpoints.configs import (
 from qtts_eval.checkpoints.presets import preset_by_name
 from qtts_eval.checkpoints.tokenizer import build_text_tokenizer
 
-BUILDER_VERSION = 1  # bump when the builder's output changes for the same preset and seed
+BUILDER_VERSION = 2  # bump when the builder's output changes for the same preset and seed
 MARKER_FILE = "qtts_eval_synthetic.json"  # written into every synthetic checkpoint
 
 
@@ -88,9 +89,8 @@ def build_checkpoint(preset_name: str, seed: int, directory: Path) -> None:
 
     preset = preset_by_name(preset_name)
     directory.mkdir(parents=True, exist_ok=True)
-    ids = build_text_tokenizer(preset, directory)
-    config = model_config(preset, ids["special_base"], ids["text_vocab_size"])
-    config["assistant_token_id"] = ids["assistant"]
+    tokenizer_source = build_text_tokenizer(directory)
+    config = model_config(preset)
     tokenizer_config = speech_tokenizer_config(preset)
 
     torch.manual_seed(seed)
@@ -119,6 +119,7 @@ def build_checkpoint(preset_name: str, seed: int, directory: Path) -> None:
             "seed": seed,
             "builder_version": BUILDER_VERSION,
             "weights_hash": weights_hash(directory),
+            "text_tokenizer": dataclasses.asdict(tokenizer_source),
         },
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from qtts_eval.checkpoints.build import BUILDER_VERSION, MARKER_FILE, build_checkpoint, weights_hash
 from qtts_eval.checkpoints.presets import PRESETS, preset_by_name
-from qtts_eval.checkpoints.tokenizer import tokenizer_corpus
+from qtts_eval.checkpoints.tokenizer import TokenizerSource, tokenizer_source
 from qtts_eval.errors import CheckpointError
 
 DEFAULT_SEED = 0
@@ -43,6 +44,9 @@ class ResolvedModel:
     weights_hash: str  # sha256 over the checkpoint's safetensors files (talker + speech tokenizer)
     preset: str | None = None  # synthetic preset name
     seed: int | None = None  # synthetic seed
+    # Synthetic: the package whose BPE ranks built the text tokenizer. None for a checkpoint that brings its
+    # own tokenizer files (real weights) or a synthetic one built before provenance was recorded.
+    text_tokenizer: TokenizerSource | None = None
 
 
 def cache_root() -> Path:
@@ -53,7 +57,12 @@ def cache_root() -> Path:
 def cache_key(preset_name: str, seed: int) -> str:
     preset = preset_by_name(preset_name)
     spec = json.dumps(
-        {"builder": BUILDER_VERSION, "preset": preset.__dict__, "seed": seed, "corpus": tokenizer_corpus()},
+        {
+            "builder": BUILDER_VERSION,
+            "preset": preset.__dict__,
+            "seed": seed,
+            "text_tokenizer": dataclasses.asdict(tokenizer_source()),
+        },
         sort_keys=True,
         default=list,
     )
@@ -124,5 +133,14 @@ def resolve(ref: str) -> ResolvedModel:
     marker = path / MARKER_FILE
     if marker.is_file():
         info = json.loads(marker.read_text())
-        return ResolvedModel(ref, path, True, info["weights_hash"], info["preset"], info["seed"])
+        source = info.get("text_tokenizer")
+        return ResolvedModel(
+            ref,
+            path,
+            True,
+            info["weights_hash"],
+            info["preset"],
+            info["seed"],
+            TokenizerSource(**source) if source is not None else None,
+        )
     return ResolvedModel(ref, path, False, weights_hash(path))

@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from qtts_eval.checkpoints.presets import CODEC_IDS, CODEC_LANGUAGE_ID, Preset
-from qtts_eval.checkpoints.tokenizer import SPECIAL_TOKENS
+from qtts_eval.checkpoints.tokenizer import ASSISTANT_TOKEN_ID, TEXT_VOCAB_SIZE, TOKEN_IDS
 
 
-def model_config(preset: Preset, special_base: int, text_vocab_size: int) -> dict[str, Any]:
+def model_config(preset: Preset) -> dict[str, Any]:
     """Top-level config.json, every key written out as in the released checkpoint."""
-    special = {token: special_base + index for index, token in enumerate(SPECIAL_TOKENS)}
     rope = {
         "interleaved": True,
         "mrope_section": list(preset.mrope_section),
@@ -70,7 +69,7 @@ def model_config(preset: Preset, special_base: int, text_vocab_size: int) -> dic
         "spk_id": {},
         "spk_is_dialect": {},
         "text_hidden_size": preset.text_hidden,
-        "text_vocab_size": text_vocab_size,
+        "text_vocab_size": TEXT_VOCAB_SIZE,
         "use_cache": True,
         "use_sliding_window": False,
         "vocab_size": 3072,
@@ -88,19 +87,19 @@ def model_config(preset: Preset, special_base: int, text_vocab_size: int) -> dic
     }
     return {
         "architectures": ["Qwen3TTSForConditionalGeneration"],
-        "assistant_token_id": None,  # filled by the tokenizer builder
-        "im_end_token_id": special["<|im_end|>"],
-        "im_start_token_id": special["<|im_start|>"],
+        "assistant_token_id": ASSISTANT_TOKEN_ID,
+        "im_end_token_id": TOKEN_IDS["<|im_end|>"],
+        "im_start_token_id": TOKEN_IDS["<|im_start|>"],
         "model_type": "qwen3_tts",
         "speaker_encoder_config": speaker,
         "talker_config": talker,
         "tokenizer_type": "qwen3_tts_tokenizer_12hz",
         "transformers_version": "4.57.3",
-        "tts_bos_token_id": special["<tts_text_bos>"],
-        "tts_eos_token_id": special["<tts_text_eod>"],
+        "tts_bos_token_id": TOKEN_IDS["<tts_text_bos>"],
+        "tts_eos_token_id": TOKEN_IDS["<tts_text_eod>"],
         "tts_model_size": "0b6",
         "tts_model_type": "base",
-        "tts_pad_token_id": special["<tts_pad>"],
+        "tts_pad_token_id": TOKEN_IDS["<tts_pad>"],
     }
 
 

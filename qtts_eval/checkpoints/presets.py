@@ -33,7 +33,8 @@ CODEC_LANGUAGE_ID = {
 
 @dataclass(frozen=True)
 class Preset:
-    """Sizes of one synthetic checkpoint; everything else follows the real model."""
+    """Sizes of one synthetic checkpoint; everything else follows the real model, including the text
+    vocabulary (151936 ids, the real Qwen2 BPE), which every preset shares so the same ids are valid."""
 
     name: str
     talker_layers: int
@@ -58,8 +59,6 @@ class Preset:
     decoder_codebook_dim: int
     decoder_dim: int
     encoder: dict[str, Any]  # MimiConfig overrides for the speech-tokenizer encoder
-    real_text_vocab: bool  # True: the real 151936-entry id layout; False: a compact vocabulary
-    bpe_vocab: int  # merges learned by the synthetic BPE tokenizer (ordinary tokens)
 
 
 PRESETS: dict[str, Preset] = {
@@ -98,8 +97,6 @@ PRESETS: dict[str, Preset] = {
             "vector_quantization_hidden_dimension": 32,
             "upsample_groups": 64,
         },
-        real_text_vocab=False,
-        bpe_vocab=1024,
     ),
     "0.6b-base": Preset(
         name="0.6b-base",
@@ -125,8 +122,6 @@ PRESETS: dict[str, Preset] = {
         decoder_codebook_dim=512,
         decoder_dim=1536,
         encoder={},  # the real encoder is the default Mimi configuration
-        real_text_vocab=True,
-        bpe_vocab=4096,
     ),
 }
 

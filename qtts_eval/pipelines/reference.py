@@ -176,6 +176,13 @@ class ReferencePipeline(Pipeline):
                 synthetic_preset=self.resolved.preset,
                 synthetic_seed=self.resolved.seed,
             )
+            # Where a synthetic checkpoint's text ids come from (None: the checkpoint's own tokenizer files).
+            source = self.resolved.text_tokenizer
+            info.update(
+                text_tokenizer_package=source.package if source else None,
+                text_tokenizer_version=source.version if source else None,
+                text_tokenizer_sha256=source.sha256 if source else None,
+            )
         return info
 
     def clone_prompt(self, request: Request) -> Any:
