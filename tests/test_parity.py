@@ -28,7 +28,7 @@ from qtts_eval.parity.faults import FAULTS
 from qtts_eval.parity.profiles import Precision, precision_of, profile_for_precision, profile_named
 from qtts_eval.parity.report import write_reports
 from qtts_eval.parity.run import ParityResult, Verdict, compare, compare_pipeline, reference_dump
-from qtts_eval.parity.session import DEFAULT_SETTINGS, ParitySettings
+from qtts_eval.parity.session import DEFAULT_SETTINGS, resolve_settings
 from qtts_eval.pipelines.base import PipelineConfig, Request
 from qtts_eval.units import SAMPLES_PER_FRAME
 
@@ -431,10 +431,7 @@ def test_html_report_is_self_contained(bf16_result: ParityResult, tmp_path: Path
 
 
 def test_settings_come_from_the_header(ref_dump: StageDump) -> None:
-    from qtts_eval.parity.session import resolve_settings
-
     assert resolve_settings(ref_dump.meta, {}) == SETTINGS
     assert resolve_settings(ref_dump.meta, {"max_frames": 3, "model": None}).max_frames == 3
     with pytest.raises(ParityError, match="--voice"):
         resolve_settings(dataclasses.replace(ref_dump.meta, voice=""), {})
-    assert isinstance(SETTINGS, ParitySettings)
