@@ -493,36 +493,31 @@ class _Comparer:
             "frames": float(len(cand)),
             "reference_frames": float(len(ref)),
         }
-        length_note = self.length_note(key, len(ref), len(cand))
+        length_ok, length_note = self.length_check(key, len(ref), len(cand))
         found = _first_divergence(ref, cand)
-        if found is None:
-            if length_note.startswith("FAIL:"):
-                self.result(
-                    key, Status.FAIL, metrics=metrics, per_codebook=per_codebook, note=length_note[5:]
-                )
-            else:
-                self.result(key, Status.PASS, metrics=metrics, per_codebook=per_codebook, note=length_note)
-            return
-        frame, codebook = found
-        metrics["first_divergent_frame"] = float(frame)
-        divergence = self.classify(key, frame, codebook)
-        self.divergences.append(divergence)
-        status, note = self.codes_status(key, divergence)
-        if length_note:
-            note += "; " + length_note.removeprefix("FAIL:")
-            if length_note.startswith("FAIL:"):
-                status = Status.FAIL
+        status, notes = Status.PASS, []
+        if found is not None:
+            frame, codebook = found
+            metrics["first_divergent_frame"] = float(frame)
+            divergence = self.classify(key, frame, codebook)
+            self.divergences.append(divergence)
+            status, note = self.codes_status(key, divergence)
+            notes.append(note)
+        if not length_ok:
+            status = Status.FAIL
+        notes.append(length_note)
+        note = "; ".join(n for n in notes if n)
         self.result(key, status, metrics=metrics, per_codebook=per_codebook, note=note)
 
-    def length_note(self, key: str, ref_frames: int, cand_frames: int) -> str:
-        """'' when lengths agree, the convention's note when one explains them, else 'FAIL:' + the reason."""
+    def length_check(self, key: str, ref_frames: int, cand_frames: int) -> tuple[bool, str]:
+        """Whether the frame counts are acceptable, and the note: a convention's, or why they are not."""
         if ref_frames == cand_frames:
-            return ""
+            return True, ""
         if key == "codes" and self.frame_note:
-            return self.frame_note
+            return True, self.frame_note
         if key == "codec_enc.codes" and self.clip_note:
-            return self.clip_note
-        return f"FAIL:{cand_frames} frames, reference has {ref_frames}"
+            return True, self.clip_note
+        return False, f"{cand_frames} frames, reference has {ref_frames}"
 
     def codes_status(self, key: str, divergence: Divergence) -> tuple[Status, str]:
         where = describe_divergence(divergence)
