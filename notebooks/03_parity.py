@@ -32,7 +32,7 @@ from qtts_eval import report
 from qtts_eval.units import SAMPLE_RATE_HZ
 
 result = report.load_parity(report.ensure_parity(Path(RESULTS_ROOT) / PARITY_DIR, CANDIDATE, MODEL))
-print(f"{result.candidate}: {'PASS' if result.passed else 'FAIL'} under profile {result.profile.name}")
+print(f"{result.candidate} [{result.profile.name}]: {result.verdict_line()}")
 
 # %%
 table = report.parity_table(result)

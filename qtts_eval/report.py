@@ -65,32 +65,20 @@ def ensure_demo_history(results_root: str | Path, runs: int = 6, step_at: int = 
 
 
 def ensure_parity(out_dir: str | Path, candidate: str = "fault:talker-weight", model: str = "tiny") -> Path:
-    """``qtts-eval parity CANDIDATE --out OUT_DIR`` unless its report.json exists; returns OUT_DIR."""
-    from qtts_eval.cli import main
+    """A parity session of ``candidate`` written to ``out_dir`` unless its report.json exists; returns it."""
+    from qtts_eval.parity.session import run_session
 
     out = Path(out_dir)
     if not (out / "report.json").exists():
-        main(["parity", candidate, "--model", model, "--out", str(out)])
+        run_session(candidate, out, {"model": model})
     return out
 
 
 def load_parity(out_dir: str | Path) -> ParityResult:
-    """The ParityResult of a `qtts-eval parity` output directory, recomputed from its dumps and profile."""
-    import json
+    """The ParityResult of a parity output directory, recomputed from its dumps and profile."""
+    from qtts_eval.parity.session import load_session
 
-    from qtts_eval.parity.dumps import read_dump
-    from qtts_eval.parity.profiles import profile_for
-    from qtts_eval.parity.run import compare_files
-
-    out = Path(out_dir)
-    profile = profile_for(json.loads((out / "report.json").read_text())["profile"]["name"])
-    forced = out / "candidate.forced.safetensors"
-    return compare_files(
-        read_dump(out / "reference.safetensors"),
-        out / "candidate.free.safetensors",
-        forced if forced.exists() else None,
-        profile,
-    )
+    return load_session(Path(out_dir))
 
 
 def parity_images(result: ParityResult) -> dict[str, bytes]:

@@ -1,59 +1,95 @@
-"""Parity: the reference against itself, planted faults caught at their stage, bf16 vs fp32, reports."""
+"""Parity: the reference against itself, planted faults caught at their stage, bf16 vs fp32, reports; and
+dumps written as a port writes them (stages removed, conventions of its own) judged without wrong blame."""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import fnmatch
 import io
+import json
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 
-from qtts_eval import fixtures
+from qtts_eval.cli import main
 from qtts_eval.errors import ParityError
-from qtts_eval.parity.capture import HookedReference
-from qtts_eval.parity.compare import Status, compare_dumps
-from qtts_eval.parity.dumps import StageDump, read_dump, write_dump
+from qtts_eval.gates import GateInputs, GateSpec, Outcome, ParityGate, evaluate_gate
+from qtts_eval.parity.capture import ForcedInputs, HookedReference
+from qtts_eval.parity.compare import Evidence, FlipKind, Status, compare_dumps
+from qtts_eval.parity.dumps import METADATA_KEY, ForcedInput, StageDump, read_dump, write_dump
 from qtts_eval.parity.faults import FAULTS
-from qtts_eval.parity.profiles import profile_for
+from qtts_eval.parity.profiles import Precision, precision_of, profile_for_precision, profile_named
 from qtts_eval.parity.report import write_reports
-from qtts_eval.parity.run import ParityResult, compare_pipeline, reference_dump
-from qtts_eval.pipelines.base import CloneMode, PipelineConfig, Request, Sampling
+from qtts_eval.parity.run import ParityResult, Verdict, compare, compare_pipeline, reference_dump
+from qtts_eval.parity.session import DEFAULT_SETTINGS, resolve_settings
+from qtts_eval.pipelines.base import PipelineConfig, Request
+from qtts_eval.units import SAMPLES_PER_FRAME
 
-CLIP_SAMPLES = 30_000  # 1.25 s of the fixture clip: enough codec frames, fast on 2 cores
-FRAMES = 6  # frame budget
+FRAMES = 6  # frame budget: a capped run returns 5 frames
+SETTINGS = dataclasses.replace(DEFAULT_SETTINGS, max_frames=FRAMES)
+# What a real ggml port's debug taps cover (REFERENCE-NOTES): no per-step logits, no decoder taps.
+PORT_TAPS = (
+    "inputs.*",
+    "spk.*",
+    "codec_enc.input",
+    "codec_enc.latent",
+    "codec_enc.rvq_in.*",
+    "codec_enc.codes",
+    "talker.prefill.*",
+    "codes",
+    "output.wav",
+)
+LOGITS = ("talker.logits", "code_predictor.logits")
 
 
 @pytest.fixture(scope="module")
 def request_() -> Request:
-    voice = fixtures.load_fixtures().voice("slt")
-    audio, _ = fixtures.read_reference_audio(voice.ref_wav)
-    return Request(
-        text="Hello there.",
-        language="english",
-        ref_audio=audio[:CLIP_SAMPLES],
-        ref_text=voice.ref_text,
-        mode=CloneMode.ICL,
-        max_frames=FRAMES,
-        seed=0,
-        sampling=Sampling(repetition_penalty=1.0),
-    )
+    return SETTINGS.request()
 
 
 @pytest.fixture(scope="module")
 def reference() -> HookedReference:
-    pipeline = HookedReference(PipelineConfig(model="tiny"))
+    pipeline = HookedReference(PipelineConfig(model=SETTINGS.model))
     pipeline.load()
     return pipeline
 
 
 @pytest.fixture(scope="module")
 def ref_dump(reference: HookedReference, request_: Request) -> StageDump:
-    return reference_dump(reference, request_)  # raises unless two runs are bit-identical
+    captured = reference_dump(reference, request_)  # raises unless two runs are bit-identical
+    return StageDump(dataclasses.replace(captured.meta, voice=SETTINGS.voice), captured.tensors)
+
+
+@pytest.fixture(scope="module")
+def forced_self(reference: HookedReference, ref_dump: StageDump, request_: Request) -> StageDump:
+    """The reference teacher-forced on every input from its own dump."""
+    return reference.capture(request_, forced=ForcedInputs.from_dump(ref_dump))
+
+
+def port_dump(
+    source: StageDump,
+    taps: Collection[str] = PORT_TAPS,
+    replace: dict[str, Any] | None = None,
+    drop: Collection[str] = (),
+    **meta: Any,
+) -> StageDump:
+    """`source` as a port would write it: only its taps (less `drop`), its own implementation name and
+    header fields."""
+    tensors = {
+        k: v
+        for k, v in source.tensors.items()
+        if any(fnmatch.fnmatchcase(k, t) for t in taps) and k not in drop
+    }
+    tensors.update(replace or {})
+    fields = {"implementation": "a-port 0.1", "voice": SETTINGS.voice, **meta}
+    return StageDump(dataclasses.replace(source.meta, **fields), tensors)
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +99,8 @@ def bf16_result(
     candidate = HookedReference(PipelineConfig(model="tiny", dtype="bfloat16"))
     candidate.load()
     out = tmp_path_factory.mktemp("bf16")
-    return compare_pipeline(
-        ref_dump, candidate, request_, profile_for("bfloat16"), "reference-bf16", dump_dir=out
-    )
+    profile = profile_for_precision("bfloat16", "float32")
+    return compare_pipeline(ref_dump, candidate, request_, profile, "reference-bf16", dump_dir=out)
 
 
 def test_capture_covers_every_stage_and_logits_explain_codes(ref_dump: StageDump) -> None:
@@ -78,13 +113,15 @@ def test_capture_covers_every_stage_and_logits_explain_codes(ref_dump: StageDump
     assert np.array_equal(cp.argmax(-1), codes[:, 1:])  # greedy picks from exactly the captured logits
     talker = tensors["talker.logits"][: len(codes), : cp.shape[-1]]
     assert np.array_equal(talker.argmax(-1), codes[:, 0])
+    clip = len(tensors["inputs.ref_audio"])  # the codec encoder rounds a partial last frame up
+    assert len(tensors["codec_enc.codes"]) == -(-clip // SAMPLES_PER_FRAME)
 
 
 def test_reference_against_itself_passes_with_zero_difference(
     reference: HookedReference, ref_dump: StageDump, request_: Request
 ) -> None:
     again = reference.capture(request_)
-    comparison = compare_dumps(ref_dump, again, profile_for("fp32"))
+    comparison = compare_dumps(ref_dump, again, profile_named("fp32"))
     assert comparison.passed
     assert not comparison.divergences
     for stage in comparison.stages:
@@ -100,24 +137,25 @@ def test_planted_fault_is_caught_at_its_stage(
     candidate = HookedReference(PipelineConfig(model="tiny"), fault=fault)
     candidate.load()
     result = compare_pipeline(
-        ref_dump, candidate, request_, profile_for("fp32"), name, teacher_forcing=False, dump_dir=tmp_path
+        ref_dump, candidate, request_, profile_named("fp32"), name, forced_inputs=(), dump_dir=tmp_path
     )
     first = result.free.first_failure
     assert first is not None, f"{name} was not caught"
     assert first.group == fault.group, f"{name} caught at {first.key}, expected group {fault.group}"
+    assert result.verdict is Verdict.FAIL
 
 
 @pytest.mark.slow
 def test_bf16_passes_bf16_profile_and_fails_fp32(bf16_result: ParityResult) -> None:
-    assert bf16_result.passed, [s for s in bf16_result.free.stages if s.status is Status.FAIL]
+    assert bf16_result.verdict is Verdict.PASS, bf16_result.verdict_line()
     assert bf16_result.forced is not None
-    forced_codes = next(s for s in bf16_result.forced.stages if s.key == "codes")
-    assert forced_codes.status is Status.PASS  # teacher forcing was followed
-    strict = compare_dumps(bf16_result.reference, bf16_result.free_dump, profile_for("fp32"))
+    forced_codes = bf16_result.forced.stage("codes")
+    assert forced_codes is not None and forced_codes.status is Status.PASS  # teacher forcing was followed
+    strict = compare_dumps(bf16_result.reference, bf16_result.free_dump, profile_named("fp32"))
     assert not strict.passed
     assert strict.first_failure is not None and strict.first_failure.group == "speaker_encoder"
     for divergence in bf16_result.free.divergences:  # any flip bf16 makes here is a near tie
-        assert divergence.kind.value == "near_tie"
+        assert divergence.kind is FlipKind.NEAR_TIE
 
 
 def test_teacher_forcing_shows_talker_fault_downstream(
@@ -125,8 +163,9 @@ def test_teacher_forcing_shows_talker_fault_downstream(
 ) -> None:
     candidate = HookedReference(PipelineConfig(model="tiny"), fault=FAULTS["talker-weight"]())
     candidate.load()
-    result = compare_pipeline(ref_dump, candidate, request_, profile_for("fp32"), "w", dump_dir=tmp_path)
+    result = compare_pipeline(ref_dump, candidate, request_, profile_named("fp32"), "w", dump_dir=tmp_path)
     assert result.forced is not None
+    assert result.forced.forced == tuple(ForcedInput)
     by_key = {s.key: s for s in result.forced.stages}
     assert by_key["codes"].status is Status.PASS  # forced codes followed
     assert by_key["talker.prefill.layer.00"].status is Status.PASS
@@ -134,12 +173,216 @@ def test_teacher_forcing_shows_talker_fault_downstream(
     assert by_key["codec_dec.wav"].status is Status.PASS  # same codes, untouched decoder
 
 
+def test_partial_teacher_forcing_is_recorded_and_compares_codes_freely(
+    reference: HookedReference, ref_dump: StageDump, request_: Request, tmp_path: Path
+) -> None:
+    inputs = (ForcedInput.SPK_EMBEDDING, ForcedInput.REF_CODES)
+    dump = reference.write_stage_dump(
+        request_, tmp_path / "partial.safetensors", forced=ForcedInputs.from_dump(ref_dump, inputs)
+    )
+    assert read_dump(tmp_path / "partial.safetensors").meta.forced == inputs
+    comparison = compare_dumps(ref_dump, dump, profile_named("fp32"))
+    assert comparison.mode == "forced" and comparison.passed
+    codes = comparison.stage("codes")
+    assert codes is not None and codes.status is Status.PASS and "not followed" not in codes.note
+
+
+def _smallest_margin(ref_dump: StageDump) -> tuple[int, int, int]:
+    """(frame, codebook, runner-up code) of the code-predictor decision with the smallest margin."""
+    logits = ref_dump.tensors["code_predictor.logits"]
+    top2 = np.sort(logits, -1)[..., -2:]
+    frame, step = np.unravel_index(np.argmin(top2[..., 1] - top2[..., 0]), top2.shape[:2])
+    return int(frame), int(step) + 1, int(np.argsort(logits[frame, step])[-2])
+
+
+def _flipped(ref_dump: StageDump, frame: int, codebook: int, code: int) -> dict[str, Any]:
+    codes = ref_dump.tensors["codes"].copy()
+    codes[frame, codebook] = code
+    return {"codes": codes}
+
+
+def test_near_tie_without_logits_is_unclassified_never_real(ref_dump: StageDump) -> None:
+    frame, codebook, runner_up = _smallest_margin(ref_dump)
+    port = port_dump(ref_dump, replace=_flipped(ref_dump, frame, codebook, runner_up), dtype="BF16")
+    result = compare("port", profile_for_precision("BF16", "F32"), ref_dump, port, None)
+    (divergence,) = result.free.divergences
+    assert (divergence.frame, divergence.codebook) == (frame, codebook)
+    assert divergence.kind is FlipKind.UNCLASSIFIED and divergence.evidence is Evidence.NONE
+    codes = result.free.stage("codes")
+    assert codes is not None and codes.status is Status.UNCLASSIFIED
+    assert result.verdict is Verdict.UNCLASSIFIED
+    assert result.verdict_line().startswith("UNCLASSIFIED on ")
+    assert "code_predictor.logits" in result.missing_taps()
+
+
+def test_near_tie_is_classified_by_the_forced_run(ref_dump: StageDump, forced_self: StageDump) -> None:
+    frame, codebook, runner_up = _smallest_margin(ref_dump)
+    port = port_dump(ref_dump, replace=_flipped(ref_dump, frame, codebook, runner_up), dtype="BF16")
+    forced = port_dump(forced_self, dtype="BF16")  # forced as the port would be: still no logits
+    result = compare("port", profile_named("bf16"), ref_dump, port, forced)
+    (divergence,) = result.free.divergences
+    assert divergence.kind is FlipKind.NEAR_TIE and divergence.evidence is Evidence.FORCED_RUN
+    assert result.verdict is Verdict.PASS, result.verdict_line()
+
+
+def test_near_tie_is_classified_by_measured_logit_error(ref_dump: StageDump) -> None:
+    frame, codebook, runner_up = _smallest_margin(ref_dump)
+    margin = float(np.diff(np.sort(ref_dump.tensors["code_predictor.logits"][frame, codebook - 1])[-2:])[0])
+    talker = ref_dump.tensors["talker.logits"].copy()
+    talker[0, 0] += margin  # the candidate's talker logits are off by the margin: it explains the flip
+    replace = {**_flipped(ref_dump, frame, codebook, runner_up), "talker.logits": talker}
+    port = port_dump(ref_dump, taps=(*PORT_TAPS, "talker.logits"), replace=replace, dtype="BF16")
+    (divergence,) = compare_dumps(ref_dump, port, profile_named("bf16")).divergences
+    assert divergence.kind is FlipKind.NEAR_TIE and divergence.evidence is Evidence.MEASURED_ERROR
+
+
+def test_real_disagreement_needs_the_candidates_own_logits(ref_dump: StageDump) -> None:
+    logits = ref_dump.tensors["code_predictor.logits"]
+    top2 = np.sort(logits, -1)[..., -2:]
+    frame, step = np.unravel_index(np.argmax(top2[..., 1] - top2[..., 0]), top2.shape[:2])
+    codebook, runner_up = int(step) + 1, int(np.argsort(logits[frame, step])[-2])
+    replace = _flipped(ref_dump, int(frame), codebook, runner_up)
+    without = compare_dumps(ref_dump, port_dump(ref_dump, replace=replace), profile_named("bf16"))
+    assert without.divergences[0].kind is FlipKind.UNCLASSIFIED  # a large margin alone is no evidence
+    port = port_dump(ref_dump, taps=(*PORT_TAPS, *LOGITS), replace=replace)
+    (divergence,) = compare_dumps(ref_dump, port, profile_named("bf16")).divergences
+    assert divergence.kind is FlipKind.REAL and divergence.evidence is Evidence.CANDIDATE_LOGITS
+
+
+def test_codec_encoder_flip_without_rvq_input_is_unclassified(ref_dump: StageDump) -> None:
+    margins = ref_dump.tensors["codec_enc.margin"]
+    frame, codebook = np.unravel_index(np.argmin(margins), margins.shape)
+    codes = ref_dump.tensors["codec_enc.codes"].copy()
+    codes[frame, codebook] = (codes[frame, codebook] + 1) % 2048
+    taps = [t for t in PORT_TAPS if t != "codec_enc.rvq_in.*"]
+    port = port_dump(ref_dump, taps=taps, replace={"codec_enc.codes": codes})
+    comparison = compare_dumps(ref_dump, port, profile_named("bf16"))
+    (divergence,) = comparison.divergences
+    assert divergence.key == "codec_enc.codes" and divergence.kind is FlipKind.UNCLASSIFIED
+
+
+def test_dump_of_another_model_is_refused(ref_dump: StageDump) -> None:
+    other = port_dump(ref_dump, model_ref="0.6b-base", weights_hash="f" * 64)
+    with pytest.raises(ParityError, match=r"0\.6b-base.*'tiny'"):
+        compare_dumps(ref_dump, other, profile_named("fp32"))
+    unhashed = port_dump(ref_dump, model_ref="0.6b-base", weights_hash="")
+    with pytest.raises(ParityError, match=r"0\.6b-base"):
+        compare_dumps(ref_dump, unhashed, profile_named("fp32"))
+
+
+def test_port_returning_the_whole_budget_passes_on_the_common_prefix(
+    reference: HookedReference, ref_dump: StageDump, request_: Request
+) -> None:
+    # A port that honours max_frames literally: FRAMES frames where the reference returns FRAMES - 1.
+    longer = reference.capture(dataclasses.replace(request_, max_frames=FRAMES + 1))
+    port = port_dump(longer, max_frames=FRAMES)
+    assert len(port.tensors["codes"]) == FRAMES
+    result = compare("port", profile_named("fp32"), ref_dump, port, None)
+    assert result.verdict is Verdict.PASS, result.verdict_line()
+    codes, audio = result.free.stage("codes"), result.free.stage("output.wav")
+    assert codes is not None and "frame budget" in codes.note and codes.metrics["frames"] == FRAMES
+    assert audio is not None and audio.status is Status.PASS and "frame budget" in audio.note
+    snr_rule = profile_named("fp32").rule("output.wav", "snr_db")
+    assert snr_rule is not None and audio.metrics["snr_db"] >= snr_rule.limit
+    short = port_dump(ref_dump, replace={"codes": ref_dump.tensors["codes"][:-1]})
+    assert compare("port", profile_named("fp32"), ref_dump, short, None).verdict is Verdict.FAIL
+
+
+def test_clip_rounding_compares_the_overlap(
+    reference: HookedReference, ref_dump: StageDump, request_: Request
+) -> None:
+    clip = request_.ref_audio
+    rounded = reference.capture(
+        dataclasses.replace(request_, ref_audio=clip[: len(clip) // SAMPLES_PER_FRAME * SAMPLES_PER_FRAME])
+    )
+    # The port drops the clip's last partial frame before its codec encoder only.
+    codec = {k: v for k, v in rounded.tensors.items() if k.startswith("codec_enc.") or k == "codes"}
+    port = port_dump(ref_dump, replace=codec)
+    comparison = compare_dumps(ref_dump, port, profile_named("fp32"))
+    stage = comparison.stage("codec_enc.input")
+    assert stage is not None and "partial frame" in stage.note
+    assert stage.status is Status.PASS and stage.metrics["rel_l2"] == 0.0  # the overlap's numbers
+    latent = comparison.stage("codec_enc.latent")
+    assert latent is not None and "rel_l2" in latent.metrics
+    talker = comparison.stage("talker.prefill.embeds")
+    assert talker is not None and talker.status is Status.SKIP and "clip rounding" in talker.note
+    other = port_dump(ref_dump, replace={"codec_enc.input": clip[:1000]})
+    shape = compare_dumps(ref_dump, other, profile_named("fp32")).stage("codec_enc.input")
+    assert shape is not None and shape.status is Status.FAIL and "rel_l2" in shape.metrics
+
+
+def test_missing_required_stage_fails_and_coverage_is_stated(ref_dump: StageDump) -> None:
+    complete = compare("port", profile_named("fp32"), ref_dump, port_dump(ref_dump), None)
+    assert complete.verdict is Verdict.PASS
+    coverage = complete.coverage
+    assert 0 < len(coverage.compared) < coverage.total
+    assert complete.verdict_line().startswith(f"PASS on {len(coverage.compared)} of {coverage.total} stages")
+    assert "not covered: " in complete.verdict_line() and "code_predictor.logits" in complete.verdict_line()
+    for required in ("output.wav", "codes", "spk.embedding", "codec_enc.codes"):
+        result = compare("port", profile_named("fp32"), ref_dump, port_dump(ref_dump, drop=[required]), None)
+        assert result.verdict is Verdict.FAIL, required
+        assert result.first_failure is not None and result.first_failure.key == required
+
+
+def test_nan_candidate_fails_the_stage(ref_dump: StageDump) -> None:
+    wav = ref_dump.tensors["output.wav"].copy()
+    wav[10] = np.nan
+    comparison = compare_dumps(
+        ref_dump, port_dump(ref_dump, replace={"output.wav": wav}), profile_named("bf16")
+    )
+    stage = comparison.stage("output.wav")
+    assert stage is not None and stage.status is Status.FAIL and "NaN" in stage.note
+
+
+def test_quantised_header_cannot_make_itself_pass(ref_dump: StageDump, tmp_path: Path) -> None:
+    port = port_dump(ref_dump, dtype="int8")
+    with pytest.raises(ParityError, match="--profile"):
+        profile_for_precision(port.meta.dtype, port.meta.codec_dtype)
+    result = compare("port", profile_named("quantised"), ref_dump, port, None)
+    assert result.verdict is Verdict.REPORT_ONLY
+    paths = write_reports(result, tmp_path)
+    assert json.loads(paths["json"].read_text())["verdict"] == "report-only"
+    gate = ParityGate()  # expects "pass"
+    outcome = evaluate_gate(gate, GateSpec((gate,)), GateInputs(pd.DataFrame(), parity_report=paths["json"]))
+    assert outcome.outcome is not Outcome.PASS
+
+
+def test_precision_vocabulary_and_default_profiles() -> None:
+    assert precision_of("F32") is Precision.FP32 and precision_of("float32") is Precision.FP32
+    assert precision_of("BF16") is Precision.BF16 and precision_of("f16") is Precision.FP16
+    for name in ("Q8_0", "Q4_K", "Q5_K_M", "IQ4_XS", "int8", "fp8"):
+        assert precision_of(name) is Precision.QUANTISED, name
+    with pytest.raises(ParityError, match="unknown precision"):
+        precision_of("double")
+    assert profile_for_precision("F32", "F32").name == "fp32"
+    assert profile_for_precision("F32", "F16").name == "fp32-codec-f16"
+    assert profile_for_precision("BF16", "F32").name == "bf16"
+    with pytest.raises(ParityError, match="--profile"):
+        profile_for_precision("Q8_0", "F16")
+    with pytest.raises(ParityError, match="known: "):
+        profile_named("float8_e9")
+
+
+def test_bare_dump_command_reproduces_the_flagged_verdict(ref_dump: StageDump, tmp_path: Path) -> None:
+    layer = ref_dump.tensors["talker.prefill.layer.01"] * 1.01  # a talker fault, as a port dump
+    path = write_dump(
+        port_dump(ref_dump, replace={"talker.prefill.layer.01": layer}), tmp_path / "p.safetensors"
+    )
+    assert main(["parity", str(path), "--out", str(tmp_path / "bare")]) == 1
+    flags = ["--model", "tiny", "--voice", "slt", "--text", SETTINGS.text, "--language", SETTINGS.language]
+    flags += ["--mode", "icl", "--frames", str(FRAMES), "--seed", "0", "--no-non-streaming-mode"]
+    assert main(["parity", str(path), *flags, "--out", str(tmp_path / "flagged")]) == 1
+    verdicts = [json.loads((tmp_path / d / "report.json").read_text()) for d in ("bare", "flagged")]
+    assert verdicts[0]["verdict_line"] == verdicts[1]["verdict_line"]
+    assert verdicts[0]["first_failing_stage"]["key"] == "talker.prefill.layer.01"
+
+
 def test_mismatched_prompt_layout_is_refused(ref_dump: StageDump) -> None:
     other = StageDump(
         meta=dataclasses.replace(ref_dump.meta, non_streaming_mode=True), tensors=ref_dump.tensors
     )
     with pytest.raises(ParityError, match="non_streaming_mode"):
-        compare_dumps(ref_dump, other, profile_for("fp32"))
+        compare_dumps(ref_dump, other, profile_named("fp32"))
 
 
 def test_dump_round_trip_and_bad_files(ref_dump: StageDump, tmp_path: Path) -> None:
@@ -157,11 +400,12 @@ def test_dump_round_trip_and_bad_files(ref_dump: StageDump, tmp_path: Path) -> N
         write_dump(
             StageDump(meta=ref_dump.meta, tensors={"talker.layer7": np.zeros(3)}), tmp_path / "x.safetensors"
         )
-
-
-def test_unknown_profile_is_refused() -> None:
-    with pytest.raises(ParityError, match="known: "):
-        profile_for("float8_e9")
+    header = {**dataclasses.asdict(ref_dump.meta), "schema_version": 1, "forced": True}
+    for name in ("weights_hash", "voice"):
+        header.pop(name)
+    save_file({"codes": np.zeros((2, 16), np.int64)}, str(tmp_path / "v1.safetensors"),
+              metadata={METADATA_KEY: json.dumps(header)})  # fmt: skip
+    assert read_dump(tmp_path / "v1.safetensors").meta.forced == tuple(ForcedInput)  # migrated
 
 
 def _data_uris(html: str, mime: str) -> list[bytes]:
@@ -182,7 +426,12 @@ def test_html_report_is_self_contained(bf16_result: ParityResult, tmp_path: Path
         samples, rate = sf.read(io.BytesIO(clip))
         assert rate == 24_000 and len(samples) > 0
     assert "Verdict: PASS" in paths["md"].read_text(encoding="utf-8")
-    import json
-
     data: dict[str, Any] = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert data["verdict"] == "pass" and data["comparisons"][0]["mode"] == "free"
+
+
+def test_settings_come_from_the_header(ref_dump: StageDump) -> None:
+    assert resolve_settings(ref_dump.meta, {}) == SETTINGS
+    assert resolve_settings(ref_dump.meta, {"max_frames": 3, "model": None}).max_frames == 3
+    with pytest.raises(ParityError, match="--voice"):
+        resolve_settings(dataclasses.replace(ref_dump.meta, voice=""), {})

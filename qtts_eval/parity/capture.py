@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -25,7 +25,7 @@ import numpy.typing as npt
 from qtts_eval import checkpoints
 from qtts_eval.environment import package_version
 from qtts_eval.errors import ParityError
-from qtts_eval.parity.dumps import DumpMeta, StageDump
+from qtts_eval.parity.dumps import DumpMeta, ForcedInput, StageDump
 from qtts_eval.pipelines.base import (
     AudioChunk,
     Capability,
@@ -46,25 +46,40 @@ _VERSIONED = ("qwen-tts", "torch", "transformers")
 
 @dataclass(frozen=True)
 class ForcedInputs:
-    """What a teacher-forced candidate receives from the reference dump."""
+    """What a teacher-forced candidate receives from the reference dump; None leaves that input free."""
 
-    codes: npt.NDArray[np.int64]  # [T, 16] generated codes, forced frame by frame
+    codes: npt.NDArray[np.int64] | None  # [T, 16] generated codes, forced frame by frame
     ref_codes: (
         npt.NDArray[np.int64] | None
     )  # [T_ref, 16] reference audio codes (ICL), replacing the encoder's
-    spk_embedding: npt.NDArray[np.float32]  # [D] speaker embedding, replacing the speaker encoder's
+    spk_embedding: npt.NDArray[np.float32] | None  # [D] speaker embedding, replacing the speaker encoder's
 
     @classmethod
-    def from_dump(cls, dump: StageDump) -> ForcedInputs:
-        missing = [k for k in ("codes", "spk.embedding") if k not in dump.tensors]
+    def from_dump(cls, dump: StageDump, inputs: Collection[ForcedInput] = tuple(ForcedInput)) -> ForcedInputs:
+        """The `inputs` to force, read from a reference dump (reference codes only where it has them: ICL)."""
+        missing = [f.value for f in inputs if f is not ForcedInput.REF_CODES and f.value not in dump.tensors]
         if missing:
             raise ParityError(f"teacher forcing needs {missing} in the reference dump")
-        ref = dump.tensors.get("codec_enc.codes")
+
+        def take(forced_input: ForcedInput, dtype: type[Any]) -> Any:
+            value = dump.tensors.get(forced_input.value) if forced_input in inputs else None
+            return None if value is None else value.astype(dtype)
+
         return cls(
-            codes=dump.tensors["codes"].astype(np.int64),
-            ref_codes=None if ref is None else ref.astype(np.int64),
-            spk_embedding=dump.tensors["spk.embedding"].astype(np.float32),
+            codes=take(ForcedInput.CODES, np.int64),
+            ref_codes=take(ForcedInput.REF_CODES, np.int64),
+            spk_embedding=take(ForcedInput.SPK_EMBEDDING, np.float32),
         )
+
+    @property
+    def forced(self) -> tuple[ForcedInput, ...]:
+        """The inputs this forces, in schema order (what a dump header records)."""
+        given = {
+            ForcedInput.SPK_EMBEDDING: self.spk_embedding,
+            ForcedInput.REF_CODES: self.ref_codes,
+            ForcedInput.CODES: self.codes,
+        }
+        return tuple(f for f in ForcedInput if given[f] is not None)
 
 
 @runtime_checkable
@@ -390,16 +405,13 @@ class HookedReference(ReferencePipeline):
                     item = dataclasses.replace(item, ref_spk_embedding=own_embedding)
                 if icl:
                     recorder.single["codec_enc.codes"] = _np(item.ref_code).astype(np.int64)
-                if forced is not None:
+                if forced is not None and forced.spk_embedding is not None:
                     embedding = torch.from_numpy(forced.spk_embedding).to(item.ref_spk_embedding)
-                    ref_code = item.ref_code
-                    if icl:
-                        if forced.ref_codes is None:
-                            raise ParityError(
-                                "teacher forcing in ICL mode needs the reference's codec_enc.codes"
-                            )
-                        ref_code = torch.from_numpy(forced.ref_codes).to(item.ref_code.device)
-                    item = dataclasses.replace(item, ref_spk_embedding=embedding, ref_code=ref_code)
+                    item = dataclasses.replace(item, ref_spk_embedding=embedding)
+                if forced is not None and forced.ref_codes is not None and icl:
+                    ref_code = torch.from_numpy(forced.ref_codes).to(item.ref_code.device)
+                    item = dataclasses.replace(item, ref_code=ref_code)
+                if forced is not None and forced.codes is not None:
                     forcer = _Forcer(model, forced.codes)
                 torch.manual_seed(request.seed)
                 wavs, rate = model.generate_voice_clone(
@@ -422,14 +434,17 @@ class HookedReference(ReferencePipeline):
             tensors["inputs.ref_text_ids"] = self._token_ids(model._build_ref_text(request.ref_text))
             tensors["codec_enc.margin"] = _codebook_margins(model, tensors, tensors["codec_enc.codes"])
         tensors["output.wav"] = np.asarray(wavs[0], dtype=np.float32)
-        return StageDump(meta=self._meta(request, forced is not None), tensors=tensors)
+        applied = (
+            () if forced is None else tuple(f for f in forced.forced if icl or f is not ForcedInput.REF_CODES)
+        )
+        return StageDump(meta=self._meta(request, applied), tensors=tensors)
 
     def _token_ids(self, prompt: str) -> npt.NDArray[np.int64]:
         # The wrapper's own tokenisation helper, exactly as generate_voice_clone calls it.
         ids: npt.NDArray[np.int64] = _np(self.model._tokenize_texts([prompt])[0])[0].astype(np.int64)
         return ids
 
-    def _meta(self, request: Request, forced: bool) -> DumpMeta:
+    def _meta(self, request: Request, forced: tuple[ForcedInput, ...]) -> DumpMeta:
         import torch
 
         sampling = request.sampling
@@ -455,4 +470,5 @@ class HookedReference(ReferencePipeline):
             max_frames=request.max_frames,
             forced=forced,
             model_ref=self.config.model,
+            weights_hash=self.resolved.weights_hash if self.resolved is not None else "",
         )

@@ -1,8 +1,12 @@
-"""Compare two stage dumps under a tolerance profile: per-stage metrics, code divergences and their margins.
+"""Compare two stage dumps under a tolerance profile: per-stage metrics, code divergences and their evidence.
 
 Free-running dumps are compared only where both sides saw the same discrete inputs: per-step logits up to the
-first divergent code, the codec decoder and audio only when every code agrees. Teacher-forced dumps (the
-candidate received the reference's codes, reference codes and speaker embedding) compare everything.
+first divergent code, the codec decoder and audio over the frames whose codes agree (the decoder is causal).
+Inputs a candidate took from the reference (teacher forcing, per input) stop gating what follows them.
+
+Never blame wrongly: a stage the candidate did not dump is counted, not failed, unless it is required
+(dumps.required_keys); a code divergence is `real` only on positive evidence; the frame-budget and
+clip-rounding conventions (docs/parity.md) are reported as such, and their overlaps compared.
 """
 
 from __future__ import annotations
@@ -17,32 +21,55 @@ import numpy as np
 import numpy.typing as npt
 
 from qtts_eval.errors import ParityError
-from qtts_eval.parity.dumps import DumpMeta, StageDump, stage_of
+from qtts_eval.metrics.audio import log_mel_l1, snr_db
+from qtts_eval.parity.dumps import (
+    DumpMeta,
+    ForcedInput,
+    StageDump,
+    required_keys,
+    stage_of,
+    stage_sort_key,
+    time_axis,
+)
 from qtts_eval.parity.profiles import Profile, Rule
-from qtts_eval.units import SAMPLE_RATE_HZ
+from qtts_eval.units import SAMPLES_PER_FRAME
 
-SNR_CAP_DB = 200.0  # reported for identical signals instead of infinity (keeps JSON finite)
-MEL_BINS = 80  # log-mel distance: mel bands
-MEL_N_FFT = 1024  # log-mel distance: FFT size, samples (42.7 ms at 24 kHz)
-MEL_HOP = 256  # log-mel distance: hop, samples (10.7 ms at 24 kHz)
-MEL_FLOOR_DB = -100.0  # log-mel distance: power floor, dB, so silence does not dominate
 DISCRETE_INPUTS = ("inputs.text_ids", "inputs.ref_text_ids", "codec_enc.codes")  # gate everything downstream
+DOWNSTREAM_GROUPS = ("talker", "code_predictor", "codec_decoder", "output")  # what a discrete input feeds
+CLIP_GROUPS = ("inputs", "codec_encoder")  # stages that see the reference clip frame by frame
+# Groups whose numbers shape a generated code: a teacher-forced failure there is evidence about a flip.
+DECISION_UPSTREAM = ("inputs", "speaker_encoder", "codec_encoder", "talker", "code_predictor")
 
 
 class Status(str, enum.Enum):
     """Outcome of one stage."""
 
     PASS = "pass"  # within every threshold of the profile
-    FAIL = "fail"  # a threshold, shape or exactness requirement broken
-    SKIP = "skip"  # not comparable in this mode (an upstream discrete input differs) or missing on one side
+    FAIL = "fail"  # a threshold, shape or exactness requirement broken, or a required stage missing
+    UNCLASSIFIED = "unclassified"  # codes diverge and no evidence says whether it is a near tie or real
+    SKIP = "skip"  # not comparable here: an upstream discrete input differs, or no common frames
+    MISSING = "missing"  # optional stage the candidate did not dump: counted as not covered
     INFO = "info"  # computed and shown, never gated (report-only profile, reference-only tensors)
+
+
+COMPARED = (Status.PASS, Status.FAIL, Status.UNCLASSIFIED)  # statuses of stages whose numbers were compared
 
 
 class FlipKind(str, enum.Enum):
     """What a code divergence is."""
 
-    NEAR_TIE = "near_tie"  # the reference's margin is within twice the candidate's error at that decision
-    REAL = "real"  # the margin is larger than the candidate's error explains: a genuine disagreement
+    NEAR_TIE = "near_tie"  # the reference's margin is within what the candidate's error explains
+    REAL = "real"  # positive evidence: the margin is larger than the candidate's measured error at it
+    UNCLASSIFIED = "unclassified"  # no evidence either way (the candidate did not dump what would decide)
+
+
+class Evidence(str, enum.Enum):
+    """What a divergence's classification rests on."""
+
+    CANDIDATE_LOGITS = "candidate_logits"  # the candidate's own numbers for this decision (logits, RVQ input)
+    FORCED_RUN = "forced_run"  # the teacher-forced run (its logits at this decision, or its verdict after it)
+    MEASURED_ERROR = "measured_error"  # a bound from the candidate's error in another stage it dumped
+    NONE = "none"  # nothing decides it
 
 
 @dataclass(frozen=True)
@@ -65,13 +92,14 @@ class StageResult:
     status: Status  # outcome
     metrics: Mapping[str, float] = field(default_factory=dict)  # name -> value
     checks: tuple[Check, ...] = ()  # thresholds applied
-    note: str = ""  # why it failed or was skipped, in words
+    note: str = ""  # why it failed, was skipped or what convention applied, in words
     per_codebook: tuple[float, ...] = ()  # codes stages: exact-match fraction per codebook
+    required: bool = False  # in dumps.required_keys: missing fails
 
 
 @dataclass(frozen=True)
 class Divergence:
-    """The first place where two code sequences differ, and whether the reference's choice was a near tie."""
+    """The first place where two code sequences differ, and what it is."""
 
     key: str  # "codes" or "codec_enc.codes"
     frame: int  # frame index of the first difference
@@ -79,15 +107,18 @@ class Divergence:
     reference_code: int  # what the reference chose
     candidate_code: int  # what the candidate chose
     reference_margin: float  # reference's best minus second-best logit, or 2nd-best minus best distance
-    candidate_error: float  # bound on how far the candidate's numbers could move that margin
-    kind: FlipKind  # near tie or real disagreement
+    candidate_error: float | None  # bound on how far the candidate's numbers move that margin; None: unknown
+    kind: FlipKind  # near tie, real, or unclassified
+    evidence: Evidence  # what the classification rests on
+    evidence_note: str  # the evidence in words, e.g. "2 x max logit error of talker.logits rows 0-2"
 
 
 @dataclass(frozen=True)
 class Comparison:
     """All stage results of one reference/candidate pair."""
 
-    mode: str  # "free" (free-running greedy) or "forced" (teacher-forced)
+    mode: str  # "free" (nothing forced) or "forced" (some inputs teacher-forced; see `forced`)
+    forced: tuple[ForcedInput, ...]  # inputs the candidate took from the reference dump
     profile: str  # profile name
     stages: tuple[StageResult, ...]  # in pipeline order
     divergences: tuple[Divergence, ...]  # code divergences found
@@ -100,9 +131,26 @@ class Comparison:
     def first_failure(self) -> StageResult | None:
         return next((stage for stage in self.stages if stage.status is Status.FAIL), None)
 
+    def stage(self, key: str) -> StageResult | None:
+        return next((stage for stage in self.stages if stage.key == key), None)
+
+
+@dataclass(frozen=True)
+class ForcedRun:
+    """A teacher-forced run of the same candidate, used as evidence for the free run's code divergences."""
+
+    dump: StageDump  # the candidate's teacher-forced dump
+    comparison: Comparison  # its comparison with the reference
+
 
 def check_same_request(reference: DumpMeta, candidate: DumpMeta) -> None:
-    """Refuse to compare dumps of different requests, prompt layouts or clone modes."""
+    """Refuse to compare dumps of different requests, prompt layouts, clone modes or models."""
+    check_same_model(reference, candidate)
+    if reference.voice and candidate.voice and reference.voice != candidate.voice:
+        raise ParityError(
+            f"the dumps are of different voices: {candidate.voice!r} in the candidate, {reference.voice!r} "
+            "in the reference; drop --voice to use the dump's"
+        )
     for name in DumpMeta.MUST_MATCH:
         ref_value, cand_value = getattr(reference, name), getattr(candidate, name)
         if ref_value != cand_value:
@@ -110,6 +158,24 @@ def check_same_request(reference: DumpMeta, candidate: DumpMeta) -> None:
                 f"the dumps are of different requests: {name} is {ref_value!r} in the reference and "
                 f"{cand_value!r} in the candidate; rerun the candidate with the reference's settings"
             )
+
+
+def check_same_model(reference: DumpMeta, candidate: DumpMeta) -> None:
+    """Refuse a candidate dump of another checkpoint: by weights hash when both know it, else by model ref."""
+    if reference.weights_hash and candidate.weights_hash:
+        if reference.weights_hash != candidate.weights_hash:
+            raise ParityError(
+                f"the candidate dump is of other weights: weights hash {candidate.weights_hash[:16]} "
+                f"(model {candidate.model_ref!r}) vs the reference's {reference.weights_hash[:16]} "
+                f"(model {reference.model_ref!r}); compare against the checkpoint the port was run on"
+            )
+        return
+    if candidate.model_ref and candidate.model_ref != reference.model_ref:
+        raise ParityError(
+            f"the candidate dump is of model {candidate.model_ref!r} but the reference ran "
+            f"{reference.model_ref!r}, and the candidate's header has no weights_hash to show they are the "
+            "same weights; run the reference on the dump's model (drop --model) or write weights_hash"
+        )
 
 
 def tensor_metrics(ref: npt.NDArray[Any], cand: npt.NDArray[Any]) -> dict[str, float]:
@@ -146,124 +212,274 @@ def logits_metrics(ref: npt.NDArray[Any], cand: npt.NDArray[Any]) -> dict[str, f
     return found
 
 
-def _log_mel_db(wav: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    import librosa
-
-    mel = librosa.feature.melspectrogram(
-        y=wav.astype(np.float32), sr=SAMPLE_RATE_HZ, n_fft=MEL_N_FFT, hop_length=MEL_HOP, n_mels=MEL_BINS
-    )
-    db: npt.NDArray[Any] = np.maximum(10.0 * np.log10(np.maximum(mel, 1e-30)), MEL_FLOOR_DB)
-    return db
-
-
 def audio_metrics(ref: npt.NDArray[Any], cand: npt.NDArray[Any]) -> dict[str, float]:
-    """SNR (dB, candidate error as noise), mean log-mel distance (dB) and duration ratio deviation."""
-    n = min(len(ref), len(cand))
-    a, b = ref[:n].astype(np.float64), cand[:n].astype(np.float64)
-    noise = float(np.sum((a - b) ** 2))
-    signal = float(np.sum(a**2))
-    snr = SNR_CAP_DB if noise == 0.0 else min(SNR_CAP_DB, 10.0 * math.log10(max(signal, 1e-30) / noise))
-    mel = float(np.mean(np.abs(_log_mel_db(a) - _log_mel_db(b)))) if n >= MEL_N_FFT else 0.0
-    ratio = len(cand) / len(ref) if len(ref) else math.inf
-    return {"snr_db": snr, "mel_db": mel, "duration_dev": abs(ratio - 1.0), **tensor_metrics(a, b)}
+    """SNR and log-mel L1 (qtts_eval.metrics.audio, docs/metrics.md) plus tensor metrics, equal lengths."""
+    a, b = ref.astype(np.float64), cand.astype(np.float64)
+    return {"snr_db": snr_db(a, b), "log_mel_l1": log_mel_l1(a, b), **tensor_metrics(a, b)}
 
 
 def _first_divergence(ref: npt.NDArray[Any], cand: npt.NDArray[Any]) -> tuple[int, int] | None:
+    """(frame, codebook) of the first differing code within the common frames, or None."""
     n = min(len(ref), len(cand))
     where = np.argwhere(ref[:n] != cand[:n])
-    if len(where):
-        return int(where[0][0]), int(where[0][1])
-    return (n, 0) if len(ref) != len(cand) else None
+    return (int(where[0][0]), int(where[0][1])) if len(where) else None
+
+
+def _cut(array: npt.NDArray[Any], axis: int, length: int) -> npt.NDArray[Any]:
+    index: list[slice] = [slice(None)] * array.ndim
+    index[axis] = slice(0, length)
+    return array[tuple(index)]
+
+
+def _overlap(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """The common leading block of two arrays of the same rank."""
+    index = tuple(slice(0, min(x, y)) for x, y in zip(a.shape, b.shape, strict=True))
+    return a[index], b[index]
+
+
+def _nonfinite_note(side: str, array: npt.NDArray[Any]) -> str | None:
+    bad = np.flatnonzero(~np.isfinite(array.ravel()))
+    if not bad.size:
+        return None
+    return (
+        f"the {side} holds {bad.size} NaN or infinite values of {array.size} (first at flat index {bad[0]})"
+    )
 
 
 class _Comparer:
-    def __init__(self, reference: StageDump, candidate: StageDump, profile: Profile) -> None:
+    def __init__(
+        self, reference: StageDump, candidate: StageDump, profile: Profile, forced_run: ForcedRun | None
+    ) -> None:
         self.ref = reference.tensors
         self.cand = candidate.tensors
+        self.meta = candidate.meta
         self.profile = profile
-        self.forced = candidate.meta.forced
+        self.forced_run = forced_run
+        self.required = set(required_keys(reference.meta.clone_mode))
         self.results: dict[str, StageResult] = {}
         self.divergences: list[Divergence] = []
+        self.agree_frames, self.frame_note = self._frames()
+        self.clip_note = self._clip_rounding()
+
+    # -- conventions ------------------------------------------------------------------------------------
+
+    def _frames(self) -> tuple[int | None, str]:
+        """Leading generated frames whose codes agree (None: unknown), and the frame-budget note if any."""
+        if "codes" not in self.ref or "codes" not in self.cand:
+            return None, ""
+        ref, cand = self.ref["codes"], self.cand["codes"]
+        if ref.ndim != 2 or cand.ndim != 2 or ref.shape[1:] != cand.shape[1:]:
+            return 0, ""
+        found = _first_divergence(ref, cand)
+        agree = min(len(ref), len(cand)) if found is None else found[0]
+        budget = self.meta.max_frames
+        note = ""
+        if len(ref) == budget - 1 and len(cand) == budget:
+            note = (
+                f"frame budget: the candidate returns all {budget} frames, the reference budget - 1 = "
+                f"{len(ref)} when capped (docs/parity.md); the common {len(ref)} frames are compared"
+            )
+        return agree, note
+
+    def _clip_rounding(self) -> str:
+        """The clip-rounding note when the candidate encoded the clip without its last partial frame."""
+        clip = self.ref.get("inputs.ref_audio")
+        partial = 0 if clip is None else len(clip) % SAMPLES_PER_FRAME
+        if not partial or "codec_enc.codes" not in self.ref or "codec_enc.codes" not in self.cand:
+            return ""
+        if len(self.cand["codec_enc.codes"]) != len(self.ref["codec_enc.codes"]) - 1:
+            return ""
+        return (
+            f"clip rounding: the candidate drops the reference clip's last partial frame ({partial} of "
+            f"{SAMPLES_PER_FRAME} samples) before encoding; the overlap is compared (docs/parity.md)"
+        )
+
+    def _clip_rounded_shape(self, key: str) -> bool:
+        """True when `key`'s shapes differ exactly as dropping the clip's last partial frame makes them."""
+        axis = time_axis(key)
+        a, b = self.ref[key], self.cand[key]
+        if not self.clip_note or axis is None or stage_of(key).group not in CLIP_GROUPS or a.ndim != b.ndim:
+            return False
+        others_equal = all(x == y for i, (x, y) in enumerate(zip(a.shape, b.shape, strict=True))
+                           if i != axis % a.ndim)  # fmt: skip
+        samples = stage_of(key).pattern in ("inputs.ref_audio", "codec_enc.input")
+        dropped = len(self.ref["inputs.ref_audio"]) % SAMPLES_PER_FRAME if samples else 1
+        return others_equal and a.shape[axis] - b.shape[axis] == dropped
+
+    # -- results ------------------------------------------------------------------------------------------
 
     def result(self, key: str, status: Status, **extra: Any) -> StageResult:
         stage = stage_of(key)
-        if self.profile.report_only and status is Status.FAIL:
+        if self.profile.report_only and status in (Status.FAIL, Status.UNCLASSIFIED):
             status = Status.INFO
-        found = StageResult(key=key, group=stage.group, kind=stage.kind, status=status, **extra)
+        found = StageResult(
+            key=key, group=stage.group, kind=stage.kind, status=status, required=key in self.required, **extra
+        )
         self.results[key] = found
         return found
 
-    def gated(self, key: str, metrics: dict[str, float], note: str = "") -> StageResult:
+    def gated(self, key: str, metrics: dict[str, float], note: str = "", failed_already: str = "") -> None:
+        """Apply the profile's rules to `metrics`; `failed_already` fails the stage whatever the numbers."""
         checks = []
         for metric, value in metrics.items():
             rule = self.profile.rule(key, metric)
             if rule is not None:
                 checks.append(Check(metric=metric, value=value, rule=rule, ok=rule.ok(value)))
         failed = [c for c in checks if not c.ok]
-        if failed and not note:
-            note = "; ".join(
-                f"{c.metric} {c.value:.3g} breaks {c.rule.bound} {c.rule.limit:g}" for c in failed
-            )
-        status = Status.FAIL if failed else Status.PASS
-        return self.result(key, status, metrics=metrics, checks=tuple(checks), note=note)
+        reasons = [failed_already] if failed_already else []
+        reasons += [f"{c.metric} {c.value:.3g} breaks {c.rule.bound} {c.rule.limit:g}" for c in failed]
+        status = Status.FAIL if reasons else Status.PASS
+        text = "; ".join(part for part in (*reasons, note) if part)
+        self.result(key, status, metrics=metrics, checks=tuple(checks), note=text)
 
-    def shape_ok(self, key: str) -> bool:
-        a, b = self.ref[key], self.cand[key]
-        if a.shape == b.shape:
-            return True
-        self.result(
-            key, Status.FAIL, note=f"shape {tuple(b.shape)} differs from the reference's {tuple(a.shape)}"
-        )
-        return False
+    def compare_numbers(
+        self, key: str, a: npt.NDArray[Any], b: npt.NDArray[Any], note: str = "", failed_already: str = ""
+    ) -> None:
+        """Tensor or audio metrics of two equal-shape arrays, gated; non-finite values fail the stage."""
+        bad = _nonfinite_note("candidate", b) or _nonfinite_note("reference", a)
+        if bad:
+            fraction = float(np.mean(~np.isfinite(b))) if b.size else 0.0
+            self.result(key, Status.FAIL, metrics={"nonfinite": fraction}, note=bad)
+            return
+        if a.size == 0:
+            self.result(key, Status.SKIP, note=note or "no common values to compare")
+            return
+        metrics = audio_metrics(a, b) if stage_of(key).kind == "audio" else tensor_metrics(a, b)
+        self.gated(key, metrics, note=note, failed_already=failed_already)
+
+    # -- the walk -----------------------------------------------------------------------------------------
 
     def run(self) -> list[StageResult]:
-        keys = sorted(set(self.ref) | set(self.cand), key=_order)
-        upstream = None
+        keys = sorted(set(self.ref) | set(self.cand), key=stage_sort_key)
+        upstream = ""
         for key in keys:
-            if key not in self.ref or key not in self.cand:
-                side = "candidate" if key not in self.cand else "reference"
-                self.result(key, Status.SKIP, note=f"missing in the {side} dump")
-                continue
             stage = stage_of(key)
+            if key not in self.cand:
+                if key in self.required:
+                    self.result(key, Status.FAIL, note="required stage missing in the candidate dump")
+                else:
+                    self.result(key, Status.MISSING, note="not dumped by the candidate")
+                continue
+            if key not in self.ref:
+                self.result(key, Status.INFO, note="not in the reference dump")
+                continue
             if stage.kind == "margin":
                 self.result(key, Status.INFO, metrics={"min": float(self.ref[key].min(initial=math.inf))})
-            elif stage.kind == "ids":
-                self.compare_ids(key, upstream)
-            elif stage.group in ("talker", "code_predictor", "codec_decoder", "output") and upstream:
+            elif upstream and stage.group in DOWNSTREAM_GROUPS:
                 self.result(key, Status.SKIP, note=f"not comparable: {upstream}")
-            elif key in ("codes", "codec_enc.codes"):
+            elif stage.kind == "codes":
                 self.compare_codes(key)
             elif stage.kind == "logits":
                 self.compare_logits(key)
-            elif stage.kind == "audio":
-                if self.codes_differ():
-                    self.result(key, Status.SKIP, note="not comparable: generated codes differ")
-                else:  # lengths may differ: the duration metric gates that
-                    self.gated(key, audio_metrics(self.ref[key], self.cand[key]))
-            elif stage.group == "codec_decoder" and self.codes_differ():
-                self.result(key, Status.SKIP, note="not comparable: generated codes differ")
-            elif self.shape_ok(key):
-                self.gated(key, tensor_metrics(self.ref[key], self.cand[key]))
-            # A teacher-forced candidate was given the reference's codes, so its own encoder's do not gate.
-            gates = key in DISCRETE_INPUTS and not (self.forced and key == "codec_enc.codes")
-            if gates and not upstream and not _equal(self.ref[key], self.cand[key]):
-                upstream = f"upstream {key} differs"
+            elif stage.group in ("codec_decoder", "output"):
+                self.compare_decoded(key)
+            elif stage.kind == "ids":
+                self.compare_ids(key)
+            else:
+                self.compare_tensor(key)
+            feeds_on = key in DISCRETE_INPUTS and not upstream and not self.forced_input(key)
+            if feeds_on and not _equal(self.ref[key], self.cand[key]):
+                cause = " (clip rounding)" if key == "codec_enc.codes" and self.clip_note else ""
+                upstream = f"upstream {key} differs{cause}"
         return [self.results[key] for key in keys]
 
-    def codes_differ(self) -> bool:
-        return (
-            "codes" in self.ref and "codes" in self.cand and not _equal(self.ref["codes"], self.cand["codes"])
+    def forced_input(self, key: str) -> bool:
+        """True when the candidate took `key` from the reference, so its own value does not feed on."""
+        return any(f.value == key and self.meta.forces(f) for f in ForcedInput)
+
+    def compare_tensor(self, key: str) -> None:
+        a, b = self.ref[key], self.cand[key]
+        if a.shape == b.shape:
+            self.compare_numbers(key, a, b)
+        elif self._clip_rounded_shape(key):
+            self.compare_numbers(key, *_overlap(a, b), note=self.clip_note)
+        else:
+            self.compare_shape_mismatch(key)
+
+    def compare_shape_mismatch(self, key: str) -> None:
+        a, b = self.ref[key], self.cand[key]
+        what = f"shape {tuple(b.shape)} differs from the reference's {tuple(a.shape)}"
+        axis = time_axis(key)
+        if axis is not None and a.ndim == b.ndim and stage_of(key).group in CLIP_GROUPS:
+            frames = abs(a.shape[axis] - b.shape[axis])
+            unit = (
+                SAMPLES_PER_FRAME if stage_of(key).pattern in ("inputs.ref_audio", "codec_enc.input") else 1
+            )
+            if frames <= unit:
+                what += " (likely cause: frame rounding of the reference clip)"
+        if a.ndim != b.ndim:
+            self.result(key, Status.FAIL, note=what)
+            return
+        self.compare_numbers(key, *_overlap(a, b), note="metrics over the overlap", failed_already=what)
+
+    def compare_ids(self, key: str) -> None:
+        a, b = self.ref[key], self.cand[key]
+        if _equal(a, b):
+            self.result(key, Status.PASS, metrics={"exact": 1.0})
+            return
+        if a.shape == b.shape:
+            exact = float(np.mean(a == b))
+        elif a.ndim == b.ndim:
+            overlap_a, overlap_b = _overlap(a, b)
+            exact = float(np.mean(overlap_a == overlap_b)) if overlap_a.size else 0.0
+        else:
+            exact = 0.0
+        shapes = "" if a.shape == b.shape else f"; shape {tuple(b.shape)} vs the reference's {tuple(a.shape)}"
+        self.result(
+            key, Status.FAIL, metrics={"exact": exact}, note=f"ids differ; they must match exactly{shapes}"
         )
 
-    def compare_ids(self, key: str, upstream: str | None) -> None:
-        if key == "codec_dec.codes" and upstream:
-            self.result(key, Status.SKIP, note=f"not comparable: {upstream}")
-        elif _equal(self.ref[key], self.cand[key]):
-            self.result(key, Status.PASS, metrics={"exact": 1.0})
-        elif key == "codec_dec.codes" and self.codes_differ():
-            self.result(key, Status.SKIP, note="not comparable: generated codes differ")
+    def decoded_prefix(self, key: str) -> tuple[int, str] | None:
+        """How much of a decoder/audio stage is comparable: (length along its time axis, note), or None
+        when the whole of it is."""
+        if self.agree_frames is None:
+            return None
+        ref_frames = len(self.ref["codes"])
+        if self.agree_frames == ref_frames == len(self.cand["codes"]):
+            return None
+        axis = time_axis(key)
+        if axis is None:
+            return 0, "not comparable: generated codes differ"
+        length = self.ref[key].shape[axis]
+        if key == "output.wav":
+            per_frame, lead = SAMPLES_PER_FRAME, 0
+        else:  # codec decoder stages also hold the reference clip's frames (ICL) ahead of the generated ones
+            decoded = self.ref["codec_dec.codes"].shape[-1] if "codec_dec.codes" in self.ref else ref_frames
+            per_frame, lead = length // max(decoded, 1), decoded - ref_frames
+        keep = (lead + self.agree_frames) * per_frame
+        if self.frame_note and self.agree_frames == ref_frames:
+            return keep, self.frame_note
+        return (
+            keep,
+            f"first {self.agree_frames} of {ref_frames} frames: codes agree there and the decoder is causal",
+        )
+
+    def compare_decoded(self, key: str) -> None:
+        a, b = self.ref[key], self.cand[key]
+        prefix = self.decoded_prefix(key)
+        note = ""
+        if prefix is not None:
+            keep, note = prefix
+            if keep == 0:
+                self.result(key, Status.SKIP, note="not comparable: generated codes differ from frame 0")
+                return
+            axis = time_axis(key)
+            assert axis is not None  # decoded_prefix returns keep > 0 only for stages with a time axis
+            if b.shape[axis] < keep:
+                self.compare_shape_mismatch(key)
+                return
+            a, b = _cut(a, axis, keep), _cut(b, axis, keep)
+        if stage_of(key).kind == "ids":
+            if _equal(a, b):
+                self.result(key, Status.PASS, metrics={"exact": 1.0}, note=note)
+            else:
+                self.result(key, Status.FAIL, note="; ".join(x for x in ("ids differ", note) if x))
+        elif a.shape == b.shape:
+            self.compare_numbers(key, a, b, note=note)
         else:
-            self.result(key, Status.FAIL, note="ids differ; they must match exactly")
+            self.compare_shape_mismatch(key)
+
+    # -- codes ----------------------------------------------------------------------------------------------
 
     def compare_codes(self, key: str) -> None:
         ref, cand = self.ref[key], self.cand[key]
@@ -272,34 +488,48 @@ class _Comparer:
             return
         n = min(len(ref), len(cand))
         per_codebook = tuple(float(x) for x in (ref[:n] == cand[:n]).mean(0)) if n else ()
-        metrics = {"exact": float((ref[:n] == cand[:n]).mean()) if n else 0.0, "frames": float(len(cand))}
+        metrics = {
+            "exact": float((ref[:n] == cand[:n]).mean()) if n else 0.0,
+            "frames": float(len(cand)),
+            "reference_frames": float(len(ref)),
+        }
+        length_ok, length_note = self.length_check(key, len(ref), len(cand))
         found = _first_divergence(ref, cand)
-        if found is None:
-            self.result(key, Status.PASS, metrics=metrics, per_codebook=per_codebook)
-            return
-        frame, codebook = found
-        metrics["first_divergent_frame"] = float(frame)
-        if frame >= n:
-            self.result(key, Status.FAIL, metrics=metrics, per_codebook=per_codebook,
-                        note=f"{len(cand)} frames, reference has {len(ref)}")  # fmt: skip
-            return
-        divergence = self.classify(key, frame, codebook)
-        self.divergences.append(divergence)
-        where = (
-            f"frame {frame}, codebook {codebook}: reference {divergence.reference_code}, candidate "
-            f"{divergence.candidate_code}; reference margin {divergence.reference_margin:.3g}, "
-            f"candidate error bound {divergence.candidate_error:.3g} -> "
-            f"{divergence.kind.value.replace('_', ' ')}"
-        )
-        if self.forced and key == "codes":
-            status, note = Status.FAIL, f"teacher-forced codes were not followed at {where}"
-        elif self.profile.exact_codes:
-            status, note = Status.FAIL, f"first divergence at {where} ({self.profile.exact_codes_source})"
-        elif divergence.kind is FlipKind.REAL:
-            status, note = Status.FAIL, f"real disagreement at {where}"
-        else:
-            status, note = Status.PASS, f"near-tie flip at {where}"
+        status, notes = Status.PASS, []
+        if found is not None:
+            frame, codebook = found
+            metrics["first_divergent_frame"] = float(frame)
+            divergence = self.classify(key, frame, codebook)
+            self.divergences.append(divergence)
+            status, note = self.codes_status(key, divergence)
+            notes.append(note)
+        if not length_ok:
+            status = Status.FAIL
+        notes.append(length_note)
+        note = "; ".join(n for n in notes if n)
         self.result(key, status, metrics=metrics, per_codebook=per_codebook, note=note)
+
+    def length_check(self, key: str, ref_frames: int, cand_frames: int) -> tuple[bool, str]:
+        """Whether the frame counts are acceptable, and the note: a convention's, or why they are not."""
+        if ref_frames == cand_frames:
+            return True, ""
+        if key == "codes" and self.frame_note:
+            return True, self.frame_note
+        if key == "codec_enc.codes" and self.clip_note:
+            return True, self.clip_note
+        return False, f"{cand_frames} frames, reference has {ref_frames}"
+
+    def codes_status(self, key: str, divergence: Divergence) -> tuple[Status, str]:
+        where = describe_divergence(divergence)
+        if key == "codes" and self.meta.forces(ForcedInput.CODES):
+            return Status.FAIL, f"teacher-forced codes were not followed at {where}"
+        if self.profile.codes_exact(key):
+            return Status.FAIL, f"first divergence at {where} ({self.profile.exact_codes_source})"
+        if divergence.kind is FlipKind.REAL:
+            return Status.FAIL, f"real disagreement at {where}"
+        if divergence.kind is FlipKind.UNCLASSIFIED:
+            return Status.UNCLASSIFIED, f"unclassified divergence at {where}"
+        return Status.PASS, f"near-tie flip at {where}"
 
     def classify(self, key: str, frame: int, codebook: int) -> Divergence:
         ref_code, cand_code = int(self.ref[key][frame, codebook]), int(self.cand[key][frame, codebook])
@@ -309,46 +539,111 @@ class _Comparer:
                 if "codec_enc.margin" in self.ref
                 else 0.0
             )
-            name = "codec_enc.rvq_in." + ("semantic" if codebook == 0 else "acoustic")
-            error, numeric_ok = math.inf, False
-            if name in self.ref and name in self.cand and self.ref[name].shape == self.cand[name].shape:
-                # Earlier codebooks of this frame agree, so the residuals differ exactly by the input
-                # difference; a distance moves by at most that much, a gap by at most twice.
-                error = 2.0 * float(np.linalg.norm(self.ref[name][frame] - self.cand[name][frame]))
-                numeric_ok = (
-                    self.results.get(name, None) is None or self.results[name].status is not Status.FAIL
-                )
+            kind, error, evidence, note = self.classify_encoder(frame, codebook, margin)
         else:
-            ref_row, cand_row = self.decision_logits(frame, codebook)
+            ref_row = self.ref_decision_logits(frame, codebook)
             top = np.sort(ref_row)[-2:]
             margin = float(top[1] - top[0])
-            # Each of the two competing logits can move by the largest logit error, so the gap by twice it.
-            error = 2.0 * float(np.max(np.abs(ref_row - cand_row))) if cand_row is not None else math.inf
-            stage = "talker.logits" if codebook == 0 else "code_predictor.logits"
-            numeric_ok = cand_row is not None and (
-                stage not in self.results or self.results[stage].status is not Status.FAIL
-            )
-        kind = FlipKind.NEAR_TIE if numeric_ok and margin <= error else FlipKind.REAL
-        return Divergence(key, frame, codebook, ref_code, cand_code, margin, error, kind)
+            kind, error, evidence, note = self.classify_generated(frame, codebook, ref_row, margin)
+        return Divergence(key, frame, codebook, ref_code, cand_code, margin, error, kind, evidence, note)
 
-    def decision_logits(self, frame: int, codebook: int) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:
-        """Both sides' logits of the decision that picked codes[frame, codebook] (codebook range only)."""
-        if codebook == 0:
-            size = self.codebook_size()
-            ref_row = self.ref["talker.logits"][frame, :size]
-            cand = self.cand.get("talker.logits")
-            ok = (
-                cand is not None and cand.shape[1] == self.ref["talker.logits"].shape[1] and len(cand) > frame
-            )
-            return ref_row, (cand[frame, :size] if ok and cand is not None else None)
-        ref_row = self.ref["code_predictor.logits"][frame, codebook - 1]
-        cand = self.cand.get("code_predictor.logits")
-        ok = (
-            cand is not None
-            and cand.shape[1:] == self.ref["code_predictor.logits"].shape[1:]
-            and len(cand) > frame
+    def classify_encoder(
+        self, frame: int, codebook: int, margin: float
+    ) -> tuple[FlipKind, float | None, Evidence, str]:
+        name = "codec_enc.rvq_in." + ("semantic" if codebook == 0 else "acoustic")
+        if (
+            name not in self.ref
+            or name not in self.cand
+            or self.ref[name].shape[1:] != self.cand[name].shape[1:]
+        ):
+            return FlipKind.UNCLASSIFIED, None, Evidence.NONE, f"the candidate did not dump {name}"
+        # Earlier codebooks of this frame agree, so the residuals differ exactly by the input difference;
+        # a distance moves by at most that much, a gap by at most twice.
+        error = 2.0 * float(np.linalg.norm(self.ref[name][frame] - self.cand[name][frame]))
+        note = f"2 x the {name} difference at frame {frame}"
+        return _by_bound(margin, error, self.stage_failed(name)), error, Evidence.CANDIDATE_LOGITS, note
+
+    def classify_generated(
+        self, frame: int, codebook: int, ref_row: npt.NDArray[Any], margin: float
+    ) -> tuple[FlipKind, float | None, Evidence, str]:
+        stage = "talker.logits" if codebook == 0 else "code_predictor.logits"
+        cand_row = self.cand_decision_logits(self.cand, frame, codebook)
+        if cand_row is not None:
+            # Each of the two competing logits can move by the largest logit error, so the gap by twice it.
+            error = 2.0 * float(np.max(np.abs(ref_row - cand_row)))
+            kind = _by_bound(margin, error, self.stage_failed(stage))
+            return kind, error, Evidence.CANDIDATE_LOGITS, f"2 x max logit error of {stage} at this decision"
+        forced = self.forced_evidence(frame, codebook, ref_row, margin)
+        if forced is not None:
+            return forced
+        for other in ("talker.logits", "code_predictor.logits"):
+            found = self.results.get(other)
+            if found is not None and found.status is Status.PASS and "max_abs" in found.metrics:
+                error = 2.0 * found.metrics["max_abs"]
+                note = f"2 x the candidate's measured max logit error in {other} ({found.note or 'all rows'})"
+                if margin <= error:
+                    return FlipKind.NEAR_TIE, error, Evidence.MEASURED_ERROR, note
+                note += (
+                    ": a larger margin, but measured on other decisions, so not proof of a real disagreement"
+                )
+                return FlipKind.UNCLASSIFIED, error, Evidence.MEASURED_ERROR, note
+        return (
+            FlipKind.UNCLASSIFIED,
+            None,
+            Evidence.NONE,
+            f"the candidate dumped no logits ({stage} would decide)",
         )
-        return ref_row, (cand[frame, codebook - 1] if ok and cand is not None else None)
+
+    def forced_evidence(
+        self, frame: int, codebook: int, ref_row: npt.NDArray[Any], margin: float
+    ) -> tuple[FlipKind, float | None, Evidence, str] | None:
+        """Evidence from a teacher-forced run that forced the generated codes: its logits at this decision
+        (the same inputs as the free run's, since every earlier code agreed), else its verdict."""
+        run = self.forced_run
+        if run is None or not run.dump.meta.forces(ForcedInput.CODES):
+            return None
+        cand_row = self.cand_decision_logits(run.dump.tensors, frame, codebook)
+        if cand_row is not None:
+            error = 2.0 * float(np.max(np.abs(ref_row - cand_row)))
+            kind = _by_bound(margin, error, False)
+            return (
+                kind,
+                error,
+                Evidence.FORCED_RUN,
+                "2 x max logit error at this decision in the teacher-forced run",
+            )
+        first = run.comparison.first_failure
+        if first is not None and first.group in DECISION_UPSTREAM:
+            note = f"the teacher-forced run fails at {first.key}, upstream of this decision"
+            return FlipKind.REAL, None, Evidence.FORCED_RUN, note
+        output = run.comparison.stage("output.wav")
+        if first is None and output is not None and output.status is Status.PASS:
+            note = "the teacher-forced run passes after the flip (same codes in, every stage agrees)"
+            return FlipKind.NEAR_TIE, None, Evidence.FORCED_RUN, note
+        return None
+
+    def stage_failed(self, key: str) -> bool:
+        return key in self.results and self.results[key].status is Status.FAIL
+
+    def ref_decision_logits(self, frame: int, codebook: int) -> npt.NDArray[Any]:
+        if codebook == 0:
+            row: npt.NDArray[Any] = self.ref["talker.logits"][frame, : self.codebook_size()]
+            return row
+        found: npt.NDArray[Any] = self.ref["code_predictor.logits"][frame, codebook - 1]
+        return found
+
+    def cand_decision_logits(
+        self, tensors: Mapping[str, npt.NDArray[Any]], frame: int, codebook: int
+    ) -> npt.NDArray[Any] | None:
+        """A candidate's logits of the decision that picked codes[frame, codebook] (codebook range only)."""
+        key = "talker.logits" if codebook == 0 else "code_predictor.logits"
+        cand, ref = tensors.get(key), self.ref[key]
+        if cand is None or cand.shape[1:] != ref.shape[1:] or len(cand) <= frame:
+            return None
+        row: npt.NDArray[Any] = (
+            cand[frame, : self.codebook_size()] if codebook == 0 else cand[frame, codebook - 1]
+        )
+        return row
 
     def codebook_size(self) -> int:
         """Codebook 0's range: talker ids above it are special tokens (suppressed; EOS is ignored here)."""
@@ -364,7 +659,7 @@ class _Comparer:
         rows = min(len(ref), len(cand))
         note = ""
         found = None
-        if "codes" in self.ref and "codes" in self.cand and not self.forced:
+        if "codes" in self.ref and "codes" in self.cand and not self.meta.forces(ForcedInput.CODES):
             found = _first_divergence(self.ref["codes"], self.cand["codes"])
         if key == "talker.logits":
             if found is not None:
@@ -381,31 +676,52 @@ class _Comparer:
                     mask[frame, :codebook] = True  # step j predicts codebook j + 1 from codebooks 0..j
                 note = f"steps before frame {frame} codebook {codebook}: later steps follow different codes"
             a, b = ref[:rows][mask], cand[:rows][mask]
-        if a.shape != b.shape or a.size == 0:
+        if a.size == 0:
             self.result(key, Status.SKIP, note=note or "no comparable rows")
             return
-        self.gated(key, logits_metrics(a, b))
-        if note and self.results[key].status is Status.PASS:
-            self.results[key] = StageResult(**{**self.results[key].__dict__, "note": note})
+        bad = _nonfinite_note("candidate", b)
+        if bad:
+            self.result(key, Status.FAIL, metrics={"nonfinite": float(np.mean(~np.isfinite(b)))}, note=bad)
+            return
+        metrics = logits_metrics(a, b)
+        metrics["rows"] = float(len(a))
+        if len(ref) != len(cand):
+            note = "; ".join(
+                x for x in (note, f"{len(cand)} rows, reference {len(ref)}: common rows compared") if x
+            )
+        self.gated(key, metrics, note=note)
 
 
-def _order(key: str) -> tuple[int, str]:
-    from qtts_eval.parity.dumps import stage_sort_key
+def _by_bound(margin: float, error: float, numerics_failed: bool) -> FlipKind:
+    """A near tie when the candidate's error at the decision can explain the margin, else real; a stage
+    whose numerics already fail does not vouch for a near tie."""
+    return FlipKind.NEAR_TIE if margin <= error and not numerics_failed else FlipKind.REAL
 
-    return stage_sort_key(key)
+
+def describe_divergence(divergence: Divergence) -> str:
+    bound = "unknown" if divergence.candidate_error is None else f"{divergence.candidate_error:.3g}"
+    return (
+        f"frame {divergence.frame}, codebook {divergence.codebook}: reference {divergence.reference_code}, "
+        f"candidate {divergence.candidate_code}; reference margin {divergence.reference_margin:.3g}, "
+        f"candidate error bound {bound} -> {divergence.kind.value.replace('_', ' ')} "
+        f"(evidence: {divergence.evidence_note})"
+    )
 
 
 def _equal(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
-def compare_dumps(reference: StageDump, candidate: StageDump, profile: Profile) -> Comparison:
-    """Compare `candidate` with `reference` stage by stage; the mode follows the candidate's `forced` flag."""
+def compare_dumps(
+    reference: StageDump, candidate: StageDump, profile: Profile, forced_run: ForcedRun | None = None
+) -> Comparison:
+    """Compare `candidate` with `reference` stage by stage; `forced_run` is evidence for code divergences."""
     check_same_request(reference.meta, candidate.meta)
-    comparer = _Comparer(reference, candidate, profile)
+    comparer = _Comparer(reference, candidate, profile, forced_run)
     stages = comparer.run()
     return Comparison(
         mode="forced" if candidate.meta.forced else "free",
+        forced=candidate.meta.forced,
         profile=profile.name,
         stages=tuple(stages),
         divergences=tuple(comparer.divergences),
@@ -421,5 +737,5 @@ def first_difference(a: StageDump, b: StageDump) -> list[str]:
             for k in keys
             if k not in a.tensors or k not in b.tensors or not _equal(a.tensors[k], b.tensors[k])
         ),
-        key=_order,
+        key=stage_sort_key,
     )

@@ -11,6 +11,7 @@ of `DumpMeta`. Tensors are stored as float32 (floating stages; the computing dty
 
 from __future__ import annotations
 
+import enum
 import fnmatch
 import json
 from collections.abc import Mapping
@@ -23,8 +24,17 @@ import numpy.typing as npt
 
 from qtts_eval.errors import ParityError
 
-SCHEMA_VERSION = 1  # bump when a key or header field changes meaning; older files are refused, never guessed
+SCHEMA_VERSION = 2  # bump when a key or header field changes meaning; older files are migrated or refused
 METADATA_KEY = "qtts_parity"  # the safetensors __metadata__ entry holding the JSON header
+
+
+class ForcedInput(str, enum.Enum):
+    """An input a teacher-forced candidate takes from the reference dump instead of computing it; the value
+    is the dump key it is read from."""
+
+    SPK_EMBEDDING = "spk.embedding"  # speaker embedding, replacing the candidate's speaker encoder
+    REF_CODES = "codec_enc.codes"  # reference audio codes (ICL), replacing the candidate's codec encoder
+    CODES = "codes"  # generated codes, forced frame by frame into the talker and code predictor
 
 
 @dataclass(frozen=True)
@@ -72,12 +82,52 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
+# What any port can dump, so every candidate must: the codes it generated, the audio it returned, the speaker
+# embedding it conditioned on and, in ICL mode, the reference codes it conditioned on. A candidate dump
+# missing one of these fails; every other stage is optional and counted in the verdict's coverage.
+REQUIRED_KEYS = ("codes", "output.wav", "spk.embedding")
+REQUIRED_KEYS_ICL = ("codec_enc.codes",)
+
+
+def required_keys(clone_mode: str) -> tuple[str, ...]:
+    """The keys a candidate dump of `clone_mode` ("icl" or "xvector") must hold."""
+    return REQUIRED_KEYS + (REQUIRED_KEYS_ICL if clone_mode == "icl" else ())
+
+
 def stage_of(key: str) -> Stage:
     """The schema entry of a dump key; unknown keys are refused so a typo in a port shows up."""
     for stage in STAGES:
         if fnmatch.fnmatchcase(key, stage.pattern):
             return stage
     raise ParityError(f"dump key {key!r} is not in the parity key schema (see docs/parity.md)")
+
+
+# The axis along which a stage grows with the clip (samples, codec frames) or with the generated frames:
+# where the clip-rounding and frame-budget conventions cut, and where overlaps are compared.
+_TIME_AXES = {
+    "inputs.ref_audio": 0,
+    "codec_enc.input": 0,
+    "codec_enc.latent": -1,
+    "codec_enc.rvq_in.*": 0,
+    "codec_enc.margin": 0,
+    "codec_enc.codes": 0,
+    "talker.logits": 0,
+    "code_predictor.logits": 0,
+    "codes": 0,
+    "codec_dec.codes": -1,
+    "codec_dec.dequant": -1,
+    "codec_dec.pre_conv": -1,
+    "codec_dec.pre_transformer": 0,
+    "codec_dec.upsample.*": -1,
+    "codec_dec.block.*": -1,
+    "codec_dec.wav": 0,
+    "output.wav": 0,
+}
+
+
+def time_axis(key: str) -> int | None:
+    """The time axis of a dump key, or None for stages without one (embeddings, prefill activations)."""
+    return _TIME_AXES.get(stage_of(key).pattern)
 
 
 def stage_sort_key(key: str) -> tuple[int, str]:
@@ -104,12 +154,39 @@ class DumpMeta:
     text: str  # must match: text to speak
     language: str  # must match: language argument
     max_frames: int  # must match: frame budget (max_new_tokens)
-    forced: bool  # True when codes, reference codes and speaker embedding were teacher-forced
-    model_ref: str = ""  # checkpoint the dump came from (path, preset or hub id)
+    forced: tuple[ForcedInput, ...]  # inputs taken from the reference dump; () for a free-running dump
+    model_ref: str = ""  # checkpoint the dump came from (preset name, path or hub id); checked, see below
+    weights_hash: str = (
+        ""  # sha256 of the checkpoint's safetensors files (checkpoints.weights_hash), if known
+    )
+    voice: str = ""  # fixture voice whose clip and transcript were the reference ("" = not a fixture voice)
     schema_version: int = SCHEMA_VERSION  # key schema and header version
     stored_dtypes: Mapping[str, str] = field(default_factory=dict)  # key -> dtype before float32 storage
 
     MUST_MATCH = ("sampling", "clone_mode", "non_streaming_mode", "text", "language", "max_frames")
+
+    def forces(self, forced_input: ForcedInput) -> bool:
+        return forced_input in self.forced
+
+
+def _migrate(fields: dict[str, Any]) -> dict[str, Any]:
+    """A header of any supported older schema version, rewritten step by step to the current one."""
+    if fields.get("schema_version", SCHEMA_VERSION) == 1:
+        # Version 1 had one teacher-forcing switch covering every input (ICL) or speaker + codes (x-vector).
+        icl = fields.get("clone_mode") == "icl"
+        everything = [f.value for f in ForcedInput if icl or f is not ForcedInput.REF_CODES]
+        fields = {**fields, "forced": everything if fields.get("forced") else [], "schema_version": 2}
+    return fields
+
+
+def _meta_from_json(fields: dict[str, Any]) -> DumpMeta:
+    fields = _migrate(fields)
+    try:
+        forced = tuple(ForcedInput(name) for name in fields.get("forced", ()))
+    except (TypeError, ValueError) as exc:
+        known = ", ".join(f.value for f in ForcedInput)
+        raise ParityError(f"header field forced must list inputs among {known}: {exc}") from exc
+    return DumpMeta(**{**fields, "forced": forced})
 
 
 @dataclass(frozen=True)
@@ -133,7 +210,7 @@ def write_dump(dump: StageDump, path: Path) -> Path:
         array = np.asarray(value)
         integral = np.issubdtype(array.dtype, np.integer)
         arrays[key] = np.ascontiguousarray(array, dtype=np.int64 if integral else np.float32)
-    header = json.dumps(asdict(dump.meta), sort_keys=True)
+    header = json.dumps({**asdict(dump.meta), "forced": [f.value for f in dump.meta.forced]}, sort_keys=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(arrays, str(path), metadata={METADATA_KEY: header})
@@ -158,16 +235,20 @@ def read_dump(path: Path) -> StageDump:
         raise ParityError(f"{path}: no {METADATA_KEY!r} metadata header; see docs/parity.md for the header")
     try:
         fields = json.loads(metadata[METADATA_KEY])
-        meta = DumpMeta(**fields)
-    except (json.JSONDecodeError, TypeError) as exc:
+        version = int(fields.get("schema_version", SCHEMA_VERSION))
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
         raise ParityError(f"{path}: malformed {METADATA_KEY!r} header: {exc}") from exc
-    if meta.schema_version > SCHEMA_VERSION:
+    if version > SCHEMA_VERSION:
         raise ParityError(
-            f"{path}: schema version {meta.schema_version} is newer than this qtts-eval's {SCHEMA_VERSION}; "
+            f"{path}: schema version {version} is newer than this qtts-eval's {SCHEMA_VERSION}; "
             "upgrade qtts-eval"
         )
-    if meta.schema_version < SCHEMA_VERSION:
-        raise ParityError(f"{path}: schema version {meta.schema_version} is no longer supported; rewrite it")
+    if version < 1:
+        raise ParityError(f"{path}: schema version {version} is not a parity dump version")
+    try:
+        meta = _meta_from_json(fields)
+    except TypeError as exc:
+        raise ParityError(f"{path}: malformed {METADATA_KEY!r} header: {exc}") from exc
     for key in tensors:
         stage_of(key)
     return StageDump(meta=meta, tensors=tensors)

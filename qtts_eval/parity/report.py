@@ -14,12 +14,29 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qtts_eval.parity.compare import Comparison, StageResult, Status
+from qtts_eval.parity.compare import Comparison, StageResult, Status, describe_divergence
 from qtts_eval.parity.run import ParityResult
 from qtts_eval.units import SAMPLE_RATE_HZ
 
 PLOT_DPI = 80  # keeps the embedded PNGs small
 FLOOR_REL_L2 = 1e-12  # plotted in place of an exact 0 on the log axis
+
+# What to check next when a group fails: the usual causes in ports, from the planted faults (faults.py) and
+# from driving a real ggml port (REFERENCE-NOTES).
+CHECK_NEXT = {
+    "inputs": "the reference clip's sample rate (24 kHz, resampled before both encoders) and the prompt "
+    "template and tokenizer",
+    "speaker_encoder": "the speaker encoder's mel front end (128 bins, n_fft 1024, hop 256, fmax 12 kHz) and "
+    "the dtype of its convolutions",
+    "codec_encoder": "the clip's framing (the last partial frame), Mimi's causal padding, and the encoder "
+    "kernels' dtype (f16 kernels move near-tie codebook choices)",
+    "talker": "RoPE (interleaved multimodal sections, rope_theta), the attention mask and the prompt layout "
+    "(non_streaming_mode); the first failing layer localises it",
+    "code_predictor": "the order of the code predictor's lm_head per step and its codec embeddings",
+    "codec_decoder": "the decoder kernels' dtype (f16 convolutions cost SNR: a decoder near 60 dB points "
+    "there), chunked decoding's left context, and SnakeBeta",
+    "output": "the cut of the reference part in ICL and the output sample format",
+}
 
 
 def _png(figure: Any) -> str:
@@ -52,14 +69,20 @@ def plots(result: ParityResult) -> dict[str, str]:
 
     found: dict[str, str] = {}
     fig, ax = plt.subplots(figsize=(11, 3.5))
+    measured = {s.key for c in _comparisons(result) for s in c.stages if "rel_l2" in s.metrics}
+    order = [key for key in result.reference.keys_in_order() if key in measured]
     for comparison in _comparisons(result):
-        keys = [s.key for s in comparison.stages if "rel_l2" in s.metrics]
-        values = [max(comparison.stages[i].metrics["rel_l2"], FLOOR_REL_L2)
-                  for i, s in enumerate(comparison.stages) if "rel_l2" in s.metrics]  # fmt: skip
-        ax.plot(keys, values, marker="o", label=comparison.mode)
+        stages = [s for k in order if (s := comparison.stage(k)) is not None and "rel_l2" in s.metrics]
+        errors = [max(s.metrics["rel_l2"], FLOOR_REL_L2) for s in stages]
+        ax.plot([order.index(s.key) for s in stages], errors, marker="o", label=comparison.mode)
+    limits = [(i, rule.limit) for i, key in enumerate(order) if (rule := result.profile.rule(key, "rel_l2"))]
+    if limits:
+        ax.step([i for i, _ in limits], [limit for _, limit in limits], where="mid", color="red",
+                linestyle="--", label=f"{result.profile.name} limit")  # fmt: skip
+    ax.set_xticks(range(len(order)), order)
     ax.set_yscale("log")
     ax.set_ylabel("relative L2 error")
-    ax.set_title("Error by stage (exact 0 drawn at 1e-12)")
+    ax.set_title("Error by stage, with the profile's threshold (exact 0 drawn at 1e-12)")
     ax.tick_params(axis="x", rotation=90, labelsize=7)
     ax.legend()
     found["error_by_stage"] = _png(fig)
@@ -117,14 +140,26 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def check_next(result: ParityResult) -> dict[str, str]:
+    """For each failing group, in pipeline order: what to check next."""
+    failing = [s.group for c in _comparisons(result) for s in c.stages if s.status is Status.FAIL]
+    return {group: CHECK_NEXT[group] for group in dict.fromkeys(failing) if group in CHECK_NEXT}
+
+
 def to_json(result: ParityResult) -> dict[str, Any]:
     """The machine-readable report."""
-    first = next((c.first_failure for c in _comparisons(result) if c.first_failure is not None), None)
+    first = result.first_failure
+    coverage = result.coverage
     data: dict[str, Any] = _jsonable(
         {
-            "verdict": "pass" if result.passed else "fail",
+            "verdict": result.verdict.value,
+            "verdict_line": result.verdict_line(),
             "candidate": result.candidate,
             "profile": asdict(result.profile),
+            "coverage": {"compared": list(coverage.compared), "not_covered": list(coverage.not_covered)},
+            "undecided": list(result.undecided),
+            "missing_taps": list(result.missing_taps()),
+            "check_next": check_next(result),
             "first_failing_stage": None if first is None else _where(first),
             "reference_meta": asdict(result.reference.meta),
             "candidate_meta": asdict(result.free_dump.meta),
@@ -134,8 +169,26 @@ def to_json(result: ParityResult) -> dict[str, Any]:
     return data
 
 
-def _where(stage: StageResult) -> dict[str, str]:
-    return {"key": stage.key, "group": stage.group, "note": stage.note}
+def _where(stage: StageResult) -> dict[str, Any]:
+    return {"key": stage.key, "group": stage.group, "note": stage.note, "metrics": dict(stage.metrics)}
+
+
+def _diagnosis(result: ParityResult, data: dict[str, Any]) -> list[str]:
+    """The report's opening lines as plain text: verdict, first failure with numbers, what to do next."""
+    lines = [f"Verdict: {result.verdict_line()}"]
+    first = result.first_failure
+    if first is not None:
+        numbers = ", ".join(f"{k}={_fmt(v)}" for k, v in first.metrics.items())
+        lines.append(f"First failing stage: {first.key} ({first.group}): {first.note}"
+                     + (f" [{numbers}]" if numbers else ""))  # fmt: skip
+    lines += [f"Undecided: {reason}" for reason in result.undecided]
+    for comparison in _comparisons(result):
+        lines += [f"Divergence ({comparison.mode}) in {d.key} at {describe_divergence(d)}"
+                  for d in comparison.divergences]  # fmt: skip
+    lines += [f"Check next ({group}): {hint}" for group, hint in data["check_next"].items()]
+    if data["missing_taps"]:
+        lines.append(f"Taps that would localise this further: {', '.join(data['missing_taps'])}")
+    return lines
 
 
 def _fmt(value: float) -> str:
@@ -151,9 +204,7 @@ def to_markdown(result: ParityResult) -> str:
         f"{result.profile.description})",
         "",
     ]
-    if data["first_failing_stage"]:
-        first = data["first_failing_stage"]
-        lines += [f"First failing stage: `{first['key']}` ({first['group']}): {first['note']}", ""]
+    lines += [f"- {line}" for line in _diagnosis(result, data)] + [""]
     meta = result.reference.meta
     lines += [
         f"Request: {meta.text!r} ({meta.language}), mode {meta.clone_mode}, non_streaming_mode "
@@ -164,27 +215,28 @@ def to_markdown(result: ParityResult) -> str:
         "",
     ]
     for comparison in _comparisons(result):
-        lines += [f"## {comparison.mode}", "", "| stage | status | metrics | note |", "|---|---|---|---|"]
+        lines += [f"## {_title(comparison)}", "", "| stage | status | metrics | note |", "|---|---|---|---|"]
         for stage in comparison.stages:
             metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in stage.metrics.items())
             lines.append(f"| `{stage.key}` | {stage.status.value} | {metrics} | {stage.note} |")
-        for divergence in comparison.divergences:
-            lines.append(
-                f"\nDivergence in `{divergence.key}` at frame {divergence.frame}, "
-                f"codebook {divergence.codebook}: "
-                f"reference margin {_fmt(divergence.reference_margin)}, candidate error bound "
-                f"{_fmt(divergence.candidate_error)}: **{divergence.kind.value.replace('_', ' ')}**"
-            )
         lines.append("")
     lines += ["## Thresholds", ""]
     lines += [f"- `{r.stages}` {r.metric} {r.bound} {r.limit:g}: {r.source}" for r in result.profile.rules]
     return "\n".join(lines) + "\n"
 
 
+def _title(comparison: Comparison) -> str:
+    if not comparison.forced:
+        return "free-running"
+    return "teacher-forced on " + ", ".join(f.value for f in comparison.forced)
+
+
 _STATUS_COLOURS = {
     Status.PASS: "#d4f4d4",
     Status.FAIL: "#f8d0d0",
+    Status.UNCLASSIFIED: "#f8ecc8",
     Status.SKIP: "#eeeeee",
+    Status.MISSING: "#f4f4f4",
     Status.INFO: "#dde8f8",
 }
 
@@ -203,18 +255,17 @@ def to_html(result: ParityResult) -> str:
         f"<h1>Parity: {esc(result.candidate)}</h1>",
         f"<p id='verdict'><b>Verdict: {data['verdict'].upper()}</b> — profile "
         f"<code>{esc(result.profile.name)}</code>: {esc(result.profile.description)}</p>",
+        "<ul id='diagnosis'>",
+        *(f"<li>{esc(line)}</li>" for line in _diagnosis(result, data)),
+        "</ul>",
     ]
-    if data["first_failing_stage"]:
-        first = data["first_failing_stage"]
-        parts.append(f"<p>First failing stage: <code>{esc(first['key'])}</code> ({esc(first['group'])}): "
-                     f"{esc(first['note'])}</p>")  # fmt: skip
     parts.append("<h2>Audio</h2>")
     for label, wav in (("reference", ref_wav), ("candidate", cand_wav)):
         parts.append(f"<p>{label}: <audio controls src='data:audio/wav;base64,{_wav(wav)}'></audio></p>")
     for name in ("error_by_stage", "codebook_match", "waveform", "spectrogram"):
         parts.append(f"<p><img alt='{name}' src='data:image/png;base64,{images[name]}'></p>")
     for comparison in _comparisons(result):
-        parts.append(f"<h2>{esc(comparison.mode)}</h2><table><tr><th>stage</th><th>group</th><th>status</th>"
+        parts.append(f"<h2>{esc(_title(comparison))}</h2><table><tr><th>stage</th><th>group</th><th>status</th>"
                      "<th>metrics</th><th>note</th></tr>")  # fmt: skip
         for stage in comparison.stages:
             metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in stage.metrics.items())

@@ -1,0 +1,210 @@
+"""A parity session, end to end: settle the request (from a port's dump header, flags only override), capture
+the reference, run or read the candidate, compare, write the dumps and reports. The CLI and the notebooks'
+`report.ensure_parity` call `run_session`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qtts_eval import fixtures
+from qtts_eval.errors import ParityError
+from qtts_eval.parity.capture import HookedReference
+from qtts_eval.parity.dumps import DumpMeta, ForcedInput, StageDump, read_dump, write_dump
+from qtts_eval.parity.faults import FAULTS
+from qtts_eval.parity.profiles import Profile, profile_for_precision, profile_named
+from qtts_eval.parity.report import write_reports
+from qtts_eval.parity.run import ParityResult, compare_files, compare_pipeline, reference_dump
+from qtts_eval.pipelines.base import CloneMode, PipelineConfig, Request, Sampling
+
+REFERENCE_CODEC_DTYPE = "float32"  # HookedReference's codec dtype unless a candidate option says otherwise
+FAULT_PREFIX = "fault:"  # CANDIDATE naming a planted fault, e.g. "fault:talker-weight"
+REFERENCE_DUMP = "reference.safetensors"  # file names under the session's output directory
+FREE_DUMP = "candidate.free.safetensors"
+FORCED_DUMP = "candidate.forced.safetensors"
+
+
+@dataclass(frozen=True)
+class ParitySettings:
+    """The request both sides run and the reference's checkpoint: what a dump header records."""
+
+    model: str  # model ref of the reference (preset, path or hub id); a port's dump names its own
+    voice: str  # fixture voice whose clip and transcript are the reference audio
+    text: str  # text to speak
+    language: str  # language argument
+    mode: CloneMode  # voice-clone mode
+    max_frames: int  # frame budget; random weights never emit EOS
+    seed: int  # torch seed before generation
+    non_streaming_mode: bool  # the talker prompt layout (see REFERENCE-NOTES)
+
+    def request(self) -> Request:
+        return Request.for_voice(
+            fixtures.load_fixtures().voice(self.voice),
+            self.text,
+            self.language,
+            self.mode,
+            max_frames=self.max_frames,
+            seed=self.seed,
+            # Greedy without repetition penalty: the captured logits are exactly what the choice was made on.
+            sampling=Sampling(repetition_penalty=1.0),
+        )
+
+
+# Settings of an in-process candidate run with no flags: a few frames of a short text on the tiny checkpoint.
+DEFAULT_SETTINGS = ParitySettings(
+    model="tiny",
+    voice="slt",
+    text="Hello there.",
+    language="english",
+    mode=CloneMode.ICL,
+    max_frames=8,
+    seed=0,
+    non_streaming_mode=False,
+)
+
+
+def settings_from_header(meta: DumpMeta, source: str) -> ParitySettings:
+    """The settings a dump's header records; fields it cannot record (an unnamed voice or model) are refused
+    by `resolve_settings` unless a flag gives them."""
+    return ParitySettings(
+        model=meta.model_ref,
+        voice=meta.voice,
+        text=meta.text,
+        language=meta.language,
+        mode=_mode(meta.clone_mode, source),
+        max_frames=meta.max_frames,
+        seed=meta.seed,
+        non_streaming_mode=meta.non_streaming_mode,
+    )
+
+
+def _mode(value: str, source: str) -> CloneMode:
+    try:
+        return CloneMode(value)
+    except ValueError:
+        known = ", ".join(m.value for m in CloneMode)
+        raise ParityError(f"{source}: clone_mode {value!r} is not one of {known}") from None
+
+
+def resolve_settings(
+    header: DumpMeta | None, overrides: Mapping[str, Any], source: str = ""
+) -> ParitySettings:
+    """The header's settings (or the defaults when there is no dump), with every non-None override applied."""
+    base = DEFAULT_SETTINGS if header is None else settings_from_header(header, source)
+    given = {name: value for name, value in overrides.items() if value is not None}
+    unknown = set(given) - {f.name for f in dataclasses.fields(ParitySettings)}
+    if unknown:
+        raise ParityError(f"unknown parity settings {sorted(unknown)}")
+    if "mode" in given:
+        given["mode"] = _mode(str(given["mode"]), "--mode")
+    settings = dataclasses.replace(base, **given)
+    for name, flag in (("model", "--model"), ("voice", "--voice")):
+        if not getattr(settings, name):
+            raise ParityError(f"{source}: the dump header names no {name}; pass {flag}")
+    return settings
+
+
+def _is_dump(candidate: str) -> bool:
+    return candidate.endswith(".safetensors") or Path(candidate).is_file()
+
+
+def _in_process(
+    candidate: str, base: PipelineConfig, settings: ParitySettings, codec_dtype: str | None
+) -> tuple[Any, str]:
+    """The candidate pipeline (model, device and dtype from `base`) and the codec dtype it runs in."""
+    from qtts_eval import pipelines
+
+    options: dict[str, Any] = {"non_streaming_mode": settings.non_streaming_mode}
+    if candidate == "reference" or candidate.startswith(FAULT_PREFIX):
+        codec = codec_dtype or REFERENCE_CODEC_DTYPE
+        config = dataclasses.replace(base, options={**options, "codec_dtype": codec})
+        name = candidate.removeprefix(FAULT_PREFIX)
+        if candidate == "reference":
+            return HookedReference(config), codec
+        if name not in FAULTS:
+            raise ParityError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
+        return HookedReference(config, fault=FAULTS[name]()), codec
+    if codec_dtype is not None:
+        options["codec_dtype"] = codec_dtype
+    config = dataclasses.replace(base, options=options)
+    return pipelines.create(candidate, config), codec_dtype or base.dtype
+
+
+def run_session(
+    candidate: str,
+    out: Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    profile: str | None = None,
+    device: str = "cpu",
+    candidate_dtype: str = "float32",
+    candidate_codec_dtype: str | None = None,
+    forced_dump: Path | None = None,
+    forced_inputs: Collection[ForcedInput] = tuple(ForcedInput),
+) -> ParityResult:
+    """One parity run of `candidate` ("reference", "fault:NAME", a registered STAGE_DUMPS pipeline, or a
+    port's dump file), written under `out` (dumps, report.html/.md/.json); returns the result.
+
+    A dump's header supplies the request and the reference's model; `overrides` (ParitySettings fields,
+    None = not given) replace header fields. The profile is `profile` when given, else the default of the
+    candidate's declared precision (profiles.DEFAULT_PROFILES)."""
+    dump_path = Path(candidate) if _is_dump(candidate) else None
+    header = read_dump(dump_path).meta if dump_path is not None else None
+    settings = resolve_settings(header, overrides or {}, source=str(dump_path or "parity"))
+    request = settings.request()
+
+    options = {"non_streaming_mode": settings.non_streaming_mode}
+    reference = HookedReference(PipelineConfig(model=settings.model, device=device, options=options))
+    reference.load()
+    captured = reference_dump(reference, request)
+    ref_dump = StageDump(dataclasses.replace(captured.meta, voice=settings.voice), captured.tensors)
+    out.mkdir(parents=True, exist_ok=True)
+    write_dump(ref_dump, out / REFERENCE_DUMP)
+
+    if dump_path is not None and header is not None:
+        chosen = _profile(profile, header.dtype, header.codec_dtype)
+        result = compare_files(ref_dump, dump_path, forced_dump, chosen)
+        for written, dump in ((FREE_DUMP, result.free_dump), (FORCED_DUMP, result.forced_dump)):
+            if dump is not None:  # kept beside the reference so report.load_parity can recompute
+                write_dump(dump, out / written)
+    else:
+        pipeline, codec_dtype = _in_process(
+            candidate,
+            PipelineConfig(model=settings.model, device=device, dtype=candidate_dtype),
+            settings,
+            candidate_codec_dtype,
+        )
+        pipeline.load()
+        chosen = _profile(profile, candidate_dtype, codec_dtype)
+        result = compare_pipeline(
+            ref_dump, pipeline, request, chosen, candidate, forced_inputs=forced_inputs, dump_dir=out
+        )
+    write_reports(result, out)
+    return result
+
+
+def _profile(name: str | None, dtype: str, codec_dtype: str) -> Profile:
+    return profile_named(name) if name is not None else profile_for_precision(dtype, codec_dtype)
+
+
+def load_session(out: Path) -> ParityResult:
+    """The ParityResult of a `run_session` output directory, recomputed from its dumps and its profile."""
+    import json
+
+    from qtts_eval.parity.run import compare
+
+    report = out / "report.json"
+    if not report.is_file():
+        raise ParityError(f"{out}: no report.json; run qtts-eval parity with --out {out} first")
+    chosen = profile_named(json.loads(report.read_text(encoding="utf-8"))["profile"]["name"])
+    forced = out / FORCED_DUMP
+    return compare(
+        json.loads(report.read_text(encoding="utf-8"))["candidate"],
+        chosen,
+        read_dump(out / REFERENCE_DUMP),
+        read_dump(out / FREE_DUMP),
+        read_dump(forced) if forced.exists() else None,
+    )
