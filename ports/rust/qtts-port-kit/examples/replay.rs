@@ -4,7 +4,11 @@
 //!
 //! ```text
 //! replay --dump DIR/reference.safetensors [--perturb KEY] [--frame-delay-ms MS] [--dump-dir DIR]
+//!        [--websocket]     # with the `websocket` feature: serve ws://127.0.0.1:PORT/api/v1/speak
 //! ```
+//!
+//! Over stdio it serves the harness that started it; with `--websocket` it prints `listening on URL` and
+//! serves every connection (dumps then only under `--dump-dir`, the default being the working directory).
 //!
 //! `--perturb KEY` plants a fault at one stage: every dump it writes has that tensor changed (floating values
 //! get 10 % of the tensor's largest magnitude added in a fixed pattern; integer ids and codes get their first
@@ -20,8 +24,8 @@ use std::time::Duration;
 use qtts_port_kit::dump::{key, read_dump, Dump, DumpWriter, HeaderSampling, Tensor, TensorData};
 use qtts_port_kit::protocol::{CODEBOOKS, SAMPLES_PER_FRAME};
 use qtts_port_kit::{
-    serve_stdio, Capability, MarkStage, ServeOptions, SpeakError, SpeakRequest, Spoken, Utterance,
-    Voice, Worker,
+    serve_stdio, Capability, MarkStage, ServeOptions, SpeakError, SpeakRequest, Spoken, Utterance, Voice,
+    Worker,
 };
 use serde_json::json;
 
@@ -51,8 +55,8 @@ impl Replay {
             })?;
             perturb(tensor);
         }
-        let codes = codes_of(dump.tensors.get(key::CODES))
-            .ok_or("the dump has no int64 'codes' [frames, 16]")?;
+        let codes =
+            codes_of(dump.tensors.get(key::CODES)).ok_or("the dump has no int64 'codes' [frames, 16]")?;
         let audio = match dump.tensors.get(key::OUTPUT_WAV).map(|t| &t.data) {
             Some(TensorData::F32(samples)) => samples.clone(),
             _ => return Err("the dump has no float32 'output.wav'".into()),
@@ -94,12 +98,7 @@ impl Replay {
             .filter(|(_, differs)| *differs)
             .map(|(name, _)| *name)
             .collect();
-        (!names.is_empty()).then(|| {
-            format!(
-                "{} differ from the replayed dump's request",
-                names.join(", ")
-            )
-        })
+        (!names.is_empty()).then(|| format!("{} differ from the replayed dump's request", names.join(", ")))
     }
 
     fn write_dump(&self, request: &SpeakRequest, path: &std::path::Path) -> Result<(), SpeakError> {
@@ -170,12 +169,7 @@ impl Worker for Replay {
         }
         out.mark(MarkStage::PromptReady)?;
         let frames = self.codes.len().min(request.max_frames as usize);
-        for (index, frame) in self
-            .audio
-            .chunks(SAMPLES_PER_FRAME)
-            .take(frames)
-            .enumerate()
-        {
+        for (index, frame) in self.audio.chunks(SAMPLES_PER_FRAME).take(frames).enumerate() {
             std::thread::sleep(self.frame_delay);
             if index == 0 {
                 out.mark(MarkStage::FirstFrame)?;
@@ -227,6 +221,7 @@ struct Args {
     perturb: Option<String>,
     frame_delay_ms: f64,
     dump_dir: Option<PathBuf>,
+    websocket: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -235,6 +230,7 @@ fn parse_args() -> Result<Args, String> {
         perturb: None,
         frame_delay_ms: 20.0,
         dump_dir: None,
+        websocket: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -247,16 +243,34 @@ fn parse_args() -> Result<Args, String> {
                 args.frame_delay_ms = text.parse().ok().filter(|ms: &f64| *ms >= 0.0).ok_or(format!("--frame-delay-ms {text}: not a non-negative number"))?;
             }
             "--dump-dir" => args.dump_dir = Some(PathBuf::from(value()?)),
+            "--websocket" if cfg!(feature = "websocket") => args.websocket = true,
             other => return Err(format!("unknown argument {other}; usage: replay --dump FILE [--perturb KEY] [--frame-delay-ms MS] [--dump-dir DIR]")),
         }
     }
     if args.dump.as_os_str().is_empty() {
-        return Err(
-            "--dump FILE (a reference.safetensors from `qtts-eval parity --out`) is required"
-                .into(),
-        );
+        return Err("--dump FILE (a reference.safetensors from `qtts-eval parity --out`) is required".into());
     }
     Ok(args)
+}
+
+#[cfg(feature = "websocket")]
+fn serve_websocket(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    // Clients connect from elsewhere: dumps stay under a directory the operator chose.
+    let root = args.dump_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    let announce = |url: &str| println!("listening on {url}");
+    qtts_port_kit::serve_websocket(
+        || Replay::load(args),
+        ServeOptions {
+            dump_root: Some(root),
+        },
+        "127.0.0.1:0",
+        announce,
+    )
+}
+
+#[cfg(not(feature = "websocket"))]
+fn serve_websocket(_: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    Err("--websocket needs the `websocket` feature".into())
 }
 
 fn main() -> ExitCode {
@@ -267,10 +281,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let options = ServeOptions {
-        dump_root: args.dump_dir.clone(),
+    let served = if args.websocket {
+        serve_websocket(&args)
+    } else {
+        serve_stdio(
+            || Replay::load(&args),
+            ServeOptions {
+                dump_root: args.dump_dir.clone(),
+            },
+        )
     };
-    match serve_stdio(|| Replay::load(&args), options) {
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");

@@ -128,18 +128,12 @@ mod tests {
 
     #[test]
     fn bad_frames_are_refused() {
-        assert!(decode_audio(&[], Encoding::F32)
-            .unwrap_err()
-            .0
-            .contains("empty"));
+        assert!(decode_audio(&[], Encoding::F32).unwrap_err().0.contains("empty"));
         assert!(decode_audio(&[0, 0, 0], Encoding::F32)
             .unwrap_err()
             .0
             .contains("whole number"));
         let nan = encode_audio(&[f32::NAN, 0.0], Encoding::F32);
-        assert!(decode_audio(&nan, Encoding::F32)
-            .unwrap_err()
-            .0
-            .contains("1 NaN"));
+        assert!(decode_audio(&nan, Encoding::F32).unwrap_err().0.contains("1 NaN"));
     }
 }

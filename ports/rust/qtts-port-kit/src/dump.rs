@@ -299,12 +299,7 @@ impl DumpWriter {
     }
 
     /// Add a floating stage (activations, logits, audio); `values` is row-major with `shape`.
-    pub fn f32(
-        &mut self,
-        key: &str,
-        shape: &[usize],
-        values: Vec<f32>,
-    ) -> Result<&mut Self, DumpError> {
+    pub fn f32(&mut self, key: &str, shape: &[usize], values: Vec<f32>) -> Result<&mut Self, DumpError> {
         self.insert(
             key,
             Tensor {
@@ -315,12 +310,7 @@ impl DumpWriter {
     }
 
     /// Add an integer stage (token ids, codes).
-    pub fn i64(
-        &mut self,
-        key: &str,
-        shape: &[usize],
-        values: Vec<i64>,
-    ) -> Result<&mut Self, DumpError> {
+    pub fn i64(&mut self, key: &str, shape: &[usize], values: Vec<i64>) -> Result<&mut Self, DumpError> {
         self.insert(
             key,
             Tensor {
@@ -368,8 +358,8 @@ impl DumpWriter {
 
     /// Write the dump to `path` (parent directories are created).
     pub fn write(&self, path: &Path) -> Result<(), DumpError> {
-        let header = serde_json::to_string(&sorted_json(&self.meta)?)
-            .map_err(|e| DumpError(e.to_string()))?;
+        let header =
+            serde_json::to_string(&sorted_json(&self.meta)?).map_err(|e| DumpError(e.to_string()))?;
         let buffers: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = self
             .tensors
             .iter()
@@ -389,8 +379,7 @@ impl DumpWriter {
             views.push((key.clone(), view));
         }
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| DumpError(format!("{}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|e| DumpError(format!("{}: {e}", parent.display())))?;
         }
         let metadata = HashMap::from([(METADATA_KEY.to_owned(), header)]);
         safetensors::serialize_to_file(views, &Some(metadata), path)
@@ -424,12 +413,7 @@ pub fn read_dump(path: &Path) -> Result<Dump, DumpError> {
         .metadata()
         .as_ref()
         .and_then(|m| m.get(METADATA_KEY))
-        .ok_or_else(|| {
-            DumpError(format!(
-                "{}: no {METADATA_KEY:?} metadata header",
-                path.display()
-            ))
-        })?;
+        .ok_or_else(|| DumpError(format!("{}: no {METADATA_KEY:?} metadata header", path.display())))?;
     let meta: DumpMeta = serde_json::from_str(header).map_err(|e| {
         DumpError(format!(
             "{}: malformed {METADATA_KEY:?} header: {e}",
@@ -493,10 +477,7 @@ mod tests {
 
     #[test]
     fn schema_patterns_match_indexed_keys() {
-        assert_eq!(
-            stage_kind(&key::talker_prefill_layer(7)),
-            Some(StageKind::Tensor)
-        );
+        assert_eq!(stage_kind(&key::talker_prefill_layer(7)), Some(StageKind::Tensor));
         assert_eq!(stage_kind("codes"), Some(StageKind::Codes));
         assert_eq!(stage_kind("talker.prefill.layer."), None);
         assert_eq!(stage_kind("talker.logit"), None);
@@ -533,18 +514,13 @@ mod tests {
             .contains("holds 3 values"));
         writer.codes(key::CODES, &[[1; 16], [2; 16]]).unwrap();
         writer.f32(key::OUTPUT_WAV, &[2], vec![0.5, -0.5]).unwrap();
-        let path = std::env::temp_dir().join(format!(
-            "qtts-port-kit-dump-{}.safetensors",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("qtts-port-kit-dump-{}.safetensors", std::process::id()));
         writer.write(&path).unwrap();
         let dump = read_dump(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(dump.meta, writer.meta);
         assert_eq!(dump.tensors["codes"].shape, [2, 16]);
-        assert_eq!(
-            dump.tensors["output.wav"].data,
-            TensorData::F32(vec![0.5, -0.5])
-        );
+        assert_eq!(dump.tensors["output.wav"].data, TensorData::F32(vec![0.5, -0.5]));
     }
 }

@@ -57,10 +57,16 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FrameError::UnknownKind(kind) => {
-                write!(f, "malformed frame: unknown kind byte 0x{kind:02x} (expected 0x01 JSON or 0x02 audio)")
+                write!(
+                    f,
+                    "malformed frame: unknown kind byte 0x{kind:02x} (expected 0x01 JSON or 0x02 audio)"
+                )
             }
             FrameError::TooLong(length) => {
-                write!(f, "malformed frame: length {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+                write!(
+                    f,
+                    "malformed frame: length {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"
+                )
             }
             FrameError::Truncated { got, wanted } => {
                 write!(f, "stream closed mid-frame after {got} of {wanted} bytes")
@@ -103,10 +109,7 @@ pub fn read_frame(reader: &mut impl Read) -> Result<Option<Frame>, FrameError> {
     let mut payload = vec![0u8; length];
     let got = read_full(reader, &mut payload)?;
     if got < length {
-        return Err(FrameError::Truncated {
-            got,
-            wanted: length,
-        });
+        return Err(FrameError::Truncated { got, wanted: length });
     }
     if kind == KIND_AUDIO {
         return Ok(Some(Frame::Audio(payload)));

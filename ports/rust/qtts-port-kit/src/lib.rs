@@ -17,10 +17,12 @@ pub mod framing;
 pub mod protocol;
 pub mod server;
 pub mod voice_id;
+#[cfg(feature = "websocket")]
+pub mod websocket;
 
 pub use audio::Encoding;
 pub use dump::{DumpMeta, DumpWriter};
-pub use protocol::{
-    Capability, CloneMode, ErrorCode, MarkStage, SpeakRequest, Voice, SAMPLES_PER_FRAME,
-};
+pub use protocol::{Capability, CloneMode, ErrorCode, MarkStage, SpeakRequest, Voice, SAMPLES_PER_FRAME};
 pub use server::{serve_stdio, Cancelled, ServeOptions, SpeakError, Spoken, Utterance, Worker};
+#[cfg(feature = "websocket")]
+pub use websocket::serve_websocket;

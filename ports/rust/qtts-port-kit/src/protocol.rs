@@ -231,8 +231,8 @@ pub enum ClientMessage {
 
 /// Parse a JSON control message into a client message; errors carry the code the server answers with.
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| invalid(format!("malformed JSON control message: {e}")))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| invalid(format!("malformed JSON control message: {e}")))?;
     let Value::Object(message) = value else {
         return Err(invalid(
             "control message must be a JSON object with a string 'type'",
@@ -388,9 +388,7 @@ pub fn parse_speak(
     let seed = int_field(message, "speak", "seed", Some(0))?;
     let defaults = Sampling::default();
     let sampling = Sampling {
-        do_sample: sampling
-            .get("do_sample")
-            .map_or(Ok(defaults.do_sample), truthy)?,
+        do_sample: sampling.get("do_sample").map_or(Ok(defaults.do_sample), truthy)?,
         temperature: number(&sampling, "temperature", defaults.temperature)?,
         top_k: number(&sampling, "top_k", defaults.top_k as f64)? as i64,
         top_p: number(&sampling, "top_p", defaults.top_p)?,
@@ -452,11 +450,7 @@ pub fn resolve_dump_path(path: &str, dump_root: Option<&Path>) -> Result<PathBuf
     Ok(root.join(requested))
 }
 
-fn require(
-    capabilities: &[Capability],
-    needed: Capability,
-    field: &str,
-) -> Result<(), ProtocolError> {
+fn require(capabilities: &[Capability], needed: Capability, field: &str) -> Result<(), ProtocolError> {
     if capabilities.contains(&needed) {
         Ok(())
     } else {
@@ -498,10 +492,7 @@ fn parse_codes(value: &Value) -> Result<Vec<[i64; CODEBOOKS]>, ProtocolError> {
     let rows = value.as_array().ok_or_else(bad)?;
     rows.iter()
         .map(|row| {
-            let row = row
-                .as_array()
-                .filter(|r| r.len() == CODEBOOKS)
-                .ok_or_else(bad)?;
+            let row = row.as_array().filter(|r| r.len() == CODEBOOKS).ok_or_else(bad)?;
             let mut frame = [0i64; CODEBOOKS];
             for (slot, code) in frame.iter_mut().zip(row) {
                 *slot = code.as_i64().ok_or_else(bad)?;
@@ -570,6 +561,8 @@ impl ServerMessage {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"type\":\"error\",\"code\":\"SYNTHESIS_ERROR\",\"message\":\"{e}\",\"fatal\":true}}"))
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!("{{\"type\":\"error\",\"code\":\"SYNTHESIS_ERROR\",\"message\":\"{e}\",\"fatal\":true}}")
+        })
     }
 }

@@ -13,9 +13,9 @@ use serde_json::Value;
 use crate::audio::{encode_audio, Encoding};
 use crate::framing::{read_frame, write_frame, Frame};
 use crate::protocol::{
-    parse_client_message, parse_speak, Capability, ClientMessage, ErrorCode, MarkStage,
-    ProtocolError, ServerMessage, SpeakRequest, StartVoice, Voice, CODEBOOKS, PROTOCOL_VERSION,
-    SAMPLES_PER_FRAME, SAMPLE_RATE_HZ,
+    parse_client_message, parse_speak, Capability, ClientMessage, ErrorCode, MarkStage, ProtocolError,
+    ServerMessage, SpeakRequest, StartVoice, Voice, CODEBOOKS, PROTOCOL_VERSION, SAMPLES_PER_FRAME,
+    SAMPLE_RATE_HZ,
 };
 use crate::voice_id::voice_id;
 
@@ -218,14 +218,12 @@ impl<W: Worker> Session<'_, W> {
             ClientMessage::Start(start) => {
                 let voice = match start.voice {
                     StartVoice::Upload(voice) => voice,
-                    StartVoice::Cached(key) => {
-                        lock(&self.host.voices).get(&key).ok_or_else(|| {
-                            ProtocolError::new(
-                                ErrorCode::VoiceNotFound,
-                                format!("start: voice_id {key:?} is not cached; upload it"),
-                            )
-                        })?
-                    }
+                    StartVoice::Cached(key) => lock(&self.host.voices).get(&key).ok_or_else(|| {
+                        ProtocolError::new(
+                            ErrorCode::VoiceNotFound,
+                            format!("start: voice_id {key:?} is not cached; upload it"),
+                        )
+                    })?,
                 };
                 let key = lock(&self.host.voices).remember(voice.clone());
                 self.voice = Some(voice);
@@ -262,12 +260,7 @@ impl<W: Worker> Session<'_, W> {
         Ok(Next::Continue)
     }
 
-    fn speak(
-        &mut self,
-        request: &SpeakRequest,
-        voice: &Voice,
-        encoding: Encoding,
-    ) -> io::Result<Next> {
+    fn speak(&mut self, request: &SpeakRequest, voice: &Voice, encoding: Encoding) -> io::Result<Next> {
         let outcome = {
             let mut worker = lock(&self.host.worker);
             let mut out = Utterance {
@@ -303,19 +296,13 @@ impl<W: Worker> Session<'_, W> {
                 self.send(&ServerMessage::Stopped)?;
                 return Ok(Next::End);
             }
-            (Err(SpeakError::Failed(error)), _) => {
-                self.send(&ServerMessage::error(&error, false))?
-            }
+            (Err(SpeakError::Failed(error)), _) => self.send(&ServerMessage::error(&error, false))?,
             (Ok(spoken), _) => {
                 let complete = ServerMessage::Complete {
                     frames_generated: spoken.frames_generated,
                     samples: sent,
                     cancelled: false,
-                    codes: if request.return_codes {
-                        spoken.codes
-                    } else {
-                        None
-                    },
+                    codes: if request.return_codes { spoken.codes } else { None },
                 };
                 self.send(&complete)?;
             }
@@ -337,9 +324,7 @@ fn gone(error: io::Error) -> ProtocolError {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -11,9 +11,7 @@ use base64::Engine as _;
 use qtts_port_kit::framing::{read_frame, Frame};
 use qtts_port_kit::protocol::CODEBOOKS;
 use qtts_port_kit::server::{Host, Incoming, Transport};
-use qtts_port_kit::{
-    Capability, ServeOptions, SpeakError, SpeakRequest, Spoken, Utterance, Voice, Worker,
-};
+use qtts_port_kit::{Capability, ServeOptions, SpeakError, SpeakRequest, Spoken, Utterance, Voice, Worker};
 use serde_json::Value;
 
 const SESSIONS: [&str; 2] = ["session", "refusals"];
@@ -33,7 +31,10 @@ fn load(session: &str, transport: &str) -> (Vec<Message>, Vec<String>) {
         .join("../../../fixtures/transcripts")
         .join(format!("{session}.{transport}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("{}: golden transcript missing ({e}); write it with `qtts-eval fixtures --write-transcripts`", path.display())
+        panic!(
+            "{}: golden transcript missing ({e}); write it with `qtts-eval fixtures --write-transcripts`",
+            path.display()
+        )
     });
     let data: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(data["schema_version"], 1);
@@ -59,9 +60,7 @@ fn load(session: &str, transport: &str) -> (Vec<Message>, Vec<String>) {
             Message {
                 from_client: row["from"] == "client",
                 frame,
-                header: row
-                    .get("frame_header")
-                    .map(|h| h.as_str().unwrap().to_owned()),
+                header: row.get("frame_header").map(|h| h.as_str().unwrap().to_owned()),
             }
         })
         .collect();
@@ -81,10 +80,7 @@ fn framing_reproduces_the_recorded_bytes() {
         }
         let mut reader = stream.as_slice();
         for message in &messages {
-            assert_eq!(
-                read_frame(&mut reader).unwrap().as_ref(),
-                Some(&message.frame)
-            );
+            assert_eq!(read_frame(&mut reader).unwrap().as_ref(), Some(&message.frame));
         }
         assert!(read_frame(&mut reader).unwrap().is_none());
     }
@@ -113,9 +109,7 @@ impl Worker for Tone {
             let start = index * 1920;
             let samples: Vec<f32> = (start..start + 1920)
                 .map(|i| {
-                    (TONE_LEVEL
-                        * (2.0 * std::f64::consts::PI * TONE_HZ * (i as f64 / 24_000.0)).sin())
-                        as f32
+                    (TONE_LEVEL * (2.0 * std::f64::consts::PI * TONE_HZ * (i as f64 / 24_000.0)).sin()) as f32
                 })
                 .collect();
             out.audio(&samples)?;
@@ -192,21 +186,14 @@ fn session_loop_answers_as_the_recorded_server() {
                 .filter(|m| !m.from_client)
                 .map(|m| comparable(&m.frame, &volatile))
                 .collect();
-            let got: Vec<Frame> = script
-                .sent
-                .iter()
-                .map(|f| comparable(f, &volatile))
-                .collect();
+            let got: Vec<Frame> = script.sent.iter().map(|f| comparable(f, &volatile)).collect();
             assert_eq!(
                 got.len(),
                 expected.len(),
                 "{session}.{transport}: number of server messages"
             );
             for (index, (got, expected)) in got.iter().zip(&expected).enumerate() {
-                assert_eq!(
-                    got, expected,
-                    "{session}.{transport}: server message {index}"
-                );
+                assert_eq!(got, expected, "{session}.{transport}: server message {index}");
             }
         }
     }
