@@ -290,12 +290,12 @@ impl<W: Worker> Session<'_, W> {
                 self.send(&ServerMessage::error(&error, true))?;
                 return Ok(Next::End);
             }
-            (_, State::Cancelled) | (Err(SpeakError::Cancelled), _) => self.send(&cancelled)?,
             (_, State::Stopping) => {
                 self.send(&cancelled)?;
                 self.send(&ServerMessage::Stopped)?;
                 return Ok(Next::End);
             }
+            (_, State::Cancelled) | (Err(SpeakError::Cancelled), _) => self.send(&cancelled)?,
             (Err(SpeakError::Failed(error)), _) => self.send(&ServerMessage::error(&error, false))?,
             (Ok(spoken), _) => {
                 let complete = ServerMessage::Complete {
@@ -541,4 +541,179 @@ fn take_stdout() -> io::Result<std::fs::File> {
         io::ErrorKind::Unsupported,
         "serve_stdio needs a Unix platform (it re-points stdout)",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Sends `frames` frames of silence.
+    struct Silence {
+        frames: usize,
+    }
+
+    impl Worker for Silence {
+        fn implementation(&self) -> Value {
+            json!({"name": "silence"})
+        }
+
+        fn speak(
+            &mut self,
+            _: &SpeakRequest,
+            _: &Voice,
+            out: &mut Utterance<'_>,
+        ) -> Result<Spoken, SpeakError> {
+            for _ in 0..self.frames {
+                out.audio(&[0.0; SAMPLES_PER_FRAME])?;
+            }
+            Ok(Spoken {
+                frames_generated: self.frames as u64,
+                codes: None,
+            })
+        }
+    }
+
+    /// Client messages in order; `during` are delivered to polls once the first audio frame has been sent.
+    struct Client {
+        inbox: VecDeque<Incoming>,
+        during: VecDeque<Incoming>,
+        audio_frames: usize,
+        replies: Vec<Value>,
+    }
+
+    impl Transport for Client {
+        fn receive(&mut self) -> Incoming {
+            self.inbox.pop_front().unwrap_or(Incoming::Closed)
+        }
+        fn poll(&mut self) -> Option<Incoming> {
+            if self.audio_frames == 0 {
+                return None;
+            }
+            self.during.pop_front()
+        }
+        fn send_text(&mut self, text: &str) -> io::Result<()> {
+            self.replies.push(serde_json::from_str(text).unwrap());
+            Ok(())
+        }
+        fn send_binary(&mut self, _: &[u8]) -> io::Result<()> {
+            self.audio_frames += 1;
+            Ok(())
+        }
+    }
+
+    fn text(message: Value) -> Incoming {
+        Incoming::Text(message.to_string())
+    }
+
+    fn start() -> Incoming {
+        let audio = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0u8; 16]);
+        text(
+            json!({"type": "start", "protocol": 1, "encoding": "f32", "sample_rate": 24000,
+                    "voice": {"audio": audio, "text": "ref"}}),
+        )
+    }
+
+    fn speak(extra: Value) -> Incoming {
+        let mut message = json!({"type": "speak", "text": "hi", "mode": "xvector", "max_frames": 8});
+        message
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        text(message)
+    }
+
+    fn run(
+        worker: impl Worker,
+        inbox: Vec<Incoming>,
+        during: Vec<Incoming>,
+        options: ServeOptions,
+    ) -> Client {
+        let mut client = Client {
+            inbox: inbox.into(),
+            during: during.into(),
+            audio_frames: 0,
+            replies: vec![],
+        };
+        Host::new(worker, options).serve_session(&mut client).unwrap();
+        client
+    }
+
+    fn kinds(client: &Client) -> Vec<String> {
+        let kind = |m: &Value| match m["type"].as_str().unwrap() {
+            "error" => format!("error:{}", m["code"].as_str().unwrap()),
+            other => other.to_owned(),
+        };
+        client.replies.iter().map(kind).collect()
+    }
+
+    #[test]
+    fn cancel_ends_the_utterance_with_what_was_sent() {
+        let during = vec![speak(json!({})), text(json!({"type": "cancel"}))];
+        let client = run(
+            Silence { frames: 8 },
+            vec![start(), speak(json!({}))],
+            during,
+            ServeOptions::default(),
+        );
+        assert_eq!(kinds(&client), ["hello", "ready", "error:BUSY", "complete"]);
+        let complete = &client.replies[3];
+        assert_eq!(complete["cancelled"], true);
+        assert_eq!(
+            complete["samples"],
+            (client.audio_frames * SAMPLES_PER_FRAME) as u64
+        );
+        assert!(client.audio_frames < 8);
+    }
+
+    #[test]
+    fn stop_during_an_utterance_cancels_then_stops() {
+        let during = vec![text(json!({"type": "stop"}))];
+        let client = run(
+            Silence { frames: 8 },
+            vec![start(), speak(json!({}))],
+            during,
+            ServeOptions::default(),
+        );
+        assert_eq!(kinds(&client), ["hello", "ready", "complete", "stopped"]);
+        assert_eq!(client.replies[2]["cancelled"], true);
+    }
+
+    #[test]
+    fn undeclared_capabilities_and_bad_dump_paths_are_refused() {
+        let inbox = vec![
+            start(),
+            speak(json!({"forced_codes": vec![[0i64; 16]]})),
+            speak(json!({"dump_path": "d.st"})),
+        ];
+        let client = run(Silence { frames: 1 }, inbox, vec![], ServeOptions::default());
+        assert_eq!(
+            kinds(&client),
+            ["hello", "ready", "error:UNSUPPORTED", "error:UNSUPPORTED"]
+        );
+
+        let root = Some(std::path::Path::new("/srv/dumps"));
+        assert!(crate::protocol::resolve_dump_path("../etc/x", root).is_err());
+        assert!(crate::protocol::resolve_dump_path("/etc/x", root).is_err());
+        assert_eq!(
+            crate::protocol::resolve_dump_path("a/b.st", root).unwrap(),
+            PathBuf::from("/srv/dumps/a/b.st")
+        );
+        assert_eq!(
+            crate::protocol::resolve_dump_path("/tmp/x.st", None).unwrap(),
+            PathBuf::from("/tmp/x.st")
+        );
+    }
+
+    #[test]
+    fn a_broken_stream_is_a_fatal_error() {
+        let client = run(
+            Silence { frames: 1 },
+            vec![Incoming::Broken("bad".into())],
+            vec![],
+            ServeOptions::default(),
+        );
+        assert_eq!(kinds(&client), ["hello", "error:INVALID_REQUEST"]);
+        assert_eq!(client.replies[1]["fatal"], true);
+    }
 }
