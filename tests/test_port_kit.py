@@ -3,7 +3,7 @@ real reference dump of the tiny checkpoint, passes the conformance kit, streams 
 codes, and writes stage dumps over the wire that the suite's parity comparison accepts, or fails at the
 planted stage.
 
-Needs cargo (the README's test command installs the crate's toolchain requirements; see docs/porting.md).
+Needs cargo: a Rust toolchain is a prerequisite of the README's test command (docs/porting.md).
 """
 
 from __future__ import annotations

@@ -48,8 +48,8 @@ pub enum FrameError {
         got: usize,
         wanted: usize,
     },
-    /// A JSON frame is not UTF-8.
-    NotUtf8,
+    /// A JSON frame is not UTF-8 (its payload, read whole: the stream is still in step).
+    NotUtf8(Vec<u8>),
     Io(io::Error),
 }
 
@@ -71,7 +71,7 @@ impl fmt::Display for FrameError {
             FrameError::Truncated { got, wanted } => {
                 write!(f, "stream closed mid-frame after {got} of {wanted} bytes")
             }
-            FrameError::NotUtf8 => f.write_str("malformed frame: JSON frame is not UTF-8"),
+            FrameError::NotUtf8(_) => f.write_str("malformed frame: JSON frame is not UTF-8"),
             FrameError::Io(e) => write!(f, "frame stream failed: {e}"),
         }
     }
@@ -116,7 +116,7 @@ pub fn read_frame(reader: &mut impl Read) -> Result<Option<Frame>, FrameError> {
     }
     String::from_utf8(payload)
         .map(|text| Some(Frame::Json(text)))
-        .map_err(|_| FrameError::NotUtf8)
+        .map_err(|e| FrameError::NotUtf8(e.into_bytes()))
 }
 
 /// Write one frame and flush it (a frame must reach the harness when it is produced: it is timed on arrival).
@@ -171,6 +171,8 @@ mod tests {
             read_frame(&mut short),
             Err(FrameError::Truncated { got: 2, wanted: 8 })
         ));
+        let mut latin1: &[u8] = &[0, 0, 0, 1, KIND_JSON, 0xe9];
+        assert!(matches!(read_frame(&mut latin1), Err(FrameError::NotUtf8(bytes)) if bytes == [0xe9]));
         let mut half_header: &[u8] = &[0, 0];
         assert!(matches!(
             read_frame(&mut half_header),

@@ -26,3 +26,8 @@ pub use protocol::{Capability, CloneMode, ErrorCode, MarkStage, SpeakRequest, Vo
 pub use server::{serve_stdio, Cancelled, ServeOptions, SpeakError, Spoken, Utterance, Worker};
 #[cfg(feature = "websocket")]
 pub use websocket::serve_websocket;
+
+/// The port author's guide (docs/porting.md), compiled so that its worker keeps building.
+#[cfg(doctest)]
+#[doc = include_str!("../../../../docs/porting.md")]
+pub struct PortingGuide;

@@ -264,7 +264,7 @@ fn string_field(
 ) -> Result<String, ProtocolError> {
     match message.get(name) {
         Some(Value::String(value)) => Ok(value.clone()),
-        None | Some(Value::Null) if default.is_some() => Ok(default.unwrap_or_default().to_owned()),
+        None if default.is_some() => Ok(default.unwrap_or_default().to_owned()),
         _ => Err(wrong_field(kind, name)),
     }
 }
@@ -277,7 +277,7 @@ fn int_field(
 ) -> Result<i64, ProtocolError> {
     match message.get(name) {
         Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
-        None | Some(Value::Null) if default.is_some() => Ok(default.unwrap_or_default()),
+        None if default.is_some() => Ok(default.unwrap_or_default()),
         _ => Err(wrong_field(kind, name)),
     }
 }

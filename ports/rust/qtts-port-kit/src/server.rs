@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use serde_json::Value;
 
 use crate::audio::{encode_audio, Encoding};
-use crate::framing::{read_frame, write_frame, Frame};
+use crate::framing::{read_frame, write_frame, Frame, FrameError};
 use crate::protocol::{
     parse_client_message, parse_speak, Capability, ClientMessage, ErrorCode, MarkStage, ProtocolError,
     ServerMessage, SpeakRequest, StartVoice, Voice, CODEBOOKS, PROTOCOL_VERSION, SAMPLES_PER_FRAME,
@@ -460,6 +460,10 @@ impl<Out: Write> StdioTransport<Out> {
                     Ok(Some(Frame::Json(text))) => Incoming::Text(text),
                     Ok(Some(Frame::Audio(data))) => Incoming::Binary(data),
                     Ok(None) => Incoming::Closed,
+                    // As the suite's server: undecodable bytes are replaced, and the JSON parser refuses them.
+                    Err(FrameError::NotUtf8(bytes)) => {
+                        Incoming::Text(String::from_utf8_lossy(&bytes).into_owned())
+                    }
                     Err(error) => Incoming::Broken(error.to_string()),
                 };
                 let last = matches!(incoming, Incoming::Closed | Incoming::Broken(_));
