@@ -190,6 +190,13 @@ def test_python_client_speaks_the_recorded_session(transport: Transport) -> None
     channel.close()
 
 
+def test_client_replay_catches_a_client_that_differs() -> None:
+    session = RemoteSession(TranscriptChannel(load_transcript("session", Transport.STDIO)), Timeouts())
+    audio, _ = transcript_voice()
+    with pytest.raises(AssertionError):
+        session.start(audio, "Another transcript.", Encoding.F32)  # uploads a voice the recording never saw
+
+
 def test_missing_transcript_fails_naming_the_write_command(tmp_path: Any) -> None:
     with pytest.raises(FixtureError, match="fixtures --write-transcripts"):
         load_transcript("session", Transport.STDIO, root=tmp_path)

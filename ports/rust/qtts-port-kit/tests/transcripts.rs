@@ -87,7 +87,10 @@ fn framing_reproduces_the_recorded_bytes() {
 }
 
 /// The recorded server's pipeline: one frame of the test tone per requested frame; codes = frame index.
-struct Tone;
+/// `code_offset` plants a fault (codes that differ from the recorded server's).
+struct Tone {
+    code_offset: i64,
+}
 
 impl Worker for Tone {
     fn capabilities(&self) -> Vec<Capability> {
@@ -114,7 +117,9 @@ impl Worker for Tone {
                 .collect();
             out.audio(&samples)?;
         }
-        let codes = (0..frames as i64).map(|i| [i; CODEBOOKS]).collect();
+        let codes = (0..frames as i64)
+            .map(|i| [i + self.code_offset; CODEBOOKS])
+            .collect();
         Ok(Spoken {
             frames_generated: frames as u64,
             codes: Some(codes),
@@ -161,40 +166,55 @@ fn comparable(frame: &Frame, volatile: &[String]) -> Frame {
     Frame::Json(message.to_string())
 }
 
+/// Serve the recorded client messages with `worker`; the first server message that differs, if any.
+fn replay_session(worker: Tone, session: &str, transport: &str) -> Option<String> {
+    let (messages, volatile) = load(session, transport);
+    let inbox = messages
+        .iter()
+        .filter(|m| m.from_client)
+        .map(|m| match &m.frame {
+            Frame::Json(text) => Incoming::Text(text.clone()),
+            Frame::Audio(data) => Incoming::Binary(data.clone()),
+        })
+        .collect();
+    let mut script = Script {
+        inbox,
+        sent: Vec::new(),
+    };
+    Host::new(worker, ServeOptions::default())
+        .serve_session(&mut script)
+        .unwrap();
+    let expected: Vec<Frame> = messages
+        .iter()
+        .filter(|m| !m.from_client)
+        .map(|m| comparable(&m.frame, &volatile))
+        .collect();
+    let got: Vec<Frame> = script.sent.iter().map(|f| comparable(f, &volatile)).collect();
+    if got.len() != expected.len() {
+        return Some(format!(
+            "{} server messages, recorded {}",
+            got.len(),
+            expected.len()
+        ));
+    }
+    got.iter()
+        .zip(&expected)
+        .position(|(got, expected)| got != expected)
+        .map(|index| format!("server message {index} differs"))
+}
+
 #[test]
 fn session_loop_answers_as_the_recorded_server() {
     for session in SESSIONS {
         for transport in TRANSPORTS {
-            let (messages, volatile) = load(session, transport);
-            let inbox = messages
-                .iter()
-                .filter(|m| m.from_client)
-                .map(|m| match &m.frame {
-                    Frame::Json(text) => Incoming::Text(text.clone()),
-                    Frame::Audio(data) => Incoming::Binary(data.clone()),
-                })
-                .collect();
-            let mut script = Script {
-                inbox,
-                sent: Vec::new(),
-            };
-            Host::new(Tone, ServeOptions::default())
-                .serve_session(&mut script)
-                .unwrap();
-            let expected: Vec<Frame> = messages
-                .iter()
-                .filter(|m| !m.from_client)
-                .map(|m| comparable(&m.frame, &volatile))
-                .collect();
-            let got: Vec<Frame> = script.sent.iter().map(|f| comparable(f, &volatile)).collect();
-            assert_eq!(
-                got.len(),
-                expected.len(),
-                "{session}.{transport}: number of server messages"
-            );
-            for (index, (got, expected)) in got.iter().zip(&expected).enumerate() {
-                assert_eq!(got, expected, "{session}.{transport}: server message {index}");
-            }
+            let difference = replay_session(Tone { code_offset: 0 }, session, transport);
+            assert_eq!(difference, None, "{session}.{transport}");
         }
     }
+}
+
+#[test]
+fn replay_catches_a_worker_that_differs() {
+    let difference = replay_session(Tone { code_offset: 1 }, "session", "stdio");
+    assert_eq!(difference.as_deref(), Some("server message 4 differs")); // the first complete's codes
 }
