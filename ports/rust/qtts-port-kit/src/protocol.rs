@@ -561,8 +561,7 @@ impl ServerMessage {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| {
-            format!("{{\"type\":\"error\",\"code\":\"SYNTHESIS_ERROR\",\"message\":\"{e}\",\"fatal\":true}}")
-        })
+        // Only strings, integers, booleans and a JSON value: serialisation cannot fail.
+        serde_json::to_string(self).expect("a server message always serialises")
     }
 }

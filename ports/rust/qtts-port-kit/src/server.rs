@@ -142,9 +142,9 @@ impl VoiceCache {
 
 /// A loaded worker with its voice cache; sessions share it (one utterance at a time, as the suite's server).
 pub struct Host<W> {
-    pub worker: Mutex<W>,
-    pub voices: Mutex<VoiceCache>,
-    pub options: ServeOptions,
+    worker: Mutex<W>,
+    voices: Mutex<VoiceCache>,
+    options: ServeOptions,
     capabilities: Vec<Capability>,
     implementation: Value,
 }
@@ -234,7 +234,9 @@ impl<W: Worker> Session<'_, W> {
                     encoding: start.encoding.as_str(),
                     sample_rate: SAMPLE_RATE_HZ,
                 };
-                self.send(&ready).map_err(gone)?;
+                if self.send(&ready).is_err() {
+                    return Ok(Next::End); // the client has gone
+                }
             }
             ClientMessage::Speak(message) => {
                 let (Some(voice), Some(encoding)) = (self.voice.clone(), self.encoding) else {
@@ -249,11 +251,11 @@ impl<W: Worker> Session<'_, W> {
                     &self.host.capabilities,
                     self.host.options.dump_root.as_deref(),
                 )?;
-                return self.speak(&request, &voice, encoding).map_err(gone);
+                return Ok(self.speak(&request, &voice, encoding).unwrap_or(Next::End));
             }
             ClientMessage::Cancel => {} // nothing in progress: nothing to do
             ClientMessage::Stop => {
-                self.send(&ServerMessage::Stopped).map_err(gone)?;
+                let _ = self.send(&ServerMessage::Stopped); // the session ends whether or not it arrives
                 return Ok(Next::End);
             }
         }
@@ -316,11 +318,6 @@ fn binary_refused() -> ProtocolError {
         ErrorCode::InvalidRequest,
         "binary frames are only sent by the server",
     )
-}
-
-/// A failed write means the client has gone; the session ends without another word.
-fn gone(error: io::Error) -> ProtocolError {
-    ProtocolError::new(ErrorCode::TtsUnavailable, format!("client gone: {error}"))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
