@@ -8,10 +8,13 @@ Needs cargo: a Rust toolchain is a prerequisite of the README's test command (do
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -91,46 +94,59 @@ def test_replay_passes_every_conformance_rule(
     assert [r.rule for r in results if not r.passed] == [], [r.detail for r in results if not r.passed]
 
 
+def parity_speak(request: Request, name: str, forced: ForcedInputs | None) -> dict[str, Any]:
+    """A parity request as docs/protocol.md defines it: dump_path, and the forced_* fields when forced."""
+    message = {**protocol.speak_message(request, True), "dump_path": name}
+    if forced is not None:
+        spk = np.ascontiguousarray(forced.spk_embedding, dtype="<f4").tobytes()
+        message["forced_codes"] = forced.codes.tolist()
+        message["forced_spk_embedding"] = base64.b64encode(spk).decode("ascii")
+        if forced.ref_codes is not None:
+            message["forced_ref_codes"] = forced.ref_codes.tolist()
+    return message
+
+
 @pytest.mark.parametrize("perturb", [None, "talker.logits", "codec_enc.codes"])
 def test_stage_dumps_over_the_wire_pass_or_fail_at_the_perturbed_stage(
     replay: Path, reference: tuple[StageDump, Path], request_: Request, tmp_path: Path, perturb: str | None
 ) -> None:
     ref_dump, ref_path = reference
-    argv = [str(replay), "--dump", str(ref_path), "--frame-delay-ms", "0"]
+    argv = [str(replay), "--dump", str(ref_path), "--frame-delay-ms", "0", "--dump-dir", str(tmp_path)]
     channel = WorkerChannel(argv + (["--perturb", perturb] if perturb else []))
     try:
         session = RemoteSession(channel, TIMEOUTS)
         assert {"stage_dumps", "forced_codes"} <= session.hello.capabilities
         session.start(request_.ref_audio, request_.ref_text, Encoding.F32)
-        forced = ForcedInputs.from_dump(ref_dump)
-        for forced_codes in (None, forced.codes.tolist()):
-            path = tmp_path / f"candidate.{'forced' if forced_codes else 'free'}.safetensors"
-            speak = {**protocol.speak_message(request_, True), "dump_path": str(path)}
-            channel.send(speak if forced_codes is None else {**speak, "forced_codes": forced_codes})
-            utterance = collect(session.receive_utterance())
-            audio = np.concatenate([chunk.samples for chunk in utterance.chunks])
-            assert np.array_equal(audio, ref_dump.tensors["output.wav"])  # f32 is exact
-            assert np.array_equal(utterance.end.codes, ref_dump.tensors["codes"])
-            dump = read_dump(path)
-            assert dump.meta.forced == (forced_codes is not None)
-            comparison = compare_dumps(ref_dump, dump, profile_for(dump.meta.dtype))
-            failure = comparison.first_failure
+        utterance = collect(session.speak(request_))
+        audio = np.concatenate([chunk.samples for chunk in utterance.chunks])
+        assert np.array_equal(audio, ref_dump.tensors["output.wav"])  # f32 is exact
+        assert np.array_equal(utterance.end.codes, ref_dump.tensors["codes"])
+        for forced in (None, ForcedInputs.from_dump(ref_dump)):
+            name = f"run/candidate.{'forced' if forced else 'free'}.safetensors"
+            channel.send(parity_speak(request_, name, forced))
+            reply = session.next_message()
+            assert reply == {"type": "dumped", "path": name, "bytes": (tmp_path / name).stat().st_size}
+            dump = read_dump(tmp_path / name)
+            assert dump.meta.forced == (forced is not None)
+            failure = compare_dumps(ref_dump, dump, profile_for(dump.meta.dtype)).first_failure
             assert (failure.key if failure else None) == perturb
     finally:
         channel.close()
 
 
-def test_replay_refuses_to_force_codes_it_cannot_compute(
-    replay: Path, reference: tuple[StageDump, Path], request_: Request
+def test_replay_refuses_to_force_what_it_cannot_compute(
+    replay: Path, reference: tuple[StageDump, Path], request_: Request, tmp_path: Path
 ) -> None:
-    channel = WorkerChannel([str(replay), "--dump", str(reference[1])])
+    channel = WorkerChannel([str(replay), "--dump", str(reference[1]), "--dump-dir", str(tmp_path)])
     try:
         session = RemoteSession(channel, TIMEOUTS)
         session.start(request_.ref_audio, request_.ref_text, Encoding.F32)
-        other = (reference[0].tensors["codes"] + 1).tolist()
-        channel.send({**protocol.speak_message(request_, True), "forced_codes": other})
+        forced = ForcedInputs.from_dump(reference[0])
+        other = dataclasses.replace(forced, codes=forced.codes + 1)
+        channel.send(parity_speak(request_, "other.safetensors", other))
         reply = session.next_message()
         assert (reply["type"], reply["code"]) == ("error", "UNSUPPORTED")
+        assert not (tmp_path / "other.safetensors").exists()
     finally:
         channel.close()
 

@@ -8,21 +8,22 @@
 //! ```
 //!
 //! Over stdio it serves the harness that started it; with `--websocket` it prints `listening on URL` and
-//! serves every connection (dumps then only under `--dump-dir`, the default being the working directory).
+//! serves every connection. Dumps go under `--dump-dir` (default: a fresh directory in the system's temporary
+//! directory), which `hello.dump_dir` announces.
 //!
 //! `--perturb KEY` plants a fault at one stage: every dump it writes has that tensor changed (floating values
 //! get 10 % of the tensor's largest magnitude added in a fixed pattern; integer ids and codes get their first
 //! value's lowest bit flipped), and when KEY is `codes` or `output.wav` the codes or audio it sends change too.
-//! Any speak gets the dump's audio, cut at the request's frame budget; a speak with `dump_path` or
-//! `forced_codes` must be the request the dump recorded (and force its codes), or it is refused as
-//! UNSUPPORTED, since the replay cannot compute anything else.
+//! Any speak gets the dump's audio, cut at the request's frame budget; a parity request (`dump_path`) must be
+//! the request the dump recorded, and a forced one must force the dump's own codes, reference codes and
+//! speaker embedding, or it is refused as UNSUPPORTED: the replay cannot compute anything else.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use qtts_port_kit::dump::{key, read_dump, Dump, DumpWriter, HeaderSampling, Tensor, TensorData};
-use qtts_port_kit::protocol::{CODEBOOKS, SAMPLES_PER_FRAME};
+use qtts_port_kit::protocol::{Forced, CODEBOOKS, SAMPLES_PER_FRAME};
 use qtts_port_kit::{
     serve_stdio, Capability, MarkStage, ServeOptions, SpeakError, SpeakRequest, Spoken, Utterance, Voice,
     Worker,
@@ -40,11 +41,23 @@ struct Replay {
     frame_delay: Duration,
     codes: Vec<[i64; CODEBOOKS]>,
     audio: Vec<f32>,
+    /// The dump's own codes, reference codes and speaker embedding, before any perturbation: the only forced
+    /// inputs the replay can honour.
+    own: Forced,
 }
 
 impl Replay {
     fn load(args: &Args) -> Result<Self, String> {
         let mut dump = read_dump(&args.dump).map_err(|e| e.to_string())?;
+        let embedding = match dump.tensors.get(key::SPK_EMBEDDING).map(|t| &t.data) {
+            Some(TensorData::F32(values)) => Some(values.clone()),
+            _ => None,
+        };
+        let own = Forced {
+            codes: codes_of(dump.tensors.get(key::CODES)).unwrap_or_default(),
+            ref_codes: codes_of(dump.tensors.get(key::CODEC_ENC_CODES)),
+            spk_embedding: embedding.unwrap_or_default(),
+        };
         if let Some(stage) = &args.perturb {
             let keys: Vec<String> = dump.tensors.keys().cloned().collect();
             let tensor = dump.tensors.get_mut(stage).ok_or_else(|| {
@@ -76,6 +89,7 @@ impl Replay {
             frame_delay: Duration::from_secs_f64(args.frame_delay_ms / 1000.0),
             codes,
             audio,
+            own,
         })
     }
 
@@ -101,7 +115,8 @@ impl Replay {
         (!names.is_empty()).then(|| format!("{} differ from the replayed dump's request", names.join(", ")))
     }
 
-    fn write_dump(&self, request: &SpeakRequest, path: &std::path::Path) -> Result<(), SpeakError> {
+    /// The replayed dump, re-written through DumpWriter under this implementation's name.
+    fn rewrite(&self, forced: bool, path: &Path) -> Result<(), SpeakError> {
         let mut meta = self.dump.meta.clone();
         meta.implementation = match &self.perturbed {
             None => format!("qtts-port-kit replay of {}", meta.implementation),
@@ -112,7 +127,7 @@ impl Replay {
         };
         meta.versions
             .insert("qtts-port-kit".into(), env!("CARGO_PKG_VERSION").into());
-        meta.forced = request.forced_codes.is_some();
+        meta.forced = forced;
         let mut writer = DumpWriter::new(meta);
         for (name, tensor) in &self.dump.tensors {
             writer
@@ -122,6 +137,19 @@ impl Replay {
         writer
             .write(path)
             .map_err(|e| SpeakError::synthesis(e.to_string()))
+    }
+}
+
+impl Replay {
+    /// Why these forced inputs are not the replayed dump's own, if they are not: the replay computes nothing.
+    fn foreign(&self, forced: &Forced) -> Option<&'static str> {
+        if forced.codes != self.own.codes {
+            return Some("codes");
+        }
+        if forced.ref_codes.is_some() && forced.ref_codes != self.own.ref_codes {
+            return Some("reference codes");
+        }
+        (forced.spk_embedding != self.own.spk_embedding).then_some("speaker embedding")
     }
 }
 
@@ -149,24 +177,6 @@ impl Worker for Replay {
         _voice: &Voice,
         out: &mut Utterance<'_>,
     ) -> Result<Spoken, SpeakError> {
-        if request.dump_path.is_some() || request.forced_codes.is_some() {
-            if let Some(reason) = self.mismatch(request) {
-                return Err(SpeakError::unsupported(format!(
-                    "replay can only dump or force its own request: {reason}"
-                )));
-            }
-        }
-        if let Some(forced) = &request.forced_codes {
-            let original = codes_of(self.dump.tensors.get(key::CODES)).unwrap_or_default();
-            if *forced != original {
-                return Err(SpeakError::unsupported(
-                    "replay can only be forced with the codes it replays",
-                ));
-            }
-        }
-        if let Some(path) = &request.dump_path {
-            self.write_dump(request, path)?;
-        }
         out.mark(MarkStage::PromptReady)?;
         let frames = self.codes.len().min(request.max_frames as usize);
         for (index, frame) in self.audio.chunks(SAMPLES_PER_FRAME).take(frames).enumerate() {
@@ -180,6 +190,20 @@ impl Worker for Replay {
             frames_generated: frames as u64,
             codes: Some(self.codes[..frames].to_vec()),
         })
+    }
+
+    fn write_dump(&mut self, request: &SpeakRequest, _voice: &Voice, path: &Path) -> Result<(), SpeakError> {
+        if let Some(reason) = self.mismatch(request) {
+            return Err(SpeakError::unsupported(format!(
+                "replay can only dump its own request: {reason}"
+            )));
+        }
+        if let Some(what) = request.forced.as_ref().and_then(|forced| self.foreign(forced)) {
+            return Err(SpeakError::unsupported(format!(
+                "replay can only be forced with its own {what}"
+            )));
+        }
+        self.rewrite(request.forced.is_some(), path)
     }
 }
 
@@ -253,16 +277,21 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+/// Dumps go under `--dump-dir`, by default a directory of this process's own in the system's temporary
+/// directory (the harness learns it from `hello.dump_dir`).
+fn serve_options(args: &Args) -> ServeOptions {
+    let default = || std::env::temp_dir().join(format!("qtts-port-kit-replay-{}", std::process::id()));
+    ServeOptions {
+        dump_dir: Some(args.dump_dir.clone().unwrap_or_else(default)),
+    }
+}
+
 #[cfg(feature = "websocket")]
 fn serve_websocket(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    // Clients connect from elsewhere: dumps stay under a directory the operator chose.
-    let root = args.dump_dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let announce = |url: &str| println!("listening on {url}");
     qtts_port_kit::serve_websocket(
         || Replay::load(args),
-        ServeOptions {
-            dump_root: Some(root),
-        },
+        serve_options(args),
         "127.0.0.1:0",
         announce,
     )
@@ -284,12 +313,7 @@ fn main() -> ExitCode {
     let served = if args.websocket {
         serve_websocket(&args)
     } else {
-        serve_stdio(
-            || Replay::load(&args),
-            ServeOptions {
-                dump_root: args.dump_dir.clone(),
-            },
-        )
+        serve_stdio(|| Replay::load(&args), serve_options(&args))
     };
     match served {
         Ok(()) => ExitCode::SUCCESS,

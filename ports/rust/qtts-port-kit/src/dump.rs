@@ -229,7 +229,7 @@ impl DumpMeta {
             text: request.text.clone(),
             language: request.language.clone(),
             max_frames: request.max_frames,
-            forced: request.forced_codes.is_some(),
+            forced: request.forced.is_some(),
             model_ref: String::new(),
             schema_version: SCHEMA_VERSION,
             stored_dtypes: BTreeMap::new(),
@@ -493,8 +493,8 @@ mod tests {
             seed: 0,
             sampling: Default::default(),
             return_codes: true,
-            forced_codes: None,
             dump_path: None,
+            forced: None,
         };
         let mut writer = DumpWriter::new(DumpMeta::for_request(&request, "test", false));
         assert!(writer

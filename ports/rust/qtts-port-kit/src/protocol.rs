@@ -2,7 +2,6 @@
 //! server messages, serialised with the field order and separators of the suite's Python server.
 
 use std::fmt;
-use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -22,6 +21,18 @@ pub const SAMPLES_PER_FRAME: usize = 1920;
 pub const CODEBOOKS: usize = 16;
 /// Longest text a `speak` may carry, in characters (the suite's MAX_TEXT_CHARS).
 pub const MAX_TEXT_CHARS: usize = 5000;
+/// A `dump_path` names a safetensors stage dump.
+pub const DUMP_SUFFIX: &str = ".safetensors";
+/// Longest `dump_path`, in characters: a relative name, not a place.
+pub const MAX_DUMP_PATH_CHARS: usize = 200;
+/// Directory levels a `dump_path` may have under the dump directory.
+pub const MAX_DUMP_PATH_PARTS: usize = 4;
+/// Codes are ids of 2048-entry codebooks (3072 talker ids); anything at or above this is garbage.
+pub const MAX_CODE: i64 = 1 << 16;
+/// Longest forced speaker embedding (the released model's is 1024 values).
+pub const MAX_EMBEDDING_DIMS: usize = 8192;
+/// Most forced reference-code frames: a 30 s reference clip at 12.5 frames/s, plus one.
+pub const MAX_REF_FRAMES: usize = 376;
 
 /// Codes of `error` messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,10 +224,21 @@ pub struct SpeakRequest {
     pub sampling: Sampling,
     /// Whether `complete` should carry the generated codes.
     pub return_codes: bool,
-    /// Teacher-forced codes, [frames][16]; only passed to workers declaring `forced_codes`.
-    pub forced_codes: Option<Vec<[i64; CODEBOOKS]>>,
-    /// Where to write a parity stage dump, resolved (see `resolve_dump_path`); only for `stage_dumps` workers.
-    pub dump_path: Option<PathBuf>,
+    /// A parity request: the stage dump's name under the dump directory (validated by `parse_dump_path`).
+    pub dump_path: Option<String>,
+    /// Teacher forcing (parity requests only, `forced_codes` capability).
+    pub forced: Option<Forced>,
+}
+
+/// What a teacher-forced parity request replaces: use these instead of computing them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forced {
+    /// [T][16] generated codes of the reference: at step t choose exactly these (and condition on them).
+    pub codes: Vec<[i64; CODEBOOKS]>,
+    /// [T_ref][16] reference-audio codes instead of encoding the clip (ICL; required there).
+    pub ref_codes: Option<Vec<[i64; CODEBOOKS]>>,
+    /// The speaker embedding instead of computing it.
+    pub spk_embedding: Vec<f32>,
 }
 
 /// A message from the client, parsed and validated as the suite's server does.
@@ -341,14 +363,28 @@ fn shown(value: Option<&Value>) -> String {
     value.map_or_else(|| "None".to_owned(), Value::to_string)
 }
 
-/// Validate a `speak` against the session's voice and the worker's capabilities; `dump_root` as in
-/// `resolve_dump_path`.
+/// Validate a `speak` against the session's voice and the worker's capabilities, in the suite's order:
+/// undeclared capabilities first (UNSUPPORTED), then the request, then the parity fields (INVALID_REQUEST).
 pub fn parse_speak(
     message: &Map<String, Value>,
     voice: &Voice,
     capabilities: &[Capability],
-    dump_root: Option<&Path>,
 ) -> Result<SpeakRequest, ProtocolError> {
+    for (field, capability) in [
+        ("dump_path", Capability::StageDumps),
+        ("forced_codes", Capability::ForcedCodes),
+    ] {
+        let present = !matches!(message.get(field), None | Some(Value::Null));
+        if present && !capabilities.contains(&capability) {
+            return Err(ProtocolError::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "speak: {field} needs the {} capability, not declared",
+                    capability.as_str()
+                ),
+            ));
+        }
+    }
     let sampling = match message.get("sampling") {
         None => Map::new(),
         Some(Value::Object(map)) => map.clone(),
@@ -362,24 +398,6 @@ pub fn parse_speak(
                 "speak: mode {} is not icl or xvector",
                 shown(message.get("mode"))
             )))
-        }
-    };
-    let forced_codes = match message.get("forced_codes") {
-        None | Some(Value::Null) => None,
-        Some(value) => {
-            require(capabilities, Capability::ForcedCodes, "forced_codes")?;
-            Some(parse_codes(value)?)
-        }
-    };
-    let dump_path = match message.get("dump_path") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(path)) => {
-            require(capabilities, Capability::StageDumps, "dump_path")?;
-            Some(resolve_dump_path(path, dump_root)?)
-        }
-        Some(_) => {
-            require(capabilities, Capability::StageDumps, "dump_path")?;
-            return Err(wrong_field("speak", "dump_path"));
         }
     };
     let text = string_field(message, "speak", "text", None)?;
@@ -415,6 +433,19 @@ pub fn parse_speak(
             "speak: ICL mode needs the reference transcript, and ref_text is empty",
         ));
     }
+    let dump_path = match message.get("dump_path") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(parse_dump_path(value)?),
+    };
+    let forced = match message.get("forced_codes") {
+        None | Some(Value::Null) => None,
+        Some(_) if dump_path.is_none() => {
+            return Err(invalid(
+                "speak: forced_codes only make sense in a parity request (dump_path)",
+            ))
+        }
+        Some(_) => Some(parse_forced(message, mode, max_frames as usize)?),
+    };
     Ok(SpeakRequest {
         text,
         language,
@@ -423,42 +454,86 @@ pub fn parse_speak(
         seed,
         sampling,
         return_codes: message.get("return_codes").map_or(Ok(false), truthy)?,
-        forced_codes,
         dump_path,
+        forced,
     })
 }
 
-/// Where a `dump_path` is written. Without a root (a stdio worker, started by the harness that reads the
-/// dump) the path is used as given. With a root (an operator-chosen directory, as a server that others connect
-/// to should have), it must be a relative path without `..` and lands under the root.
-pub fn resolve_dump_path(path: &str, dump_root: Option<&Path>) -> Result<PathBuf, ProtocolError> {
-    let requested = Path::new(path);
-    if path.is_empty() {
-        return Err(invalid("speak: dump_path is empty"));
-    }
-    let Some(root) = dump_root else {
-        return Ok(requested.to_path_buf());
+/// A dump name relative to the server's dump directory: not absolute, no `..`, `.` or empty component, no
+/// backslash or colon, at most MAX_DUMP_PATH_PARTS levels and MAX_DUMP_PATH_CHARS characters, ending in
+/// `.safetensors`.
+pub fn parse_dump_path(value: &Value) -> Result<String, ProtocolError> {
+    let Some(name) = value.as_str().filter(|n| !n.is_empty()) else {
+        return Err(invalid("speak: dump_path must be a non-empty string"));
     };
-    if !requested
-        .components()
-        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-    {
+    let chars = name.chars().count();
+    if chars > MAX_DUMP_PATH_CHARS {
         return Err(invalid(format!(
-            "speak: dump_path {path:?} must be relative to the server's dump directory, without '..'"
+            "speak: dump_path has {chars} characters, over the {MAX_DUMP_PATH_CHARS}-character limit"
         )));
     }
-    Ok(root.join(requested))
+    if name.starts_with('/') || name.contains('\\') || name.contains(':') {
+        return Err(invalid(format!(
+            "speak: dump_path {name:?} must be relative to the server's dump directory"
+        )));
+    }
+    let parts: Vec<&str> = name.split('/').collect();
+    if parts.iter().any(|part| matches!(*part, "" | "." | "..")) {
+        return Err(invalid(format!(
+            "speak: dump_path {name:?} has '..', '.' or '//'"
+        )));
+    }
+    if parts.len() > MAX_DUMP_PATH_PARTS {
+        return Err(invalid(format!(
+            "speak: dump_path {name:?} is deeper than {MAX_DUMP_PATH_PARTS} levels"
+        )));
+    }
+    if !name.ends_with(DUMP_SUFFIX) {
+        return Err(invalid(format!(
+            "speak: dump_path {name:?} must end in {DUMP_SUFFIX}"
+        )));
+    }
+    Ok(name.to_owned())
 }
 
-fn require(capabilities: &[Capability], needed: Capability, field: &str) -> Result<(), ProtocolError> {
-    if capabilities.contains(&needed) {
-        Ok(())
-    } else {
-        Err(ProtocolError::new(
-            ErrorCode::Unsupported,
-            format!("speak: {field} needs a capability this server does not declare"),
+fn parse_forced(
+    message: &Map<String, Value>,
+    mode: CloneMode,
+    max_frames: usize,
+) -> Result<Forced, ProtocolError> {
+    let codes = parse_codes(message.get("forced_codes"), "forced_codes", max_frames)?;
+    let ref_codes = match message.get("forced_ref_codes") {
+        None | Some(Value::Null) if mode == CloneMode::Icl => {
+            return Err(invalid(
+                "speak: teacher forcing in ICL mode needs forced_ref_codes",
+            ))
+        }
+        None | Some(Value::Null) => None,
+        value => Some(parse_codes(value, "forced_ref_codes", MAX_REF_FRAMES)?),
+    };
+    let bad = || {
+        invalid(format!(
+            "speak: forced_spk_embedding must be base64 of at most {MAX_EMBEDDING_DIMS} float32 values"
         ))
+    };
+    let text = message
+        .get("forced_spk_embedding")
+        .and_then(Value::as_str)
+        .ok_or_else(bad)?;
+    // base64 of float32: 4 bytes per value, 4 characters per 3 bytes.
+    if text.is_empty() || text.len() > MAX_EMBEDDING_DIMS * 4 * 4 / 3 + 4 {
+        return Err(bad());
     }
+    let unusable = |e: String| invalid(format!("speak: forced_spk_embedding is unusable: {e}"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.as_bytes())
+        .map_err(|e| unusable(e.to_string()))?;
+    let spk_embedding = decode_audio(&bytes, Encoding::F32).map_err(|e| unusable(e.to_string()))?;
+    Ok(Forced {
+        codes,
+        ref_codes,
+        spk_embedding,
+    })
 }
 
 fn truthy(value: &Value) -> Result<bool, ProtocolError> {
@@ -483,19 +558,32 @@ fn number(map: &Map<String, Value>, name: &str, default: f64) -> Result<f64, Pro
     }
 }
 
-fn parse_codes(value: &Value) -> Result<Vec<[i64; CODEBOOKS]>, ProtocolError> {
-    let bad = || {
-        invalid(format!(
-            "speak: forced_codes must be [frames][{CODEBOOKS}] integers"
-        ))
-    };
-    let rows = value.as_array().ok_or_else(bad)?;
+fn parse_codes(
+    value: Option<&Value>,
+    field: &str,
+    max_rows: usize,
+) -> Result<Vec<[i64; CODEBOOKS]>, ProtocolError> {
+    // Bounded by the row count before anything is converted: a huge list is refused, not allocated.
+    let rows = value
+        .and_then(Value::as_array)
+        .filter(|rows| !rows.is_empty() && rows.len() <= max_rows)
+        .ok_or_else(|| invalid(format!("speak: {field} must be a list of 1 to {max_rows} frames")))?;
+    let shape = || invalid(format!("speak: {field} must be [frames][{CODEBOOKS}] integers"));
     rows.iter()
         .map(|row| {
-            let row = row.as_array().filter(|r| r.len() == CODEBOOKS).ok_or_else(bad)?;
+            let row = row
+                .as_array()
+                .filter(|r| r.len() == CODEBOOKS)
+                .ok_or_else(shape)?;
             let mut frame = [0i64; CODEBOOKS];
             for (slot, code) in frame.iter_mut().zip(row) {
-                *slot = code.as_i64().ok_or_else(bad)?;
+                *slot = code.as_i64().ok_or_else(shape)?;
+                if !(0..MAX_CODE).contains(slot) {
+                    return Err(invalid(format!(
+                        "speak: {field} holds codes outside 0..{}",
+                        MAX_CODE - 1
+                    )));
+                }
             }
             Ok(frame)
         })
@@ -513,6 +601,9 @@ pub enum ServerMessage {
         capabilities: Vec<&'static str>,
         implementation: Value,
         pid: u32,
+        /// The absolute directory dumps are written under; sent with `stage_dumps`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dump_dir: Option<String>,
     },
     Ready {
         protocol: u64,
@@ -535,12 +626,17 @@ pub enum ServerMessage {
         message: String,
         fatal: bool,
     },
+    /// Ends a parity request: the dump named `path` (as asked) is written, `bytes` long.
+    Dumped {
+        path: String,
+        bytes: u64,
+    },
     Stopped,
 }
 
 impl ServerMessage {
     /// The `hello` of a worker: capabilities sorted by name, as the suite's server sends them.
-    pub fn hello(capabilities: &[Capability], implementation: Value) -> Self {
+    pub fn hello(capabilities: &[Capability], implementation: Value, dump_dir: Option<String>) -> Self {
         let mut names: Vec<&'static str> = capabilities.iter().map(|c| c.as_str()).collect();
         names.sort_unstable();
         names.dedup();
@@ -549,6 +645,7 @@ impl ServerMessage {
             capabilities: names,
             implementation,
             pid: std::process::id(),
+            dump_dir,
         }
     }
 

@@ -4,7 +4,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::Mutex;
 
@@ -74,14 +75,21 @@ pub trait Worker {
 
     /// Synthesise one utterance with the session's voice. Send audio (whole frames, 1920 samples each, as they
     /// exist) and optional marks through `out`; call `out.check()` during long stretches without audio so a
-    /// cancel is honoured. With `forced_codes`, use them instead of your own; with `dump_path`, write a stage
-    /// dump there (`DumpWriter`).
+    /// cancel is honoured.
     fn speak(
         &mut self,
         request: &SpeakRequest,
         voice: &Voice,
         out: &mut Utterance<'_>,
     ) -> Result<Spoken, SpeakError>;
+
+    /// A parity request (`stage_dumps`): run `request` once, streaming nothing, and write its stage dump to
+    /// `path` (inside the dump directory) with `DumpWriter`. With `request.forced` (`forced_codes`), use the
+    /// forced codes, reference codes and speaker embedding instead of your own. It is not cancelled.
+    fn write_dump(&mut self, request: &SpeakRequest, voice: &Voice, path: &Path) -> Result<(), SpeakError> {
+        let _ = (request, voice, path);
+        Err(SpeakError::unsupported("this worker writes no stage dumps"))
+    }
 }
 
 /// A message from the client, as a transport delivers it.
@@ -105,11 +113,17 @@ pub trait Transport {
     fn send_binary(&mut self, data: &[u8]) -> io::Result<()>;
 }
 
-/// Where dumps may be written (see `protocol::resolve_dump_path`).
+/// Stage dumps one server writes at most: a parity sweep is tens, a runaway client is not.
+pub const MAX_DUMPS: usize = 1000;
+/// Largest dump kept: full-size prefill taps of a long prompt are hundreds of MB.
+pub const MAX_DUMP_BYTES: u64 = 4 << 30;
+
+/// How a worker is served.
 #[derive(Clone, Debug, Default)]
 pub struct ServeOptions {
-    /// None: `dump_path` is used as given (stdio, the harness is the parent). Some: relative paths under it.
-    pub dump_root: Option<PathBuf>,
+    /// The directory stage dumps are written under (created if missing; sent as `hello.dump_dir`). Without
+    /// one, `stage_dumps` and `forced_codes` are not declared, whatever the worker says, as in the suite.
+    pub dump_dir: Option<PathBuf>,
 }
 
 /// The least-recently-used voice cache, shared by a server's sessions.
@@ -144,22 +158,73 @@ impl VoiceCache {
 pub struct Host<W> {
     worker: Mutex<W>,
     voices: Mutex<VoiceCache>,
-    options: ServeOptions,
+    dump_dir: Option<PathBuf>,
+    dumps_written: AtomicUsize,
     capabilities: Vec<Capability>,
     implementation: Value,
 }
 
 impl<W: Worker> Host<W> {
     pub fn new(worker: W, options: ServeOptions) -> Self {
-        let capabilities = worker.capabilities();
+        let dump_dir = options.dump_dir.and_then(|dir| {
+            match std::fs::create_dir_all(&dir).and_then(|()| dir.canonicalize()) {
+                Ok(dir) => Some(dir),
+                Err(error) => {
+                    eprintln!(
+                        "dump directory {}: {error}; stage dumps are not offered",
+                        dir.display()
+                    );
+                    None
+                }
+            }
+        });
+        let mut capabilities = worker.capabilities();
+        if dump_dir.is_none() {
+            capabilities.retain(|c| !matches!(c, Capability::StageDumps | Capability::ForcedCodes));
+        }
         let implementation = worker.implementation();
         Host {
             worker: Mutex::new(worker),
             voices: Mutex::new(VoiceCache::default()),
-            options,
+            dump_dir,
+            dumps_written: AtomicUsize::new(0),
             capabilities,
             implementation,
         }
+    }
+
+    /// Where the dump named `name` (validated by `protocol::parse_dump_path`) goes: inside the dump directory,
+    /// whatever symlinks lie on the way; its parent directories are created.
+    fn dump_target(&self, name: &str) -> Result<PathBuf, ProtocolError> {
+        let Some(root) = &self.dump_dir else {
+            return Err(ProtocolError::new(ErrorCode::Unsupported, "no dump directory"));
+        };
+        if self.dumps_written.load(Ordering::SeqCst) >= MAX_DUMPS {
+            return Err(ProtocolError::new(
+                ErrorCode::InvalidRequest,
+                format!("this server has written its limit of {MAX_DUMPS} stage dumps"),
+            ));
+        }
+        let target = root.join(name);
+        // Checked before anything is created: the deepest existing ancestor, symlinks followed, must be inside.
+        let existing = target.ancestors().skip(1).find(|a| a.exists()).unwrap_or(root);
+        if !existing
+            .canonicalize()
+            .map(|real| real.starts_with(root))
+            .unwrap_or(false)
+        {
+            return Err(ProtocolError::new(
+                ErrorCode::InvalidRequest,
+                format!("dump_path {name:?} leaves the dump directory"),
+            ));
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                ProtocolError::new(ErrorCode::SynthesisError, format!("{}: {e}", parent.display()))
+            })?;
+        }
+        self.dumps_written.fetch_add(1, Ordering::SeqCst);
+        Ok(target)
     }
 
     /// Serve one connection until the client stops or goes away.
@@ -193,7 +258,18 @@ impl<W: Worker> Session<'_, W> {
     }
 
     fn run(&mut self) -> io::Result<()> {
-        let hello = ServerMessage::hello(&self.host.capabilities, self.host.implementation.clone());
+        let dump_dir = self.host.capabilities.contains(&Capability::StageDumps).then(|| {
+            self.host
+                .dump_dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
+        });
+        let hello = ServerMessage::hello(
+            &self.host.capabilities,
+            self.host.implementation.clone(),
+            dump_dir,
+        );
         self.send(&hello)?;
         loop {
             let next = match self.transport.receive() {
@@ -245,12 +321,16 @@ impl<W: Worker> Session<'_, W> {
                         "speak before start: open a session first",
                     ));
                 };
-                let request = parse_speak(
-                    &message,
-                    &voice,
-                    &self.host.capabilities,
-                    self.host.options.dump_root.as_deref(),
-                )?;
+                let request = parse_speak(&message, &voice, &self.host.capabilities)?;
+                if let Some(name) = &request.dump_path {
+                    let target = self.host.dump_target(name)?;
+                    let dumped = self.dump(&request, &voice, &target, name)?;
+                    return Ok(if self.send(&dumped).is_ok() {
+                        Next::Continue
+                    } else {
+                        Next::End
+                    });
+                }
                 return Ok(self.speak(&request, &voice, encoding).unwrap_or(Next::End));
             }
             ClientMessage::Cancel => {} // nothing in progress: nothing to do
@@ -260,6 +340,44 @@ impl<W: Worker> Session<'_, W> {
             }
         }
         Ok(Next::Continue)
+    }
+
+    /// A parity request: the worker writes its dump; `dumped` names it, or the error says why not.
+    fn dump(
+        &mut self,
+        request: &SpeakRequest,
+        voice: &Voice,
+        target: &Path,
+        name: &str,
+    ) -> Result<ServerMessage, ProtocolError> {
+        let written = lock(&self.host.worker).write_dump(request, voice, target);
+        match written {
+            Err(SpeakError::Failed(error)) => return Err(error),
+            Err(SpeakError::Cancelled) => {
+                return Err(ProtocolError::new(
+                    ErrorCode::SynthesisError,
+                    "the worker gave up the dump",
+                ))
+            }
+            Ok(()) => {}
+        }
+        let bytes = std::fs::metadata(target).map(|m| m.len()).map_err(|e| {
+            ProtocolError::new(
+                ErrorCode::SynthesisError,
+                format!("the worker wrote no dump at {}: {e}", target.display()),
+            )
+        })?;
+        if bytes > MAX_DUMP_BYTES {
+            let _ = std::fs::remove_file(target);
+            return Err(ProtocolError::new(
+                ErrorCode::Unsupported,
+                format!("stage dump of {bytes} bytes exceeds the {MAX_DUMP_BYTES}-byte limit"),
+            ));
+        }
+        Ok(ServerMessage::Dumped {
+            path: name.to_owned(),
+            bytes,
+        })
     }
 
     fn speak(&mut self, request: &SpeakRequest, voice: &Voice, encoding: Encoding) -> io::Result<Next> {
@@ -685,7 +803,7 @@ mod tests {
         let inbox = vec![
             start(),
             speak(json!({"forced_codes": vec![[0i64; 16]]})),
-            speak(json!({"dump_path": "d.st"})),
+            speak(json!({"dump_path": "d.safetensors"})),
         ];
         let client = run(Silence { frames: 1 }, inbox, vec![], ServeOptions::default());
         assert_eq!(
@@ -693,17 +811,68 @@ mod tests {
             ["hello", "ready", "error:UNSUPPORTED", "error:UNSUPPORTED"]
         );
 
-        let root = Some(std::path::Path::new("/srv/dumps"));
-        assert!(crate::protocol::resolve_dump_path("../etc/x", root).is_err());
-        assert!(crate::protocol::resolve_dump_path("/etc/x", root).is_err());
+        use crate::protocol::parse_dump_path;
+        for bad in [
+            "../x.safetensors",
+            "/etc/x.safetensors",
+            "a//b.safetensors",
+            "a/./b.safetensors",
+            "c:x.safetensors",
+            "a/b/c/d/e.safetensors",
+            "x.bin",
+            "",
+        ] {
+            assert!(parse_dump_path(&json!(bad)).is_err(), "{bad}");
+        }
         assert_eq!(
-            crate::protocol::resolve_dump_path("a/b.st", root).unwrap(),
-            PathBuf::from("/srv/dumps/a/b.st")
+            parse_dump_path(&json!("run/free.safetensors")).unwrap(),
+            "run/free.safetensors"
         );
+    }
+
+    /// Declares stage dumps; writes a one-tensor dump.
+    struct Dumper;
+
+    impl Worker for Dumper {
+        fn capabilities(&self) -> Vec<Capability> {
+            vec![Capability::StageDumps]
+        }
+        fn implementation(&self) -> Value {
+            json!({"name": "dumper"})
+        }
+        fn speak(
+            &mut self,
+            _: &SpeakRequest,
+            _: &Voice,
+            _: &mut Utterance<'_>,
+        ) -> Result<Spoken, SpeakError> {
+            Err(SpeakError::unsupported("dumps only"))
+        }
+        fn write_dump(&mut self, request: &SpeakRequest, _: &Voice, path: &Path) -> Result<(), SpeakError> {
+            let mut dump =
+                crate::dump::DumpWriter::new(crate::dump::DumpMeta::for_request(request, "dumper", false));
+            dump.f32(crate::dump::key::OUTPUT_WAV, &[1], vec![0.0]).unwrap();
+            dump.write(path).map_err(|e| SpeakError::synthesis(e.0))
+        }
+    }
+
+    #[test]
+    fn a_parity_request_is_answered_with_dumped_under_the_dump_directory() {
+        let dir = std::env::temp_dir().join(format!("qtts-port-kit-dumps-{}", std::process::id()));
+        let options = ServeOptions {
+            dump_dir: Some(dir.clone()),
+        };
+        let inbox = vec![start(), speak(json!({"dump_path": "run/free.safetensors"}))];
+        let client = run(Dumper, inbox, vec![], options);
+        assert_eq!(kinds(&client), ["hello", "ready", "dumped"]);
         assert_eq!(
-            crate::protocol::resolve_dump_path("/tmp/x.st", None).unwrap(),
-            PathBuf::from("/tmp/x.st")
+            client.replies[0]["dump_dir"],
+            dir.canonicalize().unwrap().display().to_string()
         );
+        assert_eq!(client.replies[2]["path"], "run/free.safetensors");
+        let size = std::fs::metadata(dir.join("run/free.safetensors")).unwrap().len();
+        assert_eq!(client.replies[2]["bytes"], size);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
