@@ -9,7 +9,6 @@ Needs cargo: a Rust toolchain is a prerequisite of the README's test command (do
 from __future__ import annotations
 
 import base64
-import dataclasses
 import shlex
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 
 from qtts_eval import fixtures
 from qtts_eval.cli import main
-from qtts_eval.parity.capture import ForcedInputs, HookedReference
+from qtts_eval.parity.capture import HookedReference
 from qtts_eval.parity.compare import compare_dumps
 from qtts_eval.parity.dumps import StageDump, read_dump, write_dump
 from qtts_eval.parity.profiles import profile_for
@@ -94,16 +93,21 @@ def test_replay_passes_every_conformance_rule(
     assert [r.rule for r in results if not r.passed] == [], [r.detail for r in results if not r.passed]
 
 
-def parity_speak(request: Request, name: str, forced: ForcedInputs | None) -> dict[str, Any]:
-    """A parity request as docs/protocol.md defines it: dump_path, and the forced_* fields when forced."""
+def parity_speak(request: Request, name: str, forced: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """A parity request as docs/protocol.md defines it: dump_path, and the forced_* fields when forced
+    (`forced` holds the reference dump's `codes`, `codec_enc.codes` and `spk.embedding`)."""
     message = {**protocol.speak_message(request, True), "dump_path": name}
     if forced is not None:
-        spk = np.ascontiguousarray(forced.spk_embedding, dtype="<f4").tobytes()
-        message["forced_codes"] = forced.codes.tolist()
+        spk = np.ascontiguousarray(forced["spk.embedding"], dtype="<f4").tobytes()
+        message["forced_codes"] = forced["codes"].tolist()
+        message["forced_ref_codes"] = forced["codec_enc.codes"].tolist()
         message["forced_spk_embedding"] = base64.b64encode(spk).decode("ascii")
-        if forced.ref_codes is not None:
-            message["forced_ref_codes"] = forced.ref_codes.tolist()
     return message
+
+
+def forced_inputs(dump: StageDump) -> dict[str, np.ndarray]:
+    """What a teacher-forced candidate receives from the reference dump (docs/parity.md)."""
+    return {key: np.asarray(dump.tensors[key]) for key in ("codes", "codec_enc.codes", "spk.embedding")}
 
 
 @pytest.mark.parametrize("perturb", [None, "talker.logits", "codec_enc.codes"])
@@ -121,7 +125,7 @@ def test_stage_dumps_over_the_wire_pass_or_fail_at_the_perturbed_stage(
         audio = np.concatenate([chunk.samples for chunk in utterance.chunks])
         assert np.array_equal(audio, ref_dump.tensors["output.wav"])  # f32 is exact
         assert np.array_equal(utterance.end.codes, ref_dump.tensors["codes"])
-        for forced in (None, ForcedInputs.from_dump(ref_dump)):
+        for forced in (None, forced_inputs(ref_dump)):
             name = f"run/candidate.{'forced' if forced else 'free'}.safetensors"
             channel.send(parity_speak(request_, name, forced))
             reply = session.next_message()
@@ -141,8 +145,7 @@ def test_replay_refuses_to_force_what_it_cannot_compute(
     try:
         session = RemoteSession(channel, TIMEOUTS)
         session.start(request_.ref_audio, request_.ref_text, Encoding.F32)
-        forced = ForcedInputs.from_dump(reference[0])
-        other = dataclasses.replace(forced, codes=forced.codes + 1)
+        other = {**forced_inputs(reference[0]), "codes": reference[0].tensors["codes"] + 1}
         channel.send(parity_speak(request_, "other.safetensors", other))
         reply = session.next_message()
         assert (reply["type"], reply["code"]) == ("error", "UNSUPPORTED")
