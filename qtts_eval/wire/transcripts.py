@@ -71,13 +71,14 @@ class Message:
         """The message's stdio frame: header, then payload."""
         return protocol.frame(self.kind, self.payload)
 
+    def is_hello(self) -> bool:
+        return self.kind == protocol.KIND_JSON and protocol.loads(self.payload)["type"] == "hello"
+
     def comparable(self) -> bytes:
         """The bytes a replay must reproduce: everything, except the volatile fields of a hello."""
-        if self.kind != protocol.KIND_JSON:
+        if not self.is_hello():
             return self.payload
         message = protocol.loads(self.payload)
-        if message["type"] != "hello":
-            return self.payload
         kept = {k: v for k, v in message.items() if k not in VOLATILE_HELLO_FIELDS}
         return protocol.dumps(kept).encode()
 
