@@ -204,7 +204,9 @@ class Bench:
     def run(self, progress: bool = True) -> pd.DataFrame:
         done = self.store.open_for_resume()
         todo = [cell for cell in self.cells if cell.key not in done]
-        machine = self.store.header()["machine"]
+        # Fingerprinted now, not taken from the run header: a resumed run may continue on another machine
+        # or commit, and each record must say where it was measured (gates refuse mixed segments).
+        machine = environment.fingerprint()
         loaded: dict[str, Pipeline] = {}
         if self.config.speaker_embedder and todo:
             self._embedder = load_embedder(self.config.speaker_embedder, self.config.speaker_embedder_path)
@@ -319,6 +321,7 @@ class Bench:
             env={
                 **machine,
                 **facts,
+                **{f"sampling_{key}": value for key, value in dataclasses.asdict(request.sampling).items()},
                 "fixtures_version": self.fixtures.version,
                 "fixtures_hash": self.fixtures.content_hash,
             },

@@ -1,8 +1,9 @@
 """Results history: every run under a results directory, in time order, with step detection.
 
-A *series* is the runs one can compare: same pipeline, fixture set, machine (GPU and CPU), device, dtype and
-weights (qtts_eval.gates.COMPARABLE_ENV). Step detection runs within a series, never across one, so a new
-machine or dtype is not mistaken for a code change.
+A *series* is the runs one can compare: same pipeline and the same environment identity the gates require
+(qtts_eval.gates.identity: machine, software stack, dtype, attention, streaming settings, weights, the
+candidate's name; the code under test may change). Step detection runs within a series, never across one, so
+a new machine or dtype is not mistaken for a code change.
 
 **Step detection.** For a metric, every boundary between consecutive runs of a series is a candidate:
 the per-request values of up to ``window`` runs before it are pooled, as are those of up to ``window`` runs
@@ -24,7 +25,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from qtts_eval.errors import ResultsError
-from qtts_eval.gates import COMPARABLE_ENV
+from qtts_eval.gates import identity
 from qtts_eval.results import RUN_FILE, RunStore, records_frame
 
 # Columns whose medians the history lists (those present in the records).
@@ -149,11 +150,7 @@ def load_history(root: Path) -> History:
 
 
 def _series_key(pipeline: str, frame: pd.DataFrame) -> str:
-    parts = [pipeline]
-    for column in COMPARABLE_ENV.values():
-        value = _first(frame, column)
-        parts.append("" if value is None else str(value))
-    return "|".join(parts)
+    return "|".join([pipeline, *(f"{column}={value}" for column, value in identity(frame).items())])
 
 
 def history_steps(history: History, metric: str, options: StepOptions = StepOptions()) -> pd.DataFrame:
