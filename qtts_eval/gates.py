@@ -477,17 +477,6 @@ def may_change(column: str, may_differ: Iterable[str] = ()) -> bool:
     )
 
 
-def identity(frame: pd.DataFrame, may_differ: Iterable[str] = ()) -> dict[str, Any]:
-    """The env_ values that must be equal for runs to be compared (first value of each column)."""
-    extra = frozenset(may_differ)
-    values = {column: _distinct(frame, column) for column in env_columns(frame)}
-    return {
-        column: found[0] if found else None
-        for column, found in sorted(values.items())
-        if not may_change(column, extra)
-    }
-
-
 def segment_problem(frame: pd.DataFrame) -> str | None:
     """Why one pipeline's records of a run are not one segment (e.g. resumed on another machine), or None."""
     for column in env_columns(frame):
