@@ -240,9 +240,9 @@ class Bench:
         return load_run(self.store.directory)
 
     def _load(self, name: str) -> Pipeline:
-        scoped = pipeline_options.scope(
-            self.config.options, {name: pipelines.pipeline_class(name).options_schema}
-        )
+        # Scoped against every pipeline of the run: a key scoped to another one is theirs, not an error.
+        schemas = {other: pipelines.pipeline_class(other).options_schema for other in self.config.pipelines}
+        scoped = pipeline_options.scope(self.config.options, schemas)
         config = PipelineConfig(
             model=self.config.model,
             device=self.config.device,

@@ -168,9 +168,7 @@ def test_pytest_plugin_makes_one_item_per_gate(runs: dict[str, Path], gates_file
 
 
 @pytest.mark.slow
-def test_one_fixture_slowdown_on_the_real_reference_fails_only_its_group(
-    tiny_reference: Any, tmp_path: Path
-) -> None:
+def test_one_fixture_slowdown_on_the_real_reference_fails_only_its_group(tmp_path: Path) -> None:
     """30 % per-frame delay on en_one_word only. The slowed and the unchanged reference run interleaved in one
     bench run (A, B, A, B per cell), so machine load drifts onto both alike; each becomes one side."""
     from qtts_eval import pipelines
