@@ -4,11 +4,11 @@
 
 A baseline run, then ``--reruns`` unchanged re-runs and ``--slowed-runs`` runs per planted slowdown, all
 of the official reference on the tiny checkpoint (CPU, x-vector mode, a few fixtures). The slowdown is a
-per-frame delay on one fixture only, added by ``SlowedReference``: the reference pipeline with a forward
-hook on the talker that sleeps in every talker step of the chosen text (registered at run time; qwen-tts is
-untouched).
-Every gate variant is evaluated on every run against the baseline; a false alarm is a no-change run in which
-any group of the gate failed, a detection is a slowed run in which the slowed fixture's group failed.
+per-frame delay on one fixture only, added by ``SlowedReference``: the reference pipeline with forward hooks
+on the talker that sleep, after every talker step of the chosen text, the planted share of that step's time
+(registered at run time; qwen-tts is untouched). Every gate variant is evaluated on every run against the
+baseline; a false alarm is a no-change run in which any group of the gate failed, a detection is a slowed
+run in which the slowed fixture's group failed.
 
 Also imported by tests/test_gates.py for the one-fixture slowdown test.
 """
@@ -38,12 +38,18 @@ SLOWED = "slowed-reference"  # registry name of SlowedReference
 class SlowedOptions(ReferenceOptions):
     """The reference's options, plus the planted delay (kept out of describe(): the run looks unchanged)."""
 
-    frame_delay_ms: float = 0.0  # sleep in every talker forward pass (prefill and each frame) ...
-    slow_text: str = ""  # ... of requests with exactly this text; "" slows nothing
+    slowdown: float = (
+        0.0  # after every talker forward pass (prefill and each frame), sleep this share of it ...
+    )
+    slow_text: str = ""  # ... in requests with exactly this text; "" slows nothing
 
 
 class SlowedReference(ReferencePipeline):
-    """The official reference with a per-frame delay on one text: a planted, known regression."""
+    """The official reference with a per-frame delay on one text: a planted, known regression.
+
+    The delay is a share of each talker step's own time, so the slowdown stays the planted fraction of the
+    generation however busy the machine is (a fixed delay in ms vanishes when a loaded CPU runs 10x slower).
+    """
 
     options_schema = SlowedOptions
     options: SlowedOptions
@@ -51,11 +57,17 @@ class SlowedReference(ReferencePipeline):
     def load(self) -> None:
         super().load()
         self._slow = False
-        self.model.model.talker.register_forward_hook(self._delay)
+        self._step_began = 0.0
+        talker = self.model.model.talker
+        talker.register_forward_pre_hook(self._begin)
+        talker.register_forward_hook(self._delay)
+
+    def _begin(self, *_: Any) -> None:
+        self._step_began = time.perf_counter()
 
     def _delay(self, *_: Any) -> None:
         if self._slow:
-            time.sleep(self.options.frame_delay_ms / 1000)
+            time.sleep(self.options.slowdown * (time.perf_counter() - self._step_began))
 
     def stream(self, request: Request) -> Any:
         self._slow = bool(self.options.slow_text) and request.text == self.options.slow_text
@@ -80,7 +92,7 @@ GATE_VARIANTS = tuple(
 )
 
 
-def config(repeats: int, delay_ms: float = 0.0, slow_text: str = "") -> BenchConfig:
+def config(repeats: int, slowdown: float = 0.0, slow_text: str = "") -> BenchConfig:
     return BenchConfig(
         pipelines=(SLOWED,),
         fixtures=FIXTURES,
@@ -88,7 +100,7 @@ def config(repeats: int, delay_ms: float = 0.0, slow_text: str = "") -> BenchCon
         repeats=repeats,
         warmup=1,
         speaker_embedder=None,  # only timing is gated here
-        options={"frame_delay_ms": delay_ms, "slow_text": slow_text},
+        options={"slowdown": slowdown, "slow_text": slow_text},
     )
 
 
@@ -122,14 +134,12 @@ def main() -> None:
     load_before = os.getloadavg()
     began = time.monotonic()
     baseline = Bench.create(config(args.repeats), args.results, f"{stamp}-baseline").run(progress=False)
-    slow_rows = baseline[baseline["fixture_id"] == SLOW_FIXTURE]
-    frame_ms = float((slow_rows["wall_s"] / slow_rows["frames_generated"]).median() * 1000)
     runs: list[dict[str, Any]] = []
     plan = [(0.0, f"rerun{i}") for i in range(args.reruns)]
     for fraction in (float(f) for f in args.slowdowns.split(",")):
         plan += [(fraction, f"slow{fraction:g}-{i}") for i in range(args.slowed_runs)]
     for fraction, name in plan:
-        cfg = config(args.repeats, fraction * frame_ms, slow_text if fraction else "")
+        cfg = config(args.repeats, fraction, slow_text if fraction else "")
         frame = Bench.create(cfg, args.results, f"{stamp}-{name}").run(progress=False)
         failed = _failed_groups(frame, baseline)
         runs.append({"run": name, "slowdown": fraction, "failed": failed, "loadavg_1m": os.getloadavg()[0]})
@@ -152,7 +162,6 @@ def main() -> None:
         "fixtures": FIXTURES,
         "slow_fixture": SLOW_FIXTURE,
         "repeats": args.repeats,
-        "frame_ms": frame_ms,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),

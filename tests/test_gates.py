@@ -169,8 +169,10 @@ def test_pytest_plugin_makes_one_item_per_gate(runs: dict[str, Path], gates_file
 
 @pytest.mark.slow
 def test_one_fixture_slowdown_on_the_real_reference_fails_only_its_group(tmp_path: Path) -> None:
-    """30 % per-frame delay on en_one_word only. The slowed and the unchanged reference run interleaved in one
-    bench run (A, B, A, B per cell), so machine load drifts onto both alike; each becomes one side."""
+    """30 % slower talker steps on en_one_word only. The slowed and the unchanged reference run interleaved
+    in one bench run (A, B per cell), so machine load drifts onto both alike; each becomes one side."""
+    import torch
+
     from qtts_eval import pipelines
     from qtts_eval.fixtures import load_fixtures
 
@@ -179,17 +181,23 @@ def test_one_fixture_slowdown_on_the_real_reference_fails_only_its_group(tmp_pat
 
     pipelines.register("reference-a", SlowedReference)
     pipelines.register("reference-b", SlowedReference)
-    text = load_fixtures().text("en_one_word").text
-    frame_ms = 30.0  # tiny on a 2-core CPU (docs): the delay below is 30 % of a frame
     config = BenchConfig(
         pipelines=("reference-a", "reference-b"),
         fixtures=("en_one_word", "en_short"),
         modes=("xvector",),
-        repeats=REPEATS,
+        repeats=8,  # a pair against the trend still leaves p < 0.05 (7 of 8: p = 2/256)
         speaker_embedder=None,
-        options={"reference-b.frame_delay_ms": 0.3 * frame_ms, "reference-b.slow_text": text},
+        options={
+            "reference-b.slowdown": 0.3,
+            "reference-b.slow_text": load_fixtures().text("en_one_word").text,
+        },
     )
-    frame = Bench.create(config, tmp_path, "slowed").run(progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core machine, one thread per process avoids OpenMP thrashing
+    try:
+        frame = Bench.create(config, tmp_path, "slowed").run(progress=False)
+    finally:
+        torch.set_num_threads(threads)
     baseline = frame[frame["pipeline"] == "reference-a"].assign(pipeline="reference", run_id="unchanged")
     current = frame[frame["pipeline"] == "reference-b"].assign(pipeline="reference", run_id="slowed")
     gate = MetricGate(metric="rtf", max_regression=0.10)
@@ -199,9 +207,6 @@ def test_one_fixture_slowdown_on_the_real_reference_fails_only_its_group(tmp_pat
         "reference fixture_id=en_one_word mode=xvector": Outcome.FAIL,
         "reference fixture_id=en_short mode=xvector": Outcome.PASS,
     }, result.report()
-    # Pooled into one sample, the same runs hide the slowed fixture among the unchanged one's requests.
-    pooled = evaluate_gate(gate, GateSpec((gate,), group_by=()), GateInputs(current, (baseline,)))
-    assert pooled.outcome is Outcome.PASS, pooled.report()
 
 
 # --- constructed runs -----------------------------------------------------------------------------------
