@@ -178,6 +178,15 @@ def test_conformance_detail_names_what_is_missing_or_differs() -> None:
     assert results["audio-pcm16"] is Verdict.NOT_APPLICABLE  # nothing reproducible to compare pcm16 with
 
 
+def test_check_worker_exits_1_on_a_failed_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    from qtts_eval.cli import main
+
+    command = " ".join([*FAULTY, "--fault", "no-synthetic"])
+    assert main(["check-worker", command, "--frames", str(FRAMES), "--timeout", str(TIMEOUT_S)]) == 1
+    out = capsys.readouterr().out
+    assert "first failing rule: hello" in out and "not applicable (not checked): codes-decode" in out
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint() -> str:
     from qtts_eval import checkpoints
