@@ -210,7 +210,9 @@ class Bench:
 
     def run(self, progress: bool = True) -> pd.DataFrame:
         todo = self.todo()
-        machine = self.store.header()["machine"]
+        # Fingerprinted now, not taken from the run header: a resumed run may continue on another machine
+        # or commit, and each record must say where it was measured (gates refuse mixed segments).
+        machine = environment.fingerprint()
         with self.measuring({cell.pipeline for cell in todo}) as measure_cell:
             for cell in tqdm(todo, desc=f"bench {self.run_id}", disable=not progress, file=sys.stderr):
                 self.store.append(measure_cell(cell, machine))
@@ -260,11 +262,9 @@ class Bench:
         return load_run(self.store.directory)
 
     def _load(self, name: str) -> Pipeline:
-        # Scoped over the whole run: a key meant for another pipeline of the run is not an error here.
-        scoped = pipeline_options.scope(
-            self.config.options,
-            {other: pipelines.pipeline_class(other).options_schema for other in self.config.pipelines},
-        )
+        # Scoped against every pipeline of the run: a key scoped to another one is theirs, not an error.
+        schemas = {other: pipelines.pipeline_class(other).options_schema for other in self.config.pipelines}
+        scoped = pipeline_options.scope(self.config.options, schemas)
         config = PipelineConfig(
             model=self.config.model,
             device=self.config.device,
@@ -343,6 +343,7 @@ class Bench:
             env={
                 **machine,
                 **facts,
+                **{f"sampling_{key}": value for key, value in dataclasses.asdict(request.sampling).items()},
                 "fixtures_version": self.fixtures.version,
                 "fixtures_hash": self.fixtures.content_hash,
             },

@@ -1,8 +1,10 @@
 """Results history: every run under a results directory, in time order, with step detection.
 
-A *series* is the runs one can compare: same pipeline, fixture set, machine (GPU and CPU), device, dtype and
-weights (qtts_eval.gates.COMPARABLE_ENV). Step detection runs within a series, never across one, so a new
-machine or dtype is not mistaken for a code change.
+A *series* is the runs of one pipeline on one machine and model: same fixture set, GPU, CPU, device, dtype
+and weights (SERIES_ENV). Step detection runs within a series, never across one, so a new machine or dtype
+is not mistaken for a code change. (Gates are stricter: they compare two runs only when their whole
+environment and work agree, qtts_eval.gates.comparability_problem; a history shows a pipeline's options
+changing as steps within its series.)
 
 **Step detection.** For a metric, every boundary between consecutive runs of a series is a candidate:
 the per-request values of up to ``window`` runs before it are pooled, as are those of up to ``window`` runs
@@ -24,11 +26,20 @@ import numpy.typing as npt
 import pandas as pd
 
 from qtts_eval.errors import ResultsError
-from qtts_eval.gates import COMPARABLE_ENV
+from qtts_eval.gates import segment_problem
 from qtts_eval.results import RUN_FILE, RunStore, records_frame
 
 # Columns whose medians the history lists (those present in the records).
 KEY_METRICS = ("first_byte_s", "rtf", "wall_s", "peak_mem_bytes", "speaker_sim")
+# Environment columns whose values define a series.
+SERIES_ENV = (
+    "env_fixtures_hash",
+    "env_gpu_name",
+    "env_cpu",
+    "env_device",
+    "env_dtype",
+    "env_weights_hash",
+)
 MIN_WINDOW_SAMPLES = 4  # per side: fewer and Mann-Whitney cannot reach p < 0.05 (4 vs 4: p = 1/70 one-sided)
 
 
@@ -134,6 +145,8 @@ def load_history(root: Path) -> History:
                 "pipeline": pipeline,
                 "n": len(ok),
                 "errors": len(group) - len(ok),
+                # Resumed on another machine or commit: its records are not one segment (gates refuse it).
+                "mixed": segment_problem(group) is not None,
                 "series": series,
                 "path": str(directory),
             }
@@ -150,7 +163,7 @@ def load_history(root: Path) -> History:
 
 def _series_key(pipeline: str, frame: pd.DataFrame) -> str:
     parts = [pipeline]
-    for column in COMPARABLE_ENV.values():
+    for column in SERIES_ENV:
         value = _first(frame, column)
         parts.append("" if value is None else str(value))
     return "|".join(parts)

@@ -3,8 +3,9 @@
     pytest results/baselines/gates.toml --qtts-current results/<run> --qtts-baseline results/baselines/<run>
 
 Files named ``gates*.toml`` are collected when pytest is pointed at them (or at a directory holding them).
-A failing gate's message names the metric, baseline, current value and change; a refused comparison fails
-too (a CI gate that silently compares nothing is worse than a red build); a quality metric on synthetic
+A gate is one item; its failure message names the failing groups (pipeline, fixture, mode), then lists every
+group with metric, baseline, current value, change and p-value; a refused comparison fails too (a CI gate
+that silently compares nothing is worse than a red build); a quality metric on synthetic
 weights is skipped with the reason. Everything heavy is imported lazily: this module loads in every pytest
 session of an environment where qtts-eval is installed.
 """
@@ -89,7 +90,7 @@ class GateItem(pytest.Item):
         if result.outcome is Outcome.NOT_GATED:
             pytest.skip(result.message)
         if result.outcome is not Outcome.PASS:
-            pytest.fail(f"{result.outcome.value.upper()}: {result.message}", pytrace=False)
+            pytest.fail(f"{result.outcome.value.upper()}: {result.report()}", pytrace=False)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"gate {self.name}"

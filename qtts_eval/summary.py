@@ -16,14 +16,20 @@ PERCENTILES = (50.0, 95.0, 99.0)
 
 
 def latency_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per pipeline and metric: p50/p95/p99 over ok requests, each with a bootstrap 95 % interval."""
+    """Per pipeline and metric: p50/p95/p99 over ok requests, each with a bootstrap 95 % interval, and the
+    pipeline's failed requests beside them (latency over the survivors alone would flatter a failing one)."""
     ok = frame[frame["status"] == "ok"]
+    errors = frame[frame["status"] != "ok"].groupby("pipeline").size()
     rows = []
     for pipeline, group in ok.groupby("pipeline"):
         for metric in LATENCY_METRICS:
             if metric not in group or group[metric].isna().all():
                 continue
-            row: dict[str, Any] = {"pipeline": pipeline, "metric": metric}
+            row: dict[str, Any] = {
+                "pipeline": pipeline,
+                "metric": metric,
+                "errors": int(errors.get(pipeline, 0)),
+            }
             for q in PERCENTILES:
                 p = percentile_ci(group[metric].dropna().tolist(), q)
                 row[f"p{q:g}"], row[f"p{q:g}_low"], row[f"p{q:g}_high"], row["n"] = (
@@ -62,12 +68,13 @@ def _median_mib(values: pd.Series) -> float:
 
 
 def summarise(frame: pd.DataFrame, by: Sequence[str] = ("pipeline", "fixture_id")) -> pd.DataFrame:
-    """Per-group medians of the core metrics, plus request and error counts."""
+    """Per-group request and error counts beside the medians of the core metrics (latency first)."""
     keys = list(by)
     ok = frame[frame["status"] == "ok"]
     counts = frame.groupby(keys).agg(requests=("status", "size"))
     counts["errors"] = frame[frame["status"] != "ok"].groupby(keys).size()
     medians = ok.groupby(keys).agg(
+        first_byte_s=("first_byte_s", "median"),
         wall_s=("wall_s", "median"),
         audio_s=("audio_seconds", "median"),
         rtf=("rtf", "median"),

@@ -99,3 +99,11 @@ def test_cli_lists_runs_and_marks_the_step(tmp_path: Path, capsys: pytest.Captur
     marked = [line for line in lines if "rtf +" in line]
     assert len(marked) == 1 and marked[0].split()[0] == "run03", lines
     assert main(["history", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_run_resumed_on_another_machine_is_marked_mixed(tmp_path: Path) -> None:
+    root = _history(tmp_path, [1.0, 1.0], ["cpu-a"] * 2)
+    records = root / "run01" / "records.jsonl"
+    lines = records.read_text().splitlines(keepends=True)
+    records.write_text("".join(lines[:3] + [line.replace('"cpu-a"', '"cpu-b"') for line in lines[3:]]))
+    assert list(load_history(root).runs["mixed"]) == [False, True]

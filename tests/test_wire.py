@@ -24,7 +24,7 @@ from qtts_eval.measure import measure
 from qtts_eval.metrics.latency import ChunkTiming, playback_underruns
 from qtts_eval.pipelines.base import CloneMode, Pipeline, PipelineConfig, Request
 from qtts_eval.wire.client import collect
-from qtts_eval.wire.conformance import CheckOptions, check_target
+from qtts_eval.wire.conformance import CheckOptions, RuleResult, Verdict, check_target, format_table
 from qtts_eval.wire.load import LoadOptions, LoadRunner, summarise
 
 FAULTY = [sys.executable, "-m", "qtts_eval.wire.faulty_worker"]
@@ -132,24 +132,80 @@ def test_bench_records_a_crash_as_error_and_keeps_earlier_records(tmp_path: Path
     assert frame["frames_generated"].iloc[0] > 0
 
 
+def _verdicts(results: list[RuleResult]) -> dict[str, Verdict]:
+    return {result.rule: result.verdict for result in results}
+
+
 def test_conformance_passes_a_correct_worker_and_websocket_server() -> None:
     options = CheckOptions(frames=FRAMES)
-    results = check_target(" ".join(FAULTY), options)
-    assert all(r.passed for r in results), [r for r in results if not r.passed]
+    runs = [_verdicts(check_target(" ".join(FAULTY), options))]
     for url in _serve([*FAULTY, "--websocket"]):
-        results = check_target(url, options)
-        assert all(r.passed for r in results), [r for r in results if not r.passed]
+        runs.append(_verdicts(check_target(url, options)))
+    for verdicts in runs:
+        # A tone's codes decode to nothing it sent, and "tone" names no checkpoint: not checked, not passed.
+        assert verdicts.pop("codes-decode") is Verdict.NOT_APPLICABLE
+        assert set(verdicts.values()) == {Verdict.PASS}, verdicts
 
 
-@pytest.mark.parametrize(("fault", "rule"), [("wrong-samples", "audio-f32"), ("nan", "audio-f32")])
+@pytest.mark.parametrize(
+    ("fault", "rule"),
+    [
+        ("wrong-samples", "audio-f32"),
+        ("nan", "audio-f32"),
+        ("no-synthetic", "hello"),
+        ("nondeterministic", "determinism"),
+        ("no-busy", "busy"),
+    ],
+)
 def test_conformance_fails_a_broken_worker_at_the_right_rule(fault: str, rule: str) -> None:
     from qtts_eval.wire.client import Timeouts
 
     options = CheckOptions(frames=FRAMES, timeouts=Timeouts(start_s=60, message_s=TIMEOUT_S))
     results = check_target(" ".join([*FAULTY, "--fault", fault]), options)
-    first = next(r for r in results if not r.passed)
-    assert first.rule == rule
-    assert next(r for r in results if r.rule == "hello").passed
+    failed = [r.rule for r in results if r.failed]
+    assert failed[0] == rule, format_table(results)
+    if fault not in ("wrong-samples", "nan"):  # those break every later utterance too (cancel speaks again)
+        assert failed == [rule], format_table(results)
+
+
+def test_conformance_detail_names_what_is_missing_or_differs() -> None:
+    from qtts_eval.wire.client import Timeouts
+
+    options = CheckOptions(frames=FRAMES, timeouts=Timeouts(start_s=60, message_s=TIMEOUT_S))
+    hello = check_target(" ".join([*FAULTY, "--fault", "no-synthetic"]), options)[0]
+    assert "synthetic (bool) missing" in hello.detail
+    results = _verdicts(check_target(" ".join([*FAULTY, "--fault", "nondeterministic"]), options))
+    assert results["audio-pcm16"] is Verdict.NOT_APPLICABLE  # nothing reproducible to compare pcm16 with
+
+
+def test_check_worker_exits_1_on_a_failed_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    from qtts_eval.cli import main
+
+    command = " ".join([*FAULTY, "--fault", "no-synthetic"])
+    assert main(["check-worker", command, "--frames", str(FRAMES), "--timeout", str(TIMEOUT_S)]) == 1
+    out = capsys.readouterr().out
+    assert "first failing rule: hello" in out and "not applicable (not checked): codes-decode" in out
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint() -> str:
+    from qtts_eval import checkpoints
+
+    checkpoints.resolve("tiny")  # built into the session cache before a worker process looks for it
+    return "tiny"
+
+
+@pytest.mark.slow
+def test_conformance_decodes_codes_with_the_reference_codec(tiny_checkpoint: str) -> None:
+    options = CheckOptions(frames=FRAMES)
+    worker = [*FAULTY, "--codec", tiny_checkpoint]
+    healthy = check_target(" ".join(worker), options)
+    assert not any(r.failed for r in healthy), format_table(healthy)
+    decode = next(r for r in healthy if r.rule == "codes-decode")
+    assert decode.verdict is Verdict.PASS and "reference codec of tiny" in decode.detail
+    mismatched = check_target(" ".join([*worker, "--fault", "codes-mismatch"]), options)
+    assert [r.rule for r in mismatched if r.failed] == ["codes-decode"], format_table(mismatched)
+    assert "not the decode of the returned codes" in mismatched[5].detail
 
 
 def test_underrun_simulation_counts_late_chunks() -> None:
@@ -242,5 +298,5 @@ def test_bench_over_websocket_records_like_in_process(tiny_reference, reference_
 @pytest.mark.slow
 def test_conformance_passes_the_reference_server(reference_url) -> None:
     results = check_target(reference_url, CheckOptions(frames=3))
-    assert all(r.passed for r in results), [r for r in results if not r.passed]
+    assert set(_verdicts(results).values()) == {Verdict.PASS}, format_table(results)  # codes decoded too
     assert np.all([r.detail for r in results])

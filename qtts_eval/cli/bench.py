@@ -1,4 +1,8 @@
-"""`qtts-eval bench`: run the benchmark matrix, print a per-fixture summary, write a results run."""
+"""`qtts-eval bench`: run the benchmark matrix, print a per-fixture summary, write a results run.
+
+Exit codes: 0 every request ended ok, 1 the run finished but at least one request did not (status error or
+unsupported; the records say why), 2 bad input (nothing was run).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from qtts_eval.pipelines.base import CloneMode, Sampling
 from qtts_eval.summary import latency_table, memory_drift, steady_state, summarise
 
 _DEFAULTS = BenchConfig()
+EXIT_REQUESTS_FAILED = 1  # the run completed, but some requests failed: a candidate that fails is not a pass
 
 
 def add_parser(commands: Any) -> None:
@@ -147,7 +152,7 @@ def _latency_text(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for row in table.to_dict(orient="records"):
         scale, digits = (1.0, 3) if row["metric"] == "rtf" else (1000.0, 1)
-        cells = {"pipeline": row["pipeline"], "metric": row["metric"], "n": row["n"]}
+        cells = {"pipeline": row["pipeline"], "metric": row["metric"], "n": row["n"], "errors": row["errors"]}
         for q in ("50", "95", "99"):
             p = Percentile(float(q), row[f"p{q}"], row[f"p{q}_low"], row[f"p{q}_high"], row["n"])
             cells[f"p{q}"] = format_percentile(p, scale, digits)
@@ -200,4 +205,4 @@ def run(args: argparse.Namespace) -> int:
         )
     failed = int((frame["status"] != "ok").sum()) if len(frame) else 0
     print(f"\n{len(frame)} records, {failed} not ok -> {bench.store.directory}")
-    return 0
+    return EXIT_REQUESTS_FAILED if failed else 0

@@ -1,4 +1,8 @@
-"""`qtts-eval check-worker CMD|URL`: the protocol conformance kit; prints a pass/fail table per rule."""
+"""`qtts-eval check-worker CMD|URL`: the protocol conformance kit; prints a pass/FAIL/n/a table per rule.
+
+Exit codes: 0 no rule failed (rules marked n/a had nothing to compare and say why), 1 a rule failed,
+2 bad input.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,11 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--mode", default=_DEFAULTS.mode.value, choices=[m.value for m in CloneMode])
     parser.add_argument("--voice", default=_DEFAULTS.voice, help="fixture voice to upload")
     parser.add_argument(
+        "--model",
+        help="checkpoint the candidate serves, whose reference codec decodes its codes (default: the "
+        "model_ref of its hello, when its weights hash matches)",
+    )
+    parser.add_argument(
         "--start-timeout", type=float, default=_DEFAULTS.timeouts.start_s, help="seconds to wait for hello"
     )
     parser.add_argument(
@@ -36,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
         frames=args.frames,
         mode=CloneMode(args.mode),
         voice=args.voice,
+        model=args.model,
         timeouts=Timeouts(start_s=args.start_timeout, message_s=args.timeout),
     )
     results = check_target(args.target, options)
     print(format_table(results))
-    return 0 if all(result.passed for result in results) else 1
+    return 1 if any(result.failed for result in results) else 0

@@ -1,7 +1,9 @@
 """`qtts-eval gate`: evaluate a gates file against a run and its baseline(s); the exit code is the verdict.
 
-Exit codes: 0 every gate passed (quality gates on synthetic weights are reported as not gated), 1 a gate
-failed (a regression), 3 no gate failed but one was refused (runs not comparable, no baseline, too few
+Every metric and error gate is evaluated per group (pipeline, fixture and mode by default) and prints a
+run-level line, then one line per group. Exit codes: 0 every gate passed (quality gates on synthetic weights
+are reported as not gated), 1 a gate failed in some group (a regression, or too many failed requests),
+3 no gate failed but one was refused (runs not comparable or mixing segments, no baseline, too few paired
 requests), 2 bad input (unreadable gates file or run).
 """
 
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     spec = load_gates(args.gates)
     results = evaluate(spec, load_inputs(args.current, args.baseline, args.parity))
     for result in results:
-        print(f"{result.outcome.value.upper():9s} {result.message}")
+        print(f"{result.outcome.value.upper():9s} {result.report()}")
     outcomes = {result.outcome for result in results}
     counts = ", ".join(f"{sum(r.outcome is o for r in results)} {o.value}" for o in Outcome)
     print(f"\n{len(results)} gates: {counts}")

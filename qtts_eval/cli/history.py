@@ -22,6 +22,8 @@ _SHOWN = [
     "dtype",
     "pipeline",
     "n",
+    "errors",
+    "mixed",
 ]
 
 

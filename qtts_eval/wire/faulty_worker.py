@@ -2,9 +2,12 @@
 
     python -m qtts_eval.wire.faulty_worker --fault hang             # stdio worker
     python -m qtts_eval.wire.faulty_worker --fault close --websocket  # WebSocket server on a free port
+    python -m qtts_eval.wire.faulty_worker --codec tiny --fault codes-mismatch
 
 It runs the suite's own protocol engine (qtts_eval.wire.server) over a tone generator instead of a model, so
-with ``--fault none`` it is a correct, fast candidate, and each fault differs from it in exactly one way:
+with ``--fault none`` it is a correct, fast candidate, and each fault differs from it in exactly one way.
+Its codes are a fixed pattern of the seed; with ``--codec MODEL`` its audio is their decode by the reference
+codec of that checkpoint (a candidate whose codes and audio agree), otherwise a tone.
 
   crash          the process exits (code 3) after the first audio frame
   hang           generation stops after the first audio frame; the process stays alive and silent
@@ -13,6 +16,10 @@ with ``--fault none`` it is a correct, fast candidate, and each fault differs fr
   bad-frame      (stdio) a frame header with an unknown kind byte replaces the first audio frame
   wrong-samples  every frame carries 1900 samples instead of 1920
   nan            the second audio frame holds NaN samples
+  no-synthetic   hello.implementation does not say whether the weights are synthetic
+  nondeterministic  every utterance's codes and audio are shifted by its index: the same request differs
+  codes-mismatch the codes returned are not the codes the audio was decoded from (use with --codec)
+  no-busy        a speak during an utterance is ignored instead of refused with BUSY
 """
 
 from __future__ import annotations
@@ -37,8 +44,10 @@ from qtts_eval.pipelines.base import (
     StreamEnd,
 )
 from qtts_eval.pipelines.calibration import tone
+from qtts_eval.pipelines.codec import ReferenceCodec
 from qtts_eval.units import CODEBOOKS, SAMPLES_PER_FRAME
 from qtts_eval.wire import protocol
+from qtts_eval.wire.protocol import ErrorCode
 from qtts_eval.wire.server import (
     Host,
     StdioTransport,
@@ -50,6 +59,8 @@ from qtts_eval.wire.server import (
 
 CRASH_EXIT_CODE = 3
 SHORT_FRAME_SAMPLES = 1900  # the wrong-samples fault's frame length (20 short of SAMPLES_PER_FRAME)
+CODEBOOK_SIZE = 2048  # codes per codebook of the 12 Hz codec (every preset): the worker's codes stay in range
+TONE_SHIFT_SAMPLES = 100  # the nondeterministic fault starts each utterance's tone this much later
 
 
 class Fault(str, enum.Enum):
@@ -61,43 +72,70 @@ class Fault(str, enum.Enum):
     BAD_FRAME = "bad-frame"
     WRONG_SAMPLES = "wrong-samples"
     NAN = "nan"
+    NO_SYNTHETIC = "no-synthetic"
+    NONDETERMINISTIC = "nondeterministic"
+    CODES_MISMATCH = "codes-mismatch"
+    NO_BUSY = "no-busy"
 
 
 class TonePipeline(Pipeline):
-    """One tone frame per codec frame, paced like a model; codes are the frame index in every codebook."""
+    """One audio frame per codec frame, paced like a model; codes are a fixed pattern of the request seed."""
 
     capabilities = frozenset({Capability.SEEDED_SAMPLING})
 
-    def __init__(self, fault: Fault, frame_delay_s: float, healthy_utterances: int) -> None:
-        super().__init__(PipelineConfig(model="tone"))
+    def __init__(
+        self, fault: Fault, frame_delay_s: float, healthy_utterances: int, codec_model: str | None = None
+    ) -> None:
+        super().__init__(PipelineConfig(model=codec_model or "tone"))
         self.fault = fault
         self.frame_delay_s = frame_delay_s
         self.healthy_utterances = healthy_utterances  # utterances served correctly before the fault strikes
+        self.codec_model = codec_model  # checkpoint whose reference codec turns the codes into audio
+        self.codec: ReferenceCodec | None = None
+        self.utterances = 0  # served so far (the nondeterministic fault shifts each by its index)
 
     def load(self) -> None:
-        """Nothing to load."""
+        if self.codec_model is not None:
+            self.codec = ReferenceCodec(self.codec_model)
 
     def describe(self) -> dict[str, object]:
-        return {**super().describe(), "synthetic": True, "fault": self.fault.value}
+        facts = {
+            **super().describe(),
+            "synthetic": True,
+            "weights_hash": self.codec.weights_hash if self.codec else "none (tone generator)",
+            "fault": self.fault.value,
+        }
+        if self.fault is Fault.NO_SYNTHETIC:
+            del facts["synthetic"]
+        return facts
 
     def stream(self, request: Request) -> Iterator[Event]:
+        fault = self.fault
         if self.healthy_utterances > 0:
             self.healthy_utterances -= 1
-            yield from TonePipeline(Fault.NONE, self.frame_delay_s, 0).stream(request)
-            return
+            fault = Fault.NONE
+        self.utterances += 1
+        shift = self.utterances if fault is Fault.NONDETERMINISTIC else 0
         frames = request.max_frames
-        length = SHORT_FRAME_SAMPLES if self.fault is Fault.WRONG_SAMPLES else SAMPLES_PER_FRAME
+        pattern = np.arange(frames)[:, None] * 7 + np.arange(CODEBOOKS)[None, :] * 131 + request.seed + shift
+        codes = pattern % CODEBOOK_SIZE
+        decoded = self.codec.decode(codes) if self.codec else None
+        length = SHORT_FRAME_SAMPLES if fault is Fault.WRONG_SAMPLES else SAMPLES_PER_FRAME
         for index in range(frames):
             time.sleep(self.frame_delay_s)
-            samples = tone(length, index * length)
-            if self.fault is Fault.NAN and index == 1:
+            if decoded is not None:
+                samples = decoded[index * SAMPLES_PER_FRAME : (index + 1) * SAMPLES_PER_FRAME].copy()
+            else:
+                samples = tone(length, index * length + shift * TONE_SHIFT_SAMPLES)
+            if fault is Fault.NAN and index == 1:
                 samples[::7] = np.nan
             yield AudioChunk(samples, time.monotonic_ns())
-            if self.fault is Fault.CRASH:
+            if fault is Fault.CRASH:
                 os._exit(CRASH_EXIT_CODE)
-            if self.fault is Fault.HANG:
+            if fault is Fault.HANG:
                 threading.Event().wait()
-        codes = np.tile(np.arange(frames)[:, None], (1, CODEBOOKS))
+        if fault is Fault.CODES_MISMATCH:
+            codes = (codes + 1) % CODEBOOK_SIZE
         yield StreamEnd(frames_generated=frames, codes=codes)
 
 
@@ -113,6 +151,8 @@ class FaultyTransport(Transport):
         return await self.inner.receive()
 
     async def send_text(self, text: str) -> None:
+        if self.fault is Fault.NO_BUSY and protocol.loads(text).get("code") == ErrorCode.BUSY.value:
+            return  # the speak that arrived mid-utterance is silently dropped
         await self.inner.send_text(text)
 
     async def send_binary(self, data: bytes) -> None:
@@ -137,8 +177,10 @@ def main() -> None:
     parser.add_argument("--frame-delay-ms", type=float, default=20.0, help="pause before each frame")
     parser.add_argument("--after", type=int, default=0, help="utterances served correctly before the fault")
     parser.add_argument("--websocket", action="store_true", help="serve WebSocket on a free loopback port")
+    parser.add_argument("--codec", metavar="MODEL", help="send the reference codec's decode of the codes")
     args = parser.parse_args()
-    pipeline = TonePipeline(args.fault, args.frame_delay_ms / 1000, args.after)
+    pipeline = TonePipeline(args.fault, args.frame_delay_ms / 1000, args.after, args.codec)
+    pipeline.load()
     host = Host(pipeline, "faulty")
 
     def wrap(transport: Transport) -> Transport:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from qtts_eval.environment import package_version
 from qtts_eval.errors import ProtocolError, RequestError
 from qtts_eval.pipelines.base import AudioChunk, Mark, Pipeline, Request, StreamEnd, UnsupportedRequest
 from qtts_eval.units import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
@@ -46,7 +47,13 @@ class Host:
             "type": "hello",
             "protocol": protocol.PROTOCOL_VERSION,
             "capabilities": sorted(c.value for c in self.pipeline.capabilities),
-            "implementation": {"pipeline": self.name, **self.pipeline.describe()},
+            # name and version identify the server; a pipeline's own description may override them.
+            "implementation": {
+                "name": f"qtts-eval {self.name}",
+                "version": package_version("qtts-eval") or "unreleased",
+                "pipeline": self.name,
+                **self.pipeline.describe(),
+            },
             "pid": os.getpid(),
         }
 
