@@ -19,8 +19,10 @@ def add_parser(commands: Any) -> None:
         "parity",
         help="compare a candidate with the reference, stage by stage",
         description="CANDIDATE is 'reference' (the official package again, e.g. with --candidate-dtype), "
-        "'fault:NAME' (a planted fault), a registered pipeline declaring stage_dumps, or a .safetensors dump "
-        "written by a port (with --forced-dump for its teacher-forced run). Exits 1 when parity fails.",
+        "'fault:NAME' (a planted fault), a registered pipeline declaring stage_dumps, a ws:// URL or a "
+        "worker command line (one quoted string) of a candidate declaring stage_dumps (docs/protocol.md), or "
+        "a .safetensors dump written by a port (with --forced-dump for its teacher-forced run). "
+        "Exits 1 when parity fails.",
     )
     parser.add_argument("candidate", help="candidate to compare")
     parser.add_argument("--model", default="tiny", help="model ref for the reference (default: tiny)")
@@ -54,6 +56,10 @@ def _pipeline(args: argparse.Namespace, options: dict[str, Any]) -> Any:
     config = PipelineConfig(model=args.model, device=args.device, dtype=args.candidate_dtype, options=options)
     if args.candidate == "reference":
         return HookedReference(config)
+    if args.candidate.startswith(("ws://", "wss://")):
+        return pipelines.create("websocket", PipelineConfig(options={"url": args.candidate}))
+    if len(args.candidate.split()) > 1:  # a command line: the candidate is a stdio worker
+        return pipelines.create("worker", PipelineConfig(options={"command": args.candidate}))
     if args.candidate.startswith("fault:"):
         name = args.candidate.removeprefix("fault:")
         if name not in FAULTS:
@@ -95,11 +101,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         pipeline = _pipeline(args, options)
         pipeline.load()
-        profile = profile_for(args.profile or args.candidate_dtype)
+        # A candidate behind the wire says its own dtype in its hello.
+        profile = profile_for(args.profile or pipeline.describe().get("dtype", args.candidate_dtype))
         result = compare_pipeline(
             ref_dump, pipeline, request, profile, args.candidate,
             teacher_forcing=not args.no_teacher_forcing, dump_dir=args.out,
         )  # fmt: skip
+        pipeline.close()
     paths = write_reports(result, args.out)
     first = next((c.first_failure for c in (result.free, result.forced) if c and c.first_failure), None)
     verdict = "PASS" if result.passed else f"FAIL at {first.key} ({first.group})" if first else "FAIL"

@@ -15,9 +15,8 @@ import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +30,7 @@ from qtts_eval.pipelines.base import (
     Capability,
     CloneMode,
     Event,
+    ForcedInputs,
     PipelineConfig,
     Request,
     StreamEnd,
@@ -42,38 +42,6 @@ FORCE_FLOOR = (
     -1.0e4
 )  # logit given to every non-forced token: far below any real logit, finite for the processors
 _VERSIONED = ("qwen-tts", "torch", "transformers")
-
-
-@dataclass(frozen=True)
-class ForcedInputs:
-    """What a teacher-forced candidate receives from the reference dump."""
-
-    codes: npt.NDArray[np.int64]  # [T, 16] generated codes, forced frame by frame
-    ref_codes: (
-        npt.NDArray[np.int64] | None
-    )  # [T_ref, 16] reference audio codes (ICL), replacing the encoder's
-    spk_embedding: npt.NDArray[np.float32]  # [D] speaker embedding, replacing the speaker encoder's
-
-    @classmethod
-    def from_dump(cls, dump: StageDump) -> ForcedInputs:
-        missing = [k for k in ("codes", "spk.embedding") if k not in dump.tensors]
-        if missing:
-            raise ParityError(f"teacher forcing needs {missing} in the reference dump")
-        ref = dump.tensors.get("codec_enc.codes")
-        return cls(
-            codes=dump.tensors["codes"].astype(np.int64),
-            ref_codes=None if ref is None else ref.astype(np.int64),
-            spk_embedding=dump.tensors["spk.embedding"].astype(np.float32),
-        )
-
-
-@runtime_checkable
-class StageDumper(Protocol):
-    """What a pipeline declaring Capability.STAGE_DUMPS provides (FORCED_CODES: honours `forced`)."""
-
-    def write_stage_dump(
-        self, request: Request, path: Path, *, forced: ForcedInputs | None = None
-    ) -> StageDump: ...
 
 
 class Fault:

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qtts_eval.errors import ParityError
-from qtts_eval.parity.capture import ForcedInputs, HookedReference, StageDumper
+from qtts_eval.parity.capture import HookedReference
 from qtts_eval.parity.compare import Comparison, compare_dumps, first_difference
 from qtts_eval.parity.dumps import StageDump, read_dump
 from qtts_eval.parity.profiles import Profile
-from qtts_eval.pipelines.base import Capability, Pipeline, Request
+from qtts_eval.pipelines.base import Capability, ForcedInputs, Pipeline, Request, StageDumper
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,15 @@ def compare_pipeline(
             f"pipeline {name!r} does not declare stage_dumps; compare a directory of its dumps instead"
         )
     target = dump_dir or Path.cwd()
-    free_dump = pipeline.write_stage_dump(request, target / "candidate.free.safetensors")
+    # The files the candidate wrote are what is compared, whether it ran here or behind the wire.
+    free_path = target / "candidate.free.safetensors"
+    pipeline.write_stage_dump(request, free_path)
+    free_dump = read_dump(free_path)
     forced_dump = None
     if teacher_forcing and Capability.FORCED_CODES in pipeline.capabilities:
-        forced_dump = pipeline.write_stage_dump(
-            request, target / "candidate.forced.safetensors", forced=ForcedInputs.from_dump(reference)
-        )
+        forced_path = target / "candidate.forced.safetensors"
+        pipeline.write_stage_dump(request, forced_path, forced=ForcedInputs.from_tensors(reference.tensors))
+        forced_dump = read_dump(forced_path)
     return _result(name, profile, reference, free_dump, forced_dump)
 
 

@@ -7,16 +7,16 @@ import functools
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from qtts_eval import environment
-from qtts_eval.errors import RequestError
+from qtts_eval.errors import ParityError, RequestError
 from qtts_eval.fixtures import Voice, read_reference_audio
 from qtts_eval.pipelines import options
 from qtts_eval.pipelines.options import NoOptions
@@ -178,7 +178,9 @@ class Pipeline(ABC):
     """A TTS implementation under test."""
 
     label: ClassVar[str] = "pipeline"  # names the pipeline in error messages
-    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    # A class declares what it can do; a pipeline in front of another implementation (the wire clients) sets
+    # it per instance from what that implementation declared.
+    capabilities: frozenset[Capability] = frozenset()
     # False for candidates in another process: the harness's own memory says nothing about them.
     in_process: ClassVar[bool] = True
     options_schema: ClassVar[type] = NoOptions  # a frozen dataclass: the options this pipeline takes
@@ -207,6 +209,43 @@ class Pipeline(ABC):
 
     def close(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Release resources (processes, sockets, GPU memory)."""
+
+
+@dataclass(frozen=True)
+class ForcedInputs:
+    """What a teacher-forced run receives from the reference dump: every decision the reference made."""
+
+    codes: npt.NDArray[np.int64]  # [T, 16] generated codes, forced frame by frame
+    ref_codes: (
+        npt.NDArray[np.int64] | None
+    )  # [T_ref, 16] reference audio codes (ICL), replacing the encoder's
+    spk_embedding: npt.NDArray[np.float32]  # [D] speaker embedding, replacing the speaker encoder's
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, np.ndarray]) -> ForcedInputs:
+        """From the tensors of a reference stage dump (keys `codes`, `spk.embedding`, `codec_enc.codes`)."""
+        missing = [key for key in ("codes", "spk.embedding") if key not in tensors]
+        if missing:
+            raise ParityError(f"teacher forcing needs {missing} in the reference dump")
+        ref = tensors.get("codec_enc.codes")
+        return cls(
+            codes=np.asarray(tensors["codes"], dtype=np.int64),
+            ref_codes=None if ref is None else np.asarray(ref, dtype=np.int64),
+            spk_embedding=np.asarray(tensors["spk.embedding"], dtype=np.float32),
+        )
+
+
+@runtime_checkable
+class StageDumper(Protocol):
+    """What a pipeline declaring Capability.STAGE_DUMPS provides (FORCED_CODES: it honours `forced`).
+
+    It runs `request` once and writes the stage dump (docs/parity.md) to `path`; callers read that file,
+    so what is compared is what the candidate wrote, in process or over the wire.
+    """
+
+    def write_stage_dump(
+        self, request: Request, path: Path, *, forced: ForcedInputs | None = None
+    ) -> object: ...
 
 
 Emit = Callable[[Event], None]
