@@ -7,6 +7,8 @@ generator behind the suite's own protocol engine that misbehaves on command) and
 
 from __future__ import annotations
 
+import json
+import shlex
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from qtts_eval.errors import CandidateTimeout, ProtocolError
 from qtts_eval.fixtures import load_fixtures, read_reference_audio
 from qtts_eval.measure import measure
 from qtts_eval.metrics.latency import ChunkTiming, playback_underruns
+from qtts_eval.parity.faults import FAULTS
 from qtts_eval.pipelines.base import CloneMode, Pipeline, PipelineConfig, Request
 from qtts_eval.wire.client import collect
 from qtts_eval.wire.conformance import CheckOptions, check_target
@@ -244,3 +247,63 @@ def test_conformance_passes_the_reference_server(reference_url) -> None:
     results = check_target(reference_url, CheckOptions(frames=3))
     assert all(r.passed for r in results), [r for r in results if not r.passed]
     assert np.all([r.detail for r in results])
+
+
+# --- parity over the wire -------------------------------------------------------------------------------
+
+
+def _verdicts(report: Path) -> tuple[str, object, list[tuple[str, list[tuple[str, str]]]]]:
+    data = json.loads(report.read_text(encoding="utf-8"))
+    stages = [(c["mode"], [(s["key"], s["status"]) for s in c["stages"]]) for c in data["comparisons"]]
+    return data["verdict"], data["first_failing_stage"], stages
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("transport", "served"), [("worker", "hooked-reference"), ("websocket", "fault:talker-weight")]
+)
+def test_parity_over_the_wire_gives_the_in_process_verdicts(
+    transport: str, served: str, tmp_path: Path
+) -> None:
+    from qtts_eval.cli import main
+
+    common = ["--mode", "xvector", "--frames", "4"]
+    in_process = "reference" if served == "hooked-reference" else served
+    local_code = main(["parity", in_process, *common, "--out", str(tmp_path / "local")])
+    command = [*QTTS, "worker" if transport == "worker" else "serve", "--pipeline", served, "--model", "tiny"]
+    command += ["--dump-dir", str(tmp_path / "served-dumps")]
+    if transport == "worker":
+        wire_code = main(["parity", shlex.join(command), *common, "--out", str(tmp_path / "wire")])
+    else:
+        for url in _serve([*command, "--port", "0"]):
+            wire_code = main(["parity", url, *common, "--out", str(tmp_path / "wire")])
+    local = _verdicts(tmp_path / "local" / "report.json")
+    wire = _verdicts(tmp_path / "wire" / "report.json")
+    assert wire_code == local_code
+    assert wire == local  # same verdict, same first failing stage, every stage of free and forced alike
+    assert [mode for mode, _ in wire[2]] == ["free", "forced"]  # teacher forcing crossed the wire too
+    if served.startswith("fault:"):
+        assert wire[0] == "fail" and isinstance(wire[1], dict)
+        assert wire[1]["group"] == FAULTS[served.removeprefix("fault:")].group  # caught at its stage
+    else:
+        assert wire[0] == "pass"
+    assert not list((tmp_path / "served-dumps").rglob("*.safetensors"))  # moved to the harness's report dir
+
+
+def test_dumps_stay_inside_the_operator_chosen_directory(tmp_path: Path) -> None:
+    from pathlib import PurePosixPath
+
+    from qtts_eval.parity.capture import HookedReference
+    from qtts_eval.pipelines.base import Capability
+    from qtts_eval.wire.protocol import InvalidMessage
+    from qtts_eval.wire.server import Host
+
+    pipeline = HookedReference(PipelineConfig(model="tiny"))  # not loaded: only its declarations are used
+    assert Capability.STAGE_DUMPS not in Host(pipeline, "h").capabilities  # no directory, no dumps
+    host = Host(pipeline, "h", tmp_path / "dumps")
+    assert {Capability.STAGE_DUMPS, Capability.FORCED_CODES} <= host.capabilities
+    assert host.dump_target(PurePosixPath("run/a.safetensors")) == (tmp_path / "dumps/run/a.safetensors")
+    (tmp_path / "dumps" / "link").symlink_to(tmp_path)  # a symlink planted inside must not lead outside
+    with pytest.raises(InvalidMessage, match="leaves the dump directory"):
+        host.dump_target(PurePosixPath("link/escape/a.safetensors"))
+    assert not (tmp_path / "escape").exists()  # refused before any directory was made

@@ -83,11 +83,12 @@ class Host:
                 ErrorCode.INVALID_REQUEST, f"this server has written its limit of {MAX_DUMPS} stage dumps"
             )
         target = self.dump_dir.joinpath(*name.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        # Checked before anything is created: resolve() follows the symlinks that already exist on the way.
         if not target.parent.resolve().is_relative_to(self.dump_dir):
             raise InvalidMessage(
                 ErrorCode.INVALID_REQUEST, f"dump_path {str(name)!r} leaves the dump directory"
             )
+        target.parent.mkdir(parents=True, exist_ok=True)
         self.dumps_written += 1
         return target
 
