@@ -20,7 +20,7 @@ import pytest
 
 from qtts_eval import pipelines
 from qtts_eval.bench import Bench, BenchConfig
-from qtts_eval.errors import CandidateTimeout, ProtocolError
+from qtts_eval.errors import CandidateTimeout, PipelineError, ProtocolError
 from qtts_eval.fixtures import load_fixtures, read_reference_audio
 from qtts_eval.measure import measure
 from qtts_eval.metrics.latency import ChunkTiming, playback_underruns
@@ -119,20 +119,48 @@ def test_healthy_worker_streams_frames_and_codes(request_xv) -> None:
     assert times == sorted(times) and len(again.chunks) == FRAMES
 
 
-def test_bench_records_a_crash_as_error_and_keeps_earlier_records(tmp_path: Path) -> None:
-    command = [*FAULTY, "--fault", "crash", "--after", "1"]
-    config = BenchConfig(
-        pipelines=("worker",),
-        fixtures=("en_one_word",),
-        modes=("xvector",),
-        repeats=3,
-        warmup=0,
-        options={"command": command, "timeout_s": TIMEOUT_S},
+@pytest.mark.parametrize("transport", ["worker", "websocket"])
+def test_bench_restarts_a_crashed_worker_and_reconnects_a_dropped_socket(
+    transport: str, tmp_path: Path
+) -> None:
+    # Every third request fails: the worker exits (restarted from zero) or the server drops the connection.
+    fault = (
+        ["--fault", "crash", "--after", "2"]
+        if transport == "worker"
+        else ["--fault", "close", "--after", "2"]
     )
-    frame = Bench.create(config, tmp_path, "crash").run(progress=False)
-    assert list(frame["status"]) == ["ok", "error", "error"]
-    assert "exited with code 3" in frame["error"].iloc[1]
-    assert frame["frames_generated"].iloc[0] > 0
+    common = {"fixtures": ("en_one_word",), "modes": ("xvector",), "repeats": 9, "warmup": 0}
+    options: dict[str, object] = {"timeout_s": TIMEOUT_S}
+    if transport == "worker":
+        options["command"] = [*FAULTY, *fault]
+        frame = Bench.create(
+            BenchConfig(pipelines=("worker",), options=options, **common), tmp_path, "crash"
+        ).run(progress=False)
+    else:
+        for url in _serve([*FAULTY, *fault, "--recurring", "--websocket"]):
+            frame = Bench.create(
+                BenchConfig(pipelines=("websocket",), options={**options, "url": url}, **common),
+                tmp_path,
+                "drop",
+            ).run(progress=False)
+    assert list(frame["status"]) == ["ok", "ok", "error"] * 3
+    message = "exited with code 3" if transport == "worker" else "closed the connection"
+    assert all(message in error for error in frame["error"].iloc[2::3])
+    ok = frame[frame["status"] == "ok"]
+    assert list(ok["info_candidate_restarts"]) == [0, 0, 1, 1, 2, 2]  # each restart recorded
+    assert (ok["frames_generated"] > 0).all()
+
+
+def test_restarts_are_bounded(request_xv) -> None:
+    pipeline = _worker([*FAULTY, "--fault", "crash"], timeout_s=TIMEOUT_S, max_restarts=1)
+    try:
+        for _ in range(2):  # the first worker crashes, then its one replacement
+            with pytest.raises(ProtocolError, match="exited with code 3"):
+                collect(pipeline.stream(request_xv))
+        with pytest.raises(PipelineError, match="already been restarted 1 times"):
+            collect(pipeline.stream(request_xv))
+    finally:
+        pipeline.close()
 
 
 def test_conformance_passes_a_correct_worker_and_websocket_server() -> None:

@@ -13,6 +13,9 @@ with ``--fault none`` it is a correct, fast candidate, and each fault differs fr
   bad-frame      (stdio) a frame header with an unknown kind byte replaces the first audio frame
   wrong-samples  every frame carries 1900 samples instead of 1920
   nan            the second audio frame holds NaN samples
+
+``--after N`` serves N utterances correctly before the fault strikes; with ``--recurring`` it strikes again
+after every further N correct ones (a crashed worker restarted by the harness counts from zero again).
 """
 
 from __future__ import annotations
@@ -68,11 +71,16 @@ class TonePipeline(Pipeline):
 
     capabilities = frozenset({Capability.SEEDED_SAMPLING})
 
-    def __init__(self, fault: Fault, frame_delay_s: float, healthy_utterances: int) -> None:
+    def __init__(
+        self, fault: Fault, frame_delay_s: float, healthy_utterances: int, recurring: bool = False
+    ) -> None:
         super().__init__(PipelineConfig(model="tone"))
         self.fault = fault
         self.frame_delay_s = frame_delay_s
-        self.healthy_utterances = healthy_utterances  # utterances served correctly before the fault strikes
+        self.after = healthy_utterances  # utterances served correctly before each strike
+        self.healthy_utterances = healthy_utterances  # correct utterances left before the next strike
+        self.recurring = recurring  # strike again after `after` more correct utterances
+        self.strike_pending = False  # a faulty utterance whose first audio frame the transport may spoil
 
     def load(self) -> None:
         """Nothing to load."""
@@ -85,6 +93,9 @@ class TonePipeline(Pipeline):
             self.healthy_utterances -= 1
             yield from TonePipeline(Fault.NONE, self.frame_delay_s, 0).stream(request)
             return
+        if self.recurring:
+            self.healthy_utterances = self.after
+        self.strike_pending = True
         frames = request.max_frames
         length = SHORT_FRAME_SAMPLES if self.fault is Fault.WRONG_SAMPLES else SAMPLES_PER_FRAME
         for index in range(frames):
@@ -102,12 +113,13 @@ class TonePipeline(Pipeline):
 
 
 class FaultyTransport(Transport):
-    """Passes everything through except the first audio frame, where transport-level faults strike."""
+    """Passes everything through except the first audio frame of a faulty utterance, where transport-level
+    faults strike."""
 
-    def __init__(self, inner: Transport, fault: Fault) -> None:
+    def __init__(self, inner: Transport, pipeline: TonePipeline) -> None:
         self.inner = inner
-        self.fault = fault
-        self.struck = False
+        self.pipeline = pipeline
+        self.fault = pipeline.fault
 
     async def receive(self) -> str | bytes | None:
         return await self.inner.receive()
@@ -116,10 +128,14 @@ class FaultyTransport(Transport):
         await self.inner.send_text(text)
 
     async def send_binary(self, data: bytes) -> None:
-        if self.struck or self.fault not in (Fault.CLOSE, Fault.MALFORMED, Fault.BAD_FRAME):
+        if not self.pipeline.strike_pending or self.fault not in (
+            Fault.CLOSE,
+            Fault.MALFORMED,
+            Fault.BAD_FRAME,
+        ):
             await self.inner.send_binary(data)
             return
-        self.struck = True
+        self.pipeline.strike_pending = False
         if self.fault is Fault.MALFORMED:
             await self.inner.send_text("{this is not json")
         elif self.fault is Fault.BAD_FRAME and isinstance(self.inner, StdioTransport):
@@ -136,13 +152,16 @@ def main() -> None:
     parser.add_argument("--fault", type=Fault, default=Fault.NONE, choices=list(Fault))
     parser.add_argument("--frame-delay-ms", type=float, default=20.0, help="pause before each frame")
     parser.add_argument("--after", type=int, default=0, help="utterances served correctly before the fault")
+    parser.add_argument(
+        "--recurring", action="store_true", help="strike again after every --after correct utterances"
+    )
     parser.add_argument("--websocket", action="store_true", help="serve WebSocket on a free loopback port")
     args = parser.parse_args()
-    pipeline = TonePipeline(args.fault, args.frame_delay_ms / 1000, args.after)
+    pipeline = TonePipeline(args.fault, args.frame_delay_ms / 1000, args.after, args.recurring)
     host = Host(pipeline, "faulty")
 
     def wrap(transport: Transport) -> Transport:
-        return FaultyTransport(transport, args.fault)
+        return FaultyTransport(transport, pipeline)
 
     if not args.websocket:
         run_stdio_worker(lambda: host, wrap)
