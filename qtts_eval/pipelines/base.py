@@ -23,6 +23,7 @@ from qtts_eval.pipelines.options import NoOptions
 from qtts_eval.units import MAX_TEXT_CHARS, SAMPLE_RATE_HZ
 
 REMOTE_GPU_MEMORY_KEY = "remote_gpu_mem_bytes"  # StreamEnd.info: an external candidate's NVML reading
+REMOTE_RSS_KEY = "remote_peak_rss_bytes"  # StreamEnd.info: a local worker's (and children's) peak RSS
 
 
 @functools.lru_cache(maxsize=16)

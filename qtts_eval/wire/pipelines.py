@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import shlex
 import shutil
 from abc import abstractmethod
 from collections.abc import Iterator
@@ -11,10 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from qtts_eval import checkpoints
 from qtts_eval.errors import PipelineError, ProtocolError
+from qtts_eval.metrics.memory import reset_tree_peak_rss, tree_peak_rss_bytes
 from qtts_eval.metrics.nvml import process_gpu_memory_bytes
 from qtts_eval.pipelines.base import (
     REMOTE_GPU_MEMORY_KEY,
+    REMOTE_RSS_KEY,
     Capability,
     Event,
     ForcedInputs,
@@ -28,6 +32,8 @@ from qtts_eval.wire.client import Channel, RemoteSession, Timeouts, WebSocketCha
 from qtts_eval.wire.protocol import DUMP_SUFFIX, Encoding
 
 RESTARTS_KEY = "candidate_restarts"  # StreamEnd.info: times the candidate was restarted so far in this run
+MODEL_DIR = "{model_dir}"  # in a worker command: replaced by the checkpoint directory the suite hands over
+IDENTITY_KEYS = ("name", "version", "commit")  # hello.implementation keys recorded as implementation_<key>
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,11 @@ class RemotePipeline(Pipeline):
     def open_channel(self) -> Channel:
         """Connect to the candidate (start its process, open its socket)."""
 
+    @property
+    @abstractmethod
+    def target(self) -> str:
+        """The candidate as the user named it: its command line or URL."""
+
     def load(self) -> None:
         channel = self.open_channel()
         try:
@@ -135,15 +146,21 @@ class RemotePipeline(Pipeline):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(transport=self.transport, wire_encoding=self.encoding.value)
+        info.update(transport=self.transport, wire_encoding=self.encoding.value, candidate=self.target)
         if self.session is not None:
+            implementation = self.session.hello.implementation
             # The candidate's own facts (model, weights hash, synthetic flag) win over our config's guesses.
-            info.update(self.session.hello.implementation)
+            info.update(implementation)
+            # Who was measured: the series key of a port's own history (docs/metrics.md).
+            info.update({f"implementation_{key}": implementation.get(key) for key in IDENTITY_KEYS})
             info["declared_capabilities"] = ",".join(sorted(self.declared))
         return info
 
     def stream(self, request: Request) -> Iterator[Event]:
         session = self._live()
+        local = session.channel.pid  # a worker we started: its process tree is ours to measure
+        if local is not None:
+            reset_tree_peak_rss(local)
         try:
             session.start(request.ref_audio, request.ref_text, self.encoding)
             pid = session.hello.pid
@@ -154,6 +171,9 @@ class RemotePipeline(Pipeline):
                     if memory is not None:
                         # NVML per-process usage at completion: the external counterpart of the torch peak.
                         info[REMOTE_GPU_MEMORY_KEY] = memory
+                    rss = tree_peak_rss_bytes(local) if local is not None else None
+                    if rss is not None:
+                        info[REMOTE_RSS_KEY] = rss  # the counterpart of the in-process peak RSS
                     event = dataclasses.replace(event, info=info)
                 yield event
         except ProtocolError as exc:
@@ -204,8 +224,34 @@ class WorkerPipeline(RemotePipeline):
     options_schema = WorkerOptions
     options: WorkerOptions
 
+    def __init__(self, config: PipelineConfig) -> None:
+        super().__init__(config)
+        self.handed_over: checkpoints.ResolvedModel | None = None  # the checkpoint put in place of MODEL_DIR
+
+    @property
+    def target(self) -> str:
+        command = self.options.command
+        return command if isinstance(command, str) else shlex.join(command)
+
     def open_channel(self) -> Channel:
-        return WorkerChannel(self.options.command)
+        command = self.options.command
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        if any(MODEL_DIR in arg for arg in argv):
+            # The suite hands the candidate its own source checkpoint (config.model) and records its hash,
+            # so reference and candidate provably start from the same weights.
+            self.handed_over = checkpoints.resolve(self.config.model)
+            argv = [arg.replace(MODEL_DIR, str(self.handed_over.path)) for arg in argv]
+        return WorkerChannel(argv)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if self.handed_over is not None:
+            info.update(
+                source_model_ref=self.handed_over.ref,
+                source_weights_hash=self.handed_over.weights_hash,
+                source_synthetic=self.handed_over.synthetic,
+            )
+        return info
 
 
 class WebSocketPipeline(RemotePipeline):
@@ -214,6 +260,10 @@ class WebSocketPipeline(RemotePipeline):
     label = transport = "websocket"
     options_schema = WebSocketOptions
     options: WebSocketOptions
+
+    @property
+    def target(self) -> str:
+        return self.options.url
 
     def open_channel(self) -> Channel:
         return WebSocketChannel(self.options.url, self.timeouts.start_s)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from qtts_eval import environment
 from qtts_eval.errors import ProtocolError, RequestError
 from qtts_eval.pipelines.base import (
     AudioChunk,
@@ -68,7 +69,7 @@ class Host:
             "type": "hello",
             "protocol": protocol.PROTOCOL_VERSION,
             "capabilities": sorted(c.value for c in self.capabilities),
-            "implementation": {"pipeline": self.name, **self.pipeline.describe()},
+            "implementation": {"pipeline": self.name, **_identity(self.name), **self.pipeline.describe()},
             "pid": os.getpid(),
         }
         if Capability.STAGE_DUMPS in self.capabilities:
@@ -322,6 +323,16 @@ class Session:
                     return
         finally:
             halt.set()  # the generator stops at its next event however this ends (cancel, client gone)
+
+
+def _identity(name: str) -> dict[str, Any]:
+    """The served implementation's name, version and commit: the suite's own, around the named pipeline."""
+    commit, dirty = environment.git_commit()
+    return {
+        "name": f"qtts-eval/{name}",
+        "version": environment.package_version("qtts-eval"),
+        "commit": None if commit is None else commit + ("-dirty" if dirty else ""),
+    }
 
 
 def _classify(exc: BaseException) -> tuple[ErrorCode, str]:
