@@ -256,8 +256,10 @@ class Bench:
         return load_run(self.store.directory)
 
     def _load(self, name: str) -> Pipeline:
+        # Scoped against every pipeline of the run: "other.key" is meant for another pipeline, not a typo.
         scoped = pipeline_options.scope(
-            self.config.options, {name: pipelines.pipeline_class(name).options_schema}
+            self.config.options,
+            {other: pipelines.pipeline_class(other).options_schema for other in self.config.pipelines},
         )
         config = PipelineConfig(
             model=self.config.model,

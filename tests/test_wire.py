@@ -212,6 +212,21 @@ def test_load_sweep_and_open_loop_report_percentiles() -> None:
         assert float(row["audio_s_per_s"]) > 0
 
 
+def test_load_writes_its_requests_as_records(tmp_path: Path) -> None:
+    from qtts_eval.cli import main
+    from qtts_eval.results import load_run
+
+    for url in _serve([*FAULTY, "--websocket", "--frame-delay-ms", "5"]):
+        args = ["load", url, "--concurrency", "1,2", "--requests-per-session", "2", "--frames", "3"]
+        assert main([*args, "--results", str(tmp_path), "--run-id", "load"]) == 0
+    frame = load_run(tmp_path / "load")
+    assert list(frame.groupby("fixture_id").size().items()) == [("load-closed-1", 2), ("load-closed-2", 4)]
+    assert (frame["status"] == "ok").all() and (frame["first_byte_s"] > 0).all()
+    assert (frame["rtf"] > 0).all() and set(frame["env_candidate"]) == {url}
+    assert frame["env_fixtures_hash"].notna().all() and frame["env_git_commit"].notna().all()
+    assert (tmp_path / "load" / "records.parquet").is_file()
+
+
 def test_load_refuses_a_remote_url() -> None:
     from qtts_eval.errors import BenchError
 
@@ -335,3 +350,71 @@ def test_dumps_stay_inside_the_operator_chosen_directory(tmp_path: Path) -> None
     with pytest.raises(InvalidMessage, match="leaves the dump directory"):
         host.dump_target(PurePosixPath("link/escape/a.safetensors"))
     assert not (tmp_path / "escape").exists()  # refused before any directory was made
+
+
+# --- head-to-head through the wire -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_compare_shows_same_work_over_the_wire_and_flags_a_served_fault(
+    tiny_reference, tmp_path: Path
+) -> None:
+    from qtts_eval import compare
+    from qtts_eval.cli import main
+    from qtts_eval.results import load_run
+    from qtts_eval.wire.pipelines import WebSocketPipeline
+
+    pipelines.register("served-fault", WebSocketPipeline)  # a second WebSocket candidate in the same run
+    worker = shlex.join([*QTTS, "worker", "--pipeline", "reference", "--model", "{model_dir}"])
+    served = [*QTTS, "serve", "--model", "tiny", "--port", "0", "--pipeline"]
+    for url in _serve([*served, "reference"]):
+        for fault_url in _serve([*served, "fault:talker-weight"]):
+            config = BenchConfig(
+                pipelines=(
+                    "websocket",
+                    "worker",
+                    "served-fault",
+                    "reference",
+                ),  # the reference still runs first
+                fixtures=("en_one_word",),
+                repeats=3,
+                warmup=1,
+                speaker_embedder=None,
+                options={"websocket.url": url, "served-fault.url": fault_url, "worker.command": worker},
+            )
+            Bench.create(config, tmp_path, "h2h").run(progress=False)
+    frame = load_run(tmp_path / "h2h")
+    assert (frame["status"] == "ok").all(), frame["error"].dropna().tolist()
+
+    same = compare.compare(*compare.within_run(frame, "websocket"))
+    overall = same.iloc[0]
+    assert overall["fixture_id"] == compare.ALL and overall["pairs"] == 6  # 2 modes x 3 repeats
+    assert overall["codes_match"] == 1.0 and overall["flags"] == ""
+    for metric in ("first_playable_s", "first_byte_s", "rtf"):
+        # The same work on the same machine: near 1 (the loopback hop is ~1 ms of requests of ~1 s), with
+        # an interval around it. Loose bounds: the 2-core machine is shared with other jobs.
+        low, ratio, high = overall[f"{metric}_low"], overall[f"{metric}_ratio"], overall[f"{metric}_high"]
+        assert 0.5 < low <= ratio <= high < 2.0, (metric, low, ratio, high)
+
+    worker_rows = frame[frame["pipeline"] == "worker"]
+    reference_rows = frame[frame["pipeline"] == "reference"]
+    assert (worker_rows["codes_match_reference"] == 1.0).all()
+    assert (worker_rows["stop_vs_reference"] == "same").all()
+    assert set(worker_rows["env_source_weights_hash"]) == set(
+        reference_rows["env_weights_hash"]
+    )  # handed over
+    assert (worker_rows["peak_mem_kind"] == "worker_tree_rss").all()
+    assert (worker_rows["peak_mem_bytes"] > 50 * 2**20).all()  # torch + the model live in the worker
+    assert set(worker_rows["env_implementation_name"]) == {"qtts-eval/reference"}
+    assert reference_rows["codes_match_reference"].isna().all()  # the reference is the yardstick
+
+    fault_rows = frame[frame["pipeline"] == "served-fault"]
+    assert (fault_rows["codes_match_reference"] < 1.0).all() and fault_rows[
+        "first_divergent_frame"
+    ].notna().all()
+    markdown, page = tmp_path / "compare.md", tmp_path / "compare.html"
+    args = ["compare", str(tmp_path / "h2h"), "--candidate", "served-fault"]
+    assert main([*args, "--markdown", str(markdown), "--html", str(page)]) == 1  # flagged
+    assert "codes_differ" in markdown.read_text(encoding="utf-8")
+    assert "codes_differ" in page.read_text(encoding="utf-8")
+    assert main(["compare", str(tmp_path / "h2h"), "--candidate", "websocket"]) == 0
