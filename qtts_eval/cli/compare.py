@@ -18,7 +18,7 @@ def add_parser(commands: Any) -> None:
         description="Pairs requests on (fixture, voice, mode, repeat). Exits 1 when a row is flagged (the "
         "two sides did different work, or the candidate failed).",
     )
-    parser.add_argument("run", type=Path, help="results run directory")
+    parser.add_argument("run_dir", type=Path, help="results run directory")
     parser.add_argument(
         "--candidate", help="pipeline to compare (default: the run's only pipeline that is not the baseline)"
     )
@@ -41,9 +41,9 @@ def _candidate(names: set[str], wanted: str | None, baseline: str | None) -> str
 
 
 def run(args: argparse.Namespace) -> int:
-    frame = load_run(args.run)
+    frame = load_run(args.run_dir)
     if frame.empty:
-        raise ResultsError(f"{args.run} holds no records")
+        raise ResultsError(f"{args.run_dir} holds no records")
     names = set(frame["pipeline"])
     if args.baseline_run is None:
         name = _candidate(names, args.candidate, args.baseline)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         name = _candidate(names, args.candidate, None)
         before = load_run(args.baseline_run)
-        candidate = compare.Side(f"{name} ({args.run.name})", frame[frame["pipeline"] == name])
+        candidate = compare.Side(f"{name} ({args.run_dir.name})", frame[frame["pipeline"] == name])
         baseline = compare.Side(f"{name} ({args.baseline_run.name})", before[before["pipeline"] == name])
     table = compare.compare(candidate, baseline)
     heading = compare.title(candidate, baseline)
