@@ -30,10 +30,12 @@ from qtts_eval.fixtures import FixtureSet, TextFixture, Voice, load_fixtures
 from qtts_eval.measure import Measurement, measure
 from qtts_eval.metrics.latency import latency_columns
 from qtts_eval.metrics.quality import quality_columns
+from qtts_eval.metrics.same_work import codes_digest, same_work_columns
 from qtts_eval.metrics.speaker import Embedder, load_embedder
 from qtts_eval.pipelines import options as pipeline_options
 from qtts_eval.pipelines.base import (
     REMOTE_GPU_MEMORY_KEY,
+    REMOTE_RSS_KEY,
     CloneMode,
     Pipeline,
     PipelineConfig,
@@ -49,6 +51,7 @@ QUICK = "quick"  # one text per category, modes taken in turn: every category an
 FULL = "full"  # every selected text in every mode
 MATRICES = (QUICK, FULL)
 WARMUP_FRAMES = 8  # frame budget of a warm-up request: the cell's prompt shape, without its full length
+REFERENCE = "reference"  # the pipeline every other one is checked against for same work
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ class BenchConfig:
     warmup: int = 1  # unrecorded requests per pipeline and warm-up class (mode, voice, length class)
     seed: int = 0  # request seed = seed + repeat
     sampling: Sampling = field(default_factory=Sampling)  # decoding settings for every request
+    max_frames: int | None = (
+        None  # frame budget of every request instead of the text-derived one (quick runs)
+    )
     speaker_embedder: str | None = (
         "resemblyzer"  # speaker-similarity embedder spec; None = no speaker columns
     )
@@ -102,6 +108,11 @@ class Cell:
     def key(self) -> str:
         return f"{self.pipeline}|{self.text.id}|{self.voice.id}|{self.mode.value}|{self.repeat}"
 
+    @property
+    def work(self) -> tuple[str, str, str, int]:
+        """The request this cell makes, whichever pipeline makes it."""
+        return self.text.id, self.voice.id, self.mode.value, self.repeat
+
 
 def _texts(config: BenchConfig, fixtures: FixtureSet) -> list[TextFixture]:
     if config.fixtures:
@@ -121,6 +132,8 @@ def build_matrix(config: BenchConfig, fixtures: FixtureSet) -> list[Cell]:
         raise BenchError(f"repeats must be at least 1, got {config.repeats}")
     if config.warmup < 0:
         raise BenchError(f"warmup must not be negative, got {config.warmup}")
+    if config.max_frames is not None and config.max_frames < 1:
+        raise BenchError(f"max_frames must be at least 1, got {config.max_frames}")
     if config.matrix not in MATRICES:
         raise BenchError(f"matrix {config.matrix!r} is not one of {', '.join(MATRICES)}")
     if not config.pipelines:
@@ -142,13 +155,15 @@ def build_matrix(config: BenchConfig, fixtures: FixtureSet) -> list[Cell]:
     for name, cls in classes.items():
         pipeline_options.parse(cls.label, cls.options_schema, scoped[name])  # typos fail before loading
     quick = config.matrix == QUICK and not config.fixtures
+    # The reference runs first in every cell, so each candidate's record can say whether it did the same work.
+    ordered = sorted(config.pipelines, key=lambda name: name != REFERENCE)
     return [
         Cell(pipeline, text, voice, mode, repeat)
         for repeat in range(config.repeats)
         for index, text in enumerate(texts)
         for voice in voices
         for mode in ([modes[index % len(modes)]] if quick else modes)
-        for pipeline in config.pipelines
+        for pipeline in ordered
     ]
 
 
@@ -167,6 +182,9 @@ class Bench:
         self.cells = build_matrix(config, fixtures)
         self._embedder: Embedder | None = None
         self._warmed: set[tuple[str, str, str, str]] = set()
+        # The reference's last request (Cell.work, codes, audio): the cell's other pipelines run right after
+        # it (build_matrix), so one is all the same-work columns need.
+        self._reference_work: tuple[tuple[str, str, str, int], np.ndarray | None, np.ndarray] | None = None
 
     @classmethod
     def create(cls, config: BenchConfig, results_root: Path, run_id: str | None = None) -> Bench:
@@ -314,7 +332,7 @@ class Bench:
             cell.text.text,
             cell.text.language,
             cell.mode,
-            max_frames=frame_budget(cell.text.text, cell.text.language, synthetic),
+            max_frames=self.config.max_frames or frame_budget(cell.text.text, cell.text.language, synthetic),
             seed=self.config.seed + cell.repeat,
             sampling=self.config.sampling,
         )
@@ -357,9 +375,17 @@ class Bench:
         audio_seconds = result.audio.shape[0] / SAMPLE_RATE_HZ
         frames = result.end.frames_generated
         memory = _memory_columns(pipeline, result)
+        same_work: dict[str, Any] = {}
+        if cell.pipeline == REFERENCE:
+            self._reference_work = (cell.work, result.end.codes, result.audio)
+        elif self._reference_work is not None and self._reference_work[0] == cell.work:
+            _, reference_codes, reference_audio = self._reference_work
+            same_work = same_work_columns(reference_codes, result.end.codes, reference_audio, result.audio)
         return dataclasses.replace(
             base,
             frames_generated=frames,
+            codes_digest=codes_digest(result.end.codes),
+            **same_work,
             # A budget-capped generation yields budget - 1 frames (the last step's frame is never emitted).
             budget_hit=frames >= request.max_frames - 1,
             audio_seconds=audio_seconds,
@@ -380,10 +406,13 @@ def _memory_columns(pipeline: Pipeline, result: Measurement) -> dict[str, Any]:
             "peak_reserved_bytes": result.memory.reserved_bytes,
             "mem_after_bytes": result.memory.after_bytes,
         }
-    # Out of process, only what the candidate's own process uses counts: NVML per-process GPU memory
-    # when a GPU exists, otherwise nothing measured.
+    # Out of process, only what the candidate's own process uses counts: NVML per-process GPU memory when a
+    # GPU exists, else the peak RSS of a local worker and its children; otherwise nothing measured.
     remote = result.end.info.get(REMOTE_GPU_MEMORY_KEY)
-    return {"peak_mem_bytes": remote, "peak_mem_kind": "nvml_process" if remote is not None else None}
+    if remote is not None:
+        return {"peak_mem_bytes": remote, "peak_mem_kind": "nvml_process"}
+    rss = result.end.info.get(REMOTE_RSS_KEY)
+    return {"peak_mem_bytes": rss, "peak_mem_kind": "worker_tree_rss" if rss is not None else None}
 
 
 def _now() -> str:

@@ -112,6 +112,13 @@ class Record:
     speaker_drift_min: float | None = None  # lowest windowed similarity to the reference
     speaker_drift_drop: float | None = None  # first window's similarity minus the lowest
     speaker_drift: bool | None = None  # the drop passes the drift threshold (voice changed mid-utterance)
+    # Same work or flagged (qtts_eval.metrics.same_work): the candidate's codes against the reference's on
+    # the same cell of the same run; None where the reference did not run that cell or codes were not given.
+    codes_digest: str | None = None  # sha256 of the [frames, 16] codes (int64 LE) and frame count, 16 hex
+    codes_match_reference: float | None = None  # share of frames with all 16 codes equal (1.0 = same work)
+    first_divergent_frame: int | None = None  # first frame that differs from the reference (None: none)
+    stop_vs_reference: str | None = None  # "same", "earlier" or "later": frame count vs the reference's
+    audio_mel_l1_reference: float | None = None  # log-mel L1 to the reference's audio, common length
     info: dict[str, Any] = field(default_factory=dict)  # pipeline-reported facts (StreamEnd.info)
     started_at: str = ""  # UTC ISO-8601 time the request started
     env: dict[str, Any] = field(default_factory=dict)  # environment fingerprint (qtts_eval.environment)

@@ -21,15 +21,15 @@ import soundfile as sf
 from qtts_eval.cli import main
 from qtts_eval.errors import ParityError
 from qtts_eval.gates import GateInputs, GateSpec, Outcome, ParityGate, evaluate_gate
-from qtts_eval.parity.capture import ForcedInputs, HookedReference
+from qtts_eval.parity.capture import HookedReference
 from qtts_eval.parity.compare import Evidence, FlipKind, Status, compare_dumps
-from qtts_eval.parity.dumps import METADATA_KEY, ForcedInput, StageDump, read_dump, write_dump
+from qtts_eval.parity.dumps import METADATA_KEY, StageDump, read_dump, write_dump
 from qtts_eval.parity.faults import FAULTS
 from qtts_eval.parity.profiles import Precision, precision_of, profile_for_precision, profile_named
 from qtts_eval.parity.report import write_reports
 from qtts_eval.parity.run import ParityResult, Verdict, compare, compare_pipeline, reference_dump
 from qtts_eval.parity.session import DEFAULT_SETTINGS, resolve_settings
-from qtts_eval.pipelines.base import PipelineConfig, Request
+from qtts_eval.pipelines.base import ForcedInput, ForcedInputs, PipelineConfig, Request
 from qtts_eval.units import SAMPLES_PER_FRAME
 
 FRAMES = 6  # frame budget: a capped run returns 5 frames
@@ -70,7 +70,7 @@ def ref_dump(reference: HookedReference, request_: Request) -> StageDump:
 @pytest.fixture(scope="module")
 def forced_self(reference: HookedReference, ref_dump: StageDump, request_: Request) -> StageDump:
     """The reference teacher-forced on every input from its own dump."""
-    return reference.capture(request_, forced=ForcedInputs.from_dump(ref_dump))
+    return reference.capture(request_, forced=ForcedInputs.from_tensors(ref_dump.tensors))
 
 
 def port_dump(
@@ -178,7 +178,7 @@ def test_partial_teacher_forcing_is_recorded_and_compares_codes_freely(
 ) -> None:
     inputs = (ForcedInput.SPK_EMBEDDING, ForcedInput.REF_CODES)
     dump = reference.write_stage_dump(
-        request_, tmp_path / "partial.safetensors", forced=ForcedInputs.from_dump(ref_dump, inputs)
+        request_, tmp_path / "partial.safetensors", forced=ForcedInputs.from_tensors(ref_dump.tensors, inputs)
     )
     assert read_dump(tmp_path / "partial.safetensors").meta.forced == inputs
     comparison = compare_dumps(ref_dump, dump, profile_named("fp32"))

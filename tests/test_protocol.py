@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
 
 from qtts_eval.errors import ProtocolError
-from qtts_eval.pipelines.base import CloneMode
+from qtts_eval.pipelines.base import Capability, CloneMode, ForcedInput, ForcedInputs, Request
 from qtts_eval.wire import protocol
 from qtts_eval.wire.protocol import Encoding, ErrorCode, InvalidMessage
 
@@ -73,7 +74,7 @@ def test_bad_start_gets_a_coded_refusal(changes: dict[str, object], code: ErrorC
 
 
 def test_speak_round_trips_every_request_field() -> None:
-    from qtts_eval.pipelines.base import Request, Sampling
+    from qtts_eval.pipelines.base import Sampling
 
     request = Request(
         text="Hi there.",
@@ -85,8 +86,9 @@ def test_speak_round_trips_every_request_field() -> None:
         seed=42,
         sampling=Sampling(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.0),
     )
-    parsed = protocol.parse_speak(protocol.speak_message(request, return_codes=True), VOICE)
-    assert parsed == request
+    parsed = protocol.parse_speak(protocol.speak_message(request, return_codes=True), VOICE, frozenset())
+    assert parsed.request == request and parsed.return_codes
+    assert parsed.dump_path is None and parsed.forced is None
 
 
 @pytest.mark.parametrize(
@@ -97,10 +99,91 @@ def test_speak_round_trips_every_request_field() -> None:
         ({"max_frames": True}, ErrorCode.INVALID_REQUEST),
         ({"mode": "zero-shot"}, ErrorCode.INVALID_REQUEST),
         ({"forced_codes": [[0] * 16]}, ErrorCode.UNSUPPORTED),
+        ({"dump_path": "a.safetensors"}, ErrorCode.UNSUPPORTED),
     ],
 )
 def test_bad_speak_gets_a_coded_refusal(changes: dict[str, object], code: ErrorCode) -> None:
     message = {"type": "speak", "text": "Hello.", "max_frames": 4, **changes}
     with pytest.raises(InvalidMessage) as caught:
-        protocol.parse_speak(message, VOICE)
+        protocol.parse_speak(message, VOICE, frozenset())
     assert caught.value.code is code
+
+
+PARITY = frozenset({Capability.STAGE_DUMPS, Capability.FORCED_CODES})
+
+
+def _parity_request(mode: CloneMode = CloneMode.ICL) -> Request:
+    return Request(
+        text="Hi.", language="english", ref_audio=VOICE[0], ref_text=VOICE[1], mode=mode, max_frames=4, seed=0
+    )
+
+
+def test_parity_speak_round_trips_forced_inputs_exactly() -> None:
+    rng = np.random.default_rng(0)
+    forced = ForcedInputs(
+        codes=rng.integers(0, 2048, (3, 16)),
+        ref_codes=rng.integers(0, 2048, (5, 16)),
+        spk_embedding=rng.standard_normal(64).astype(np.float32),
+    )
+    message = protocol.speak_message(
+        _parity_request(), False, forced=forced, dump_path="run/a.free.safetensors"
+    )
+    parsed = protocol.parse_speak(json.loads(protocol.dumps(message)), VOICE, PARITY)
+    assert str(parsed.dump_path) == "run/a.free.safetensors"
+    assert parsed.forced is not None
+    assert np.array_equal(parsed.forced.codes, forced.codes)
+    assert parsed.forced.ref_codes is not None and np.array_equal(parsed.forced.ref_codes, forced.ref_codes)
+    assert parsed.forced.spk_embedding is not None and forced.spk_embedding is not None
+    assert parsed.forced.spk_embedding.tobytes() == forced.spk_embedding.tobytes()  # f32, bit-exact
+
+
+def test_partial_forcing_sends_only_the_forced_inputs() -> None:
+    forced = ForcedInputs(codes=None, ref_codes=None, spk_embedding=np.ones(8, np.float32))
+    message = protocol.speak_message(_parity_request(), False, forced=forced, dump_path="a.safetensors")
+    assert "forced_codes" not in message and "forced_ref_codes" not in message
+    parsed = protocol.parse_speak(json.loads(protocol.dumps(message)), VOICE, PARITY)
+    assert parsed.forced is not None and parsed.forced.forced == (ForcedInput.SPK_EMBEDDING,)
+    # A server without forced_codes refuses any forced input, not only forced_codes.
+    with pytest.raises(InvalidMessage, match="forced_spk_embedding needs the forced_codes capability"):
+        protocol.parse_speak(message, VOICE, frozenset({Capability.STAGE_DUMPS}))
+
+
+@pytest.mark.parametrize(
+    ("dump_path", "problem"),
+    [
+        ("/etc/x.safetensors", "relative"),
+        ("../x.safetensors", "'..'"),
+        ("a/../../x.safetensors", "'..'"),
+        ("a//x.safetensors", "'//'"),
+        ("a/b/c/d/e.safetensors", "deeper"),
+        ("x.bin", "must end in .safetensors"),
+        ("x" * 300 + ".safetensors", "character limit"),
+        ("C:/x.safetensors", "relative"),
+        (7, "non-empty string"),
+    ],
+)
+def test_dump_path_outside_the_dump_directory_is_refused(dump_path: object, problem: str) -> None:
+    message = {**protocol.speak_message(_parity_request(), False), "dump_path": dump_path}
+    with pytest.raises(InvalidMessage, match=problem) as caught:
+        protocol.parse_speak(message, VOICE, PARITY)
+    assert caught.value.code is ErrorCode.INVALID_REQUEST
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"forced_codes": [[0] * 16] * 5}, "1 to 4 frames"),  # more frames than the budget
+        ({"forced_codes": [[0] * 15]}, "expected \\[frames, 16\\]"),
+        ({"forced_codes": [[-1] * 16]}, "outside"),
+        ({"forced_spk_embedding": "A" * 50_000}, "at most 8192"),
+        ({"dump_path": None}, "only make sense in a parity request"),
+    ],
+)
+def test_forced_inputs_are_bounded(changes: dict[str, object], problem: str) -> None:
+    forced = ForcedInputs(np.zeros((2, 16), np.int64), np.zeros((2, 16), np.int64), np.ones(8, np.float32))
+    message = {
+        **protocol.speak_message(_parity_request(), False, forced=forced, dump_path="x.safetensors"),
+        **changes,
+    }
+    with pytest.raises(InvalidMessage, match=problem):
+        protocol.parse_speak(message, VOICE, PARITY)

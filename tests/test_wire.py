@@ -7,6 +7,8 @@ generator behind the suite's own protocol engine that misbehaves on command) and
 
 from __future__ import annotations
 
+import json
+import shlex
 import subprocess
 import sys
 import time
@@ -18,10 +20,11 @@ import pytest
 
 from qtts_eval import pipelines
 from qtts_eval.bench import Bench, BenchConfig
-from qtts_eval.errors import CandidateTimeout, ProtocolError
+from qtts_eval.errors import CandidateTimeout, PipelineError, ProtocolError
 from qtts_eval.fixtures import load_fixtures, read_reference_audio
 from qtts_eval.measure import measure
 from qtts_eval.metrics.latency import ChunkTiming, playback_underruns
+from qtts_eval.parity.faults import FAULTS
 from qtts_eval.pipelines.base import CloneMode, Pipeline, PipelineConfig, Request
 from qtts_eval.wire.client import collect
 from qtts_eval.wire.conformance import CheckOptions, RuleResult, Verdict, check_target, format_table
@@ -116,20 +119,48 @@ def test_healthy_worker_streams_frames_and_codes(request_xv) -> None:
     assert times == sorted(times) and len(again.chunks) == FRAMES
 
 
-def test_bench_records_a_crash_as_error_and_keeps_earlier_records(tmp_path: Path) -> None:
-    command = [*FAULTY, "--fault", "crash", "--after", "1"]
-    config = BenchConfig(
-        pipelines=("worker",),
-        fixtures=("en_one_word",),
-        modes=("xvector",),
-        repeats=3,
-        warmup=0,
-        options={"command": command, "timeout_s": TIMEOUT_S},
+@pytest.mark.parametrize("transport", ["worker", "websocket"])
+def test_bench_restarts_a_crashed_worker_and_reconnects_a_dropped_socket(
+    transport: str, tmp_path: Path
+) -> None:
+    # Every third request fails: the worker exits (restarted from zero) or the server drops the connection.
+    fault = (
+        ["--fault", "crash", "--after", "2"]
+        if transport == "worker"
+        else ["--fault", "close", "--after", "2"]
     )
-    frame = Bench.create(config, tmp_path, "crash").run(progress=False)
-    assert list(frame["status"]) == ["ok", "error", "error"]
-    assert "exited with code 3" in frame["error"].iloc[1]
-    assert frame["frames_generated"].iloc[0] > 0
+    common = {"fixtures": ("en_one_word",), "modes": ("xvector",), "repeats": 9, "warmup": 0}
+    options: dict[str, object] = {"timeout_s": TIMEOUT_S}
+    if transport == "worker":
+        options["command"] = [*FAULTY, *fault]
+        frame = Bench.create(
+            BenchConfig(pipelines=("worker",), options=options, **common), tmp_path, "crash"
+        ).run(progress=False)
+    else:
+        for url in _serve([*FAULTY, *fault, "--recurring", "--websocket"]):
+            frame = Bench.create(
+                BenchConfig(pipelines=("websocket",), options={**options, "url": url}, **common),
+                tmp_path,
+                "drop",
+            ).run(progress=False)
+    assert list(frame["status"]) == ["ok", "ok", "error"] * 3
+    message = "exited with code 3" if transport == "worker" else "closed the connection"
+    assert all(message in error for error in frame["error"].iloc[2::3])
+    ok = frame[frame["status"] == "ok"]
+    assert list(ok["info_candidate_restarts"]) == [0, 0, 1, 1, 2, 2]  # each restart recorded
+    assert (ok["frames_generated"] > 0).all()
+
+
+def test_restarts_are_bounded(request_xv) -> None:
+    pipeline = _worker([*FAULTY, "--fault", "crash"], timeout_s=TIMEOUT_S, max_restarts=1)
+    try:
+        for _ in range(2):  # the first worker crashes, then its one replacement
+            with pytest.raises(ProtocolError, match="exited with code 3"):
+                collect(pipeline.stream(request_xv))
+        with pytest.raises(PipelineError, match="already been restarted 1 times"):
+            collect(pipeline.stream(request_xv))
+    finally:
+        pipeline.close()
 
 
 def _verdicts(results: list[RuleResult]) -> dict[str, Verdict]:
@@ -237,6 +268,21 @@ def test_load_sweep_and_open_loop_report_percentiles() -> None:
         assert float(row["audio_s_per_s"]) > 0
 
 
+def test_load_writes_its_requests_as_records(tmp_path: Path) -> None:
+    from qtts_eval.cli import main
+    from qtts_eval.results import load_run
+
+    for url in _serve([*FAULTY, "--websocket", "--frame-delay-ms", "5"]):
+        args = ["load", url, "--concurrency", "1,2", "--requests-per-session", "2", "--frames", "3"]
+        assert main([*args, "--results", str(tmp_path), "--run-id", "load"]) == 0
+    frame = load_run(tmp_path / "load")
+    assert list(frame.groupby("fixture_id").size().items()) == [("load-closed-1", 2), ("load-closed-2", 4)]
+    assert (frame["status"] == "ok").all() and (frame["first_byte_s"] > 0).all()
+    assert (frame["rtf"] > 0).all() and set(frame["env_candidate"]) == {url}
+    assert frame["env_fixtures_hash"].notna().all() and frame["env_git_commit"].notna().all()
+    assert (tmp_path / "load" / "records.parquet").is_file()
+
+
 def test_load_refuses_a_remote_url() -> None:
     from qtts_eval.errors import BenchError
 
@@ -300,3 +346,153 @@ def test_conformance_passes_the_reference_server(reference_url) -> None:
     results = check_target(reference_url, CheckOptions(frames=3))
     assert set(_verdicts(results).values()) == {Verdict.PASS}, format_table(results)  # codes decoded too
     assert np.all([r.detail for r in results])
+
+
+# --- parity over the wire -------------------------------------------------------------------------------
+
+
+def _verdicts(report: Path) -> tuple[str, object, list[tuple[str, list[tuple[str, str]]]]]:
+    data = json.loads(report.read_text(encoding="utf-8"))
+    stages = [(c["mode"], [(s["key"], s["status"]) for s in c["stages"]]) for c in data["comparisons"]]
+    return data["verdict"], data["first_failing_stage"], stages
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("transport", "served"), [("worker", "hooked-reference"), ("websocket", "fault:talker-weight")]
+)
+def test_parity_over_the_wire_gives_the_in_process_verdicts(
+    transport: str, served: str, tmp_path: Path
+) -> None:
+    from qtts_eval.cli import main
+
+    common = ["--mode", "xvector", "--frames", "4"]
+    in_process = "reference" if served == "hooked-reference" else served
+    local_code = main(["parity", in_process, *common, "--out", str(tmp_path / "local")])
+    command = [*QTTS, "worker" if transport == "worker" else "serve", "--pipeline", served, "--model", "tiny"]
+    command += ["--dump-dir", str(tmp_path / "served-dumps")]
+    if transport == "worker":
+        wire_code = main(["parity", shlex.join(command), *common, "--out", str(tmp_path / "wire")])
+    else:
+        for url in _serve([*command, "--port", "0"]):
+            wire_code = main(["parity", url, *common, "--out", str(tmp_path / "wire")])
+    local = _verdicts(tmp_path / "local" / "report.json")
+    wire = _verdicts(tmp_path / "wire" / "report.json")
+    assert wire_code == local_code
+    assert wire == local  # same verdict, same first failing stage, every stage of free and forced alike
+    assert [mode for mode, _ in wire[2]] == ["free", "forced"]  # teacher forcing crossed the wire too
+    if served.startswith("fault:"):
+        assert wire[0] == "fail" and isinstance(wire[1], dict)
+        assert wire[1]["group"] == FAULTS[served.removeprefix("fault:")].group  # caught at its stage
+    else:
+        assert wire[0] == "pass"
+    assert not list((tmp_path / "served-dumps").rglob("*.safetensors"))  # moved to the harness's report dir
+
+
+def test_dumps_stay_inside_the_operator_chosen_directory(tmp_path: Path) -> None:
+    from pathlib import PurePosixPath
+
+    from qtts_eval.parity.capture import HookedReference
+    from qtts_eval.pipelines.base import Capability
+    from qtts_eval.wire.protocol import InvalidMessage
+    from qtts_eval.wire.server import Host
+
+    pipeline = HookedReference(PipelineConfig(model="tiny"))  # not loaded: only its declarations are used
+    assert Capability.STAGE_DUMPS not in Host(pipeline, "h").capabilities  # no directory, no dumps
+    host = Host(pipeline, "h", tmp_path / "dumps")
+    assert {Capability.STAGE_DUMPS, Capability.FORCED_CODES} <= host.capabilities
+    assert host.dump_target(PurePosixPath("run/a.safetensors")) == (tmp_path / "dumps/run/a.safetensors")
+    (tmp_path / "dumps" / "link").symlink_to(tmp_path)  # a symlink planted inside must not lead outside
+    with pytest.raises(InvalidMessage, match="leaves the dump directory"):
+        host.dump_target(PurePosixPath("link/escape/a.safetensors"))
+    assert not (tmp_path / "escape").exists()  # refused before any directory was made
+
+
+# --- head-to-head through the wire -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every process on one CPU thread: the precondition of an exact same-codes check between processes.
+
+    Random weights leave near-tie logits; a reduction order changed by another thread count (or a BLAS that
+    adapts its threads to the machine's load) can flip one, which is then a real code difference.
+    """
+    import torch
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, "1")  # the servers and the worker this test starts
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.slow
+def test_compare_shows_same_work_over_the_wire_and_flags_a_served_fault(
+    tiny_reference, one_thread, tmp_path: Path
+) -> None:
+    from qtts_eval import compare
+    from qtts_eval.cli import main
+    from qtts_eval.results import load_run
+    from qtts_eval.wire.pipelines import WebSocketPipeline
+
+    pipelines.register("served-fault", WebSocketPipeline)  # a second WebSocket candidate in the same run
+    worker = shlex.join([*QTTS, "worker", "--pipeline", "reference", "--model", "{model_dir}"])
+    served = [*QTTS, "serve", "--model", "tiny", "--port", "0", "--pipeline"]
+    for url in _serve([*served, "reference"]):
+        for fault_url in _serve([*served, "fault:talker-weight"]):
+            config = BenchConfig(
+                pipelines=(
+                    "websocket",
+                    "worker",
+                    "served-fault",
+                    "reference",
+                ),  # the reference still runs first
+                fixtures=("en_one_word",),
+                repeats=3,
+                warmup=1,
+                speaker_embedder=None,
+                options={"websocket.url": url, "served-fault.url": fault_url, "worker.command": worker},
+            )
+            Bench.create(config, tmp_path, "h2h").run(progress=False)
+    frame = load_run(tmp_path / "h2h")
+    assert (frame["status"] == "ok").all(), frame["error"].dropna().tolist()
+
+    served = frame[frame["pipeline"] == "websocket"]
+    detail = served[["mode", "repeat", "codes_match_reference", "first_divergent_frame", "stop_vs_reference"]]
+    same = compare.compare(*compare.within_run(frame, "websocket"))
+    overall = same.iloc[0]
+    assert overall["fixture_id"] == compare.ALL and overall["pairs"] == 6  # 2 modes x 3 repeats
+    assert overall["codes_match"] == 1.0 and overall["flags"] == "", detail.to_string()
+    for metric in ("first_playable_s", "first_byte_s", "rtf"):
+        # The same work on the same machine: near 1 (the loopback hop is ~1 ms of requests of ~1 s), with
+        # an interval around it. Loose bounds: the 2-core machine is shared with other jobs.
+        low, ratio, high = overall[f"{metric}_low"], overall[f"{metric}_ratio"], overall[f"{metric}_high"]
+        assert 0.5 < low <= ratio <= high < 2.0, (metric, low, ratio, high)
+
+    worker_rows = frame[frame["pipeline"] == "worker"]
+    reference_rows = frame[frame["pipeline"] == "reference"]
+    assert (worker_rows["codes_match_reference"] == 1.0).all()
+    assert (worker_rows["stop_vs_reference"] == "same").all()
+    assert set(worker_rows["env_source_weights_hash"]) == set(
+        reference_rows["env_weights_hash"]
+    )  # handed over
+    assert (worker_rows["peak_mem_kind"] == "worker_tree_rss").all()
+    assert (worker_rows["peak_mem_bytes"] > 50 * 2**20).all()  # torch + the model live in the worker
+    assert set(worker_rows["env_implementation_name"]) == {"qtts-eval/reference"}
+    assert reference_rows["codes_match_reference"].isna().all()  # the reference is the yardstick
+
+    fault_rows = frame[frame["pipeline"] == "served-fault"]
+    # One perturbed talker weight changes the codes of some requests (on tiny, those of one clone mode): the
+    # record says where, and compare flags the candidate.
+    diverged = fault_rows[fault_rows["codes_match_reference"] < 1.0]
+    assert len(diverged) and diverged["first_divergent_frame"].notna().all()
+    flagged = compare.compare(*compare.within_run(frame, "served-fault"))
+    assert "codes_differ" in flagged.iloc[0]["flags"] and flagged.iloc[0]["codes_match"] < 1.0
+    markdown, page = tmp_path / "compare.md", tmp_path / "compare.html"
+    args = ["compare", str(tmp_path / "h2h"), "--candidate", "served-fault"]
+    assert main([*args, "--markdown", str(markdown), "--html", str(page)]) == 1  # flagged
+    assert "codes_differ" in markdown.read_text(encoding="utf-8")
+    assert "codes_differ" in page.read_text(encoding="utf-8")
+    assert main(["compare", str(tmp_path / "h2h"), "--candidate", "websocket"]) == 0

@@ -14,6 +14,7 @@ SUBCOMMANDS = (
     "bench",
     "check_worker",
     "checkpoint",
+    "compare",
     "fixtures",
     "gate",
     "history",

@@ -52,6 +52,9 @@ def add_parser(commands: Any) -> None:
         help="unrecorded requests per pipeline and warm-up class (mode, voice, text-length class)",
     )
     parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    parser.add_argument(
+        "--max-frames", type=int, help="frame budget of every request (default: derived from each text)"
+    )
     parser.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=Sampling.temperature)
     parser.add_argument("--top-k", type=int, default=Sampling.top_k)
@@ -118,6 +121,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         repeats=args.repeats,
         warmup=args.warmup,
         seed=args.seed,
+        max_frames=args.max_frames,
         sampling=Sampling(
             do_sample=args.sample,
             temperature=args.temperature,

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
+from qtts_eval import environment
+from qtts_eval.fixtures import load_fixtures
 from qtts_eval.pipelines.base import CloneMode
+from qtts_eval.results import RunStore
 from qtts_eval.wire.client import Timeouts
-from qtts_eval.wire.load import LevelResult, LoadOptions, LoadRunner, first_error, summarise
+from qtts_eval.wire.load import LevelResult, LoadOptions, LoadRunner, first_error, load_records, summarise
 
 _DEFAULTS = LoadOptions()
 _COLUMNS = (
@@ -63,7 +68,27 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--voice", default=_DEFAULTS.voice)
     parser.add_argument("--timeout", type=float, default=Timeouts.message_s, help="seconds per message")
     parser.add_argument("--json", type=Path, help="also write the per-level rows here")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="results root directory")
+    parser.add_argument("--run-id", help="name of the run directory (default: load-<UTC timestamp>)")
     parser.set_defaults(run=run)
+
+
+def _store(args: argparse.Namespace, options: LoadOptions) -> RunStore:
+    now = dt.datetime.now(dt.timezone.utc)
+    run_id = args.run_id or "load-" + now.strftime("%Y%m%dT%H%M%SZ")
+    fixtures = load_fixtures()
+    store = RunStore(args.results / run_id)
+    store.create(
+        {
+            "run_id": run_id,
+            "created_at": now.isoformat(timespec="seconds"),
+            "config": {"load": {**dataclasses.asdict(options), "target": args.target}},
+            "fixtures_version": fixtures.version,
+            "fixtures_hash": fixtures.content_hash,
+            "machine": environment.fingerprint(),
+        }
+    )
+    return store
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,11 +115,19 @@ def run(args: argparse.Namespace) -> int:
         if error:
             print(f"    first error: {error}", flush=True)
 
-    LoadRunner(args.target, options).run(show)
+    results = LoadRunner(args.target, options).run(show)
+    store = _store(args, options)
+    header = store.header()
+    env = {**header["machine"], "fixtures_version": header["fixtures_version"]}
+    env["fixtures_hash"] = header["fixtures_hash"]
+    for record in load_records(store.directory.name, args.target, options, results, env):
+        store.append(record)
+    store.write_parquet()
     print(
         "first_ms: speak sent (closed) or arrival (open) -> first audio decoded at the harness; "
         "rtf: (last audio - t0) / audio seconds; audio_s_per_s: audio delivered per wall second"
     )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+    print(f"{sum(len(r.samples) for r in results)} records -> {store.directory}")
     return 1 if any(row["errors"] for row in rows) else 0

@@ -15,11 +15,12 @@ def add_parser(commands: Any) -> None:
         "parity",
         help="compare a candidate with the reference, stage by stage",
         description="CANDIDATE is 'reference' (the official package again, e.g. with --candidate-dtype), "
-        "'fault:NAME' (a planted fault), a registered pipeline declaring stage_dumps, or a .safetensors dump "
-        "written by a port (with --forced-dump for its teacher-forced run). A dump's header gives the "
-        "request and the model; the flags below only override it (in-process candidates default to tiny, "
-        "slt, 'Hello there.', icl, 8 frames, seed 0). Exits 0 on PASS, 1 on FAIL, UNCLASSIFIED or "
-        "REPORT-ONLY, 2 on bad input.",
+        "'fault:NAME' (a planted fault), a registered pipeline declaring stage_dumps, a ws:// URL or a "
+        "worker command line (one quoted string) of a candidate declaring stage_dumps (docs/protocol.md), or "
+        "a .safetensors dump written by a port (with --forced-dump for its teacher-forced run). A dump's "
+        "header gives the request and the model; the flags below only override it (in-process candidates "
+        "default to tiny, slt, 'Hello there.', icl, 8 frames, seed 0). Exits 0 on PASS, 1 on FAIL, "
+        "UNCLASSIFIED or REPORT-ONLY, 2 on bad input.",
     )
     parser.add_argument("candidate", help="candidate to compare")
     parser.add_argument("--model", default=None, help="model ref of the reference (default: the dump's)")
@@ -60,7 +61,7 @@ def add_parser(commands: Any) -> None:
 
 
 def _forced_inputs(args: argparse.Namespace) -> tuple[Any, ...]:
-    from qtts_eval.parity.dumps import ForcedInput
+    from qtts_eval.pipelines.base import ForcedInput
 
     if args.no_teacher_forcing:
         return ()

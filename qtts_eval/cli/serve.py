@@ -5,21 +5,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 from qtts_eval import pipelines
 from qtts_eval.cli.options import parse_options
 from qtts_eval.errors import PipelineError
-from qtts_eval.pipelines.base import PipelineConfig
+from qtts_eval.pipelines.base import Pipeline, PipelineConfig
 from qtts_eval.wire.server import LOOPBACK_HOSTS, Host, serve_websocket
 
 DEFAULT_PORT = 8765
+HOOKED_REFERENCE = "hooked-reference"  # the reference with parity capture hooks (stage_dumps, forced_codes)
+FAULT_PREFIX = (
+    "fault:"  # fault:NAME serves the hooked reference with a planted fault (qtts_eval.parity.faults)
+)
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that build the pipeline being served; shared with `qtts-eval worker`."""
     defaults = PipelineConfig()
-    parser.add_argument("--pipeline", default="reference", help="registry name of the pipeline to serve")
+    parser.add_argument(
+        "--pipeline",
+        default="reference",
+        help=f"registry name of the pipeline to serve, or {HOOKED_REFERENCE} / {FAULT_PREFIX}NAME (the "
+        "reference with parity capture, without or with a planted fault; stage dumps need --dump-dir)",
+    )
     parser.add_argument("--model", default=defaults.model, help="preset, checkpoint directory or hub id")
     parser.add_argument("--device", default=defaults.device, help="torch device, e.g. cpu or cuda:0")
     parser.add_argument("--dtype", default=defaults.dtype, choices=("float32", "bfloat16", "float16"))
@@ -32,6 +42,27 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="pipeline option (repeatable); VALUE is parsed as JSON when it can be, else kept as a string",
     )
+    parser.add_argument(
+        "--dump-dir",
+        type=Path,
+        help="directory parity stage dumps are written under (relative dump_path names only); without it the "
+        "server declares neither stage_dumps nor forced_codes",
+    )
+
+
+def create_pipeline(name: str, config: PipelineConfig) -> Pipeline:
+    """A registered pipeline, or the hooked reference (with a planted fault) for parity over the wire."""
+    if name != HOOKED_REFERENCE and not name.startswith(FAULT_PREFIX):
+        return pipelines.create(name, config)
+    from qtts_eval.parity.capture import HookedReference
+    from qtts_eval.parity.faults import FAULTS
+
+    if name == HOOKED_REFERENCE:
+        return HookedReference(config)
+    fault = name.removeprefix(FAULT_PREFIX)
+    if fault not in FAULTS:
+        raise PipelineError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+    return HookedReference(config, fault=FAULTS[fault]())
 
 
 def load_host(args: argparse.Namespace) -> Host:
@@ -42,9 +73,11 @@ def load_host(args: argparse.Namespace) -> Host:
         attn_implementation=args.attn,
         options=parse_options(args.options),
     )
-    pipeline = pipelines.create(args.pipeline, config)
+    pipeline = create_pipeline(args.pipeline, config)
     pipeline.load()
-    return Host(pipeline, args.pipeline)
+    if args.dump_dir is not None:
+        args.dump_dir.mkdir(parents=True, exist_ok=True)
+    return Host(pipeline, args.pipeline, args.dump_dir)
 
 
 def add_parser(commands: Any) -> None:

@@ -63,3 +63,41 @@ class MemoryProbe:
         if peak is None:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return PeakMemory(peak, "process_rss", None, _status_bytes("VmRSS") or peak)
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from /proc's children lists; empty once the process is gone."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        tasks = Path(f"/proc/{current}/task")
+        if not tasks.is_dir():
+            continue
+        found.append(current)
+        for task in tasks.iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                pending.extend(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def reset_tree_peak_rss(pid: int) -> None:
+    """Reset the RSS high-water mark of a local process and its children (ours to reset: we started it)."""
+    for member in _process_tree(pid):
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{member}/clear_refs").write_text("5")
+
+
+def tree_peak_rss_bytes(pid: int) -> int | None:
+    """Peak RSS since the last reset of a local process plus its children: the sum of each one's peak, so
+    exact for one process and an upper bound for several (their peaks need not coincide)."""
+    total = 0
+    members = _process_tree(pid)
+    for member in members:
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) * 1024  # reported in kB
+        except OSError:
+            continue
+    return total if members else None

@@ -14,10 +14,9 @@ import dataclasses
 import hashlib
 import os
 import shutil
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -25,12 +24,14 @@ import numpy.typing as npt
 from qtts_eval import checkpoints
 from qtts_eval.environment import package_version
 from qtts_eval.errors import ParityError
-from qtts_eval.parity.dumps import DumpMeta, ForcedInput, StageDump
+from qtts_eval.parity.dumps import DumpMeta, StageDump
 from qtts_eval.pipelines.base import (
     AudioChunk,
     Capability,
     CloneMode,
     Event,
+    ForcedInput,
+    ForcedInputs,
     PipelineConfig,
     Request,
     StreamEnd,
@@ -42,53 +43,6 @@ FORCE_FLOOR = (
     -1.0e4
 )  # logit given to every non-forced token: far below any real logit, finite for the processors
 _VERSIONED = ("qwen-tts", "torch", "transformers")
-
-
-@dataclass(frozen=True)
-class ForcedInputs:
-    """What a teacher-forced candidate receives from the reference dump; None leaves that input free."""
-
-    codes: npt.NDArray[np.int64] | None  # [T, 16] generated codes, forced frame by frame
-    ref_codes: (
-        npt.NDArray[np.int64] | None
-    )  # [T_ref, 16] reference audio codes (ICL), replacing the encoder's
-    spk_embedding: npt.NDArray[np.float32] | None  # [D] speaker embedding, replacing the speaker encoder's
-
-    @classmethod
-    def from_dump(cls, dump: StageDump, inputs: Collection[ForcedInput] = tuple(ForcedInput)) -> ForcedInputs:
-        """The `inputs` to force, read from a reference dump (reference codes only where it has them: ICL)."""
-        missing = [f.value for f in inputs if f is not ForcedInput.REF_CODES and f.value not in dump.tensors]
-        if missing:
-            raise ParityError(f"teacher forcing needs {missing} in the reference dump")
-
-        def take(forced_input: ForcedInput, dtype: type[Any]) -> Any:
-            value = dump.tensors.get(forced_input.value) if forced_input in inputs else None
-            return None if value is None else value.astype(dtype)
-
-        return cls(
-            codes=take(ForcedInput.CODES, np.int64),
-            ref_codes=take(ForcedInput.REF_CODES, np.int64),
-            spk_embedding=take(ForcedInput.SPK_EMBEDDING, np.float32),
-        )
-
-    @property
-    def forced(self) -> tuple[ForcedInput, ...]:
-        """The inputs this forces, in schema order (what a dump header records)."""
-        given = {
-            ForcedInput.SPK_EMBEDDING: self.spk_embedding,
-            ForcedInput.REF_CODES: self.ref_codes,
-            ForcedInput.CODES: self.codes,
-        }
-        return tuple(f for f in ForcedInput if given[f] is not None)
-
-
-@runtime_checkable
-class StageDumper(Protocol):
-    """What a pipeline declaring Capability.STAGE_DUMPS provides (FORCED_CODES: honours `forced`)."""
-
-    def write_stage_dump(
-        self, request: Request, path: Path, *, forced: ForcedInputs | None = None
-    ) -> StageDump: ...
 
 
 class Fault:

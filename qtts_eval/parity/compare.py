@@ -22,16 +22,9 @@ import numpy.typing as npt
 
 from qtts_eval.errors import ParityError
 from qtts_eval.metrics.audio import log_mel_l1, snr_db
-from qtts_eval.parity.dumps import (
-    DumpMeta,
-    ForcedInput,
-    StageDump,
-    required_keys,
-    stage_of,
-    stage_sort_key,
-    time_axis,
-)
+from qtts_eval.parity.dumps import DumpMeta, StageDump, required_keys, stage_of, stage_sort_key, time_axis
 from qtts_eval.parity.profiles import Profile, Rule
+from qtts_eval.pipelines.base import ForcedInput
 from qtts_eval.units import SAMPLES_PER_FRAME
 
 DISCRETE_INPUTS = ("inputs.text_ids", "inputs.ref_text_ids", "codec_enc.codes")  # gate everything downstream

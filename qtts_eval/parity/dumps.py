@@ -11,7 +11,6 @@ of `DumpMeta`. Tensors are stored as float32 (floating stages; the computing dty
 
 from __future__ import annotations
 
-import enum
 import fnmatch
 import json
 from collections.abc import Mapping
@@ -23,18 +22,10 @@ import numpy as np
 import numpy.typing as npt
 
 from qtts_eval.errors import ParityError
+from qtts_eval.pipelines.base import ForcedInput
 
 SCHEMA_VERSION = 2  # bump when a key or header field changes meaning; older files are migrated or refused
 METADATA_KEY = "qtts_parity"  # the safetensors __metadata__ entry holding the JSON header
-
-
-class ForcedInput(str, enum.Enum):
-    """An input a teacher-forced candidate takes from the reference dump instead of computing it; the value
-    is the dump key it is read from."""
-
-    SPK_EMBEDDING = "spk.embedding"  # speaker embedding, replacing the candidate's speaker encoder
-    REF_CODES = "codec_enc.codes"  # reference audio codes (ICL), replacing the candidate's codec encoder
-    CODES = "codes"  # generated codes, forced frame by frame into the talker and code predictor
 
 
 @dataclass(frozen=True)

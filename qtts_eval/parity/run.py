@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qtts_eval.errors import ParityError
-from qtts_eval.parity.capture import ForcedInputs, HookedReference, StageDumper
+from qtts_eval.parity.capture import HookedReference
 from qtts_eval.parity.compare import (
     COMPARED,
     Comparison,
@@ -22,9 +22,9 @@ from qtts_eval.parity.compare import (
     describe_divergence,
     first_difference,
 )
-from qtts_eval.parity.dumps import STAGES, ForcedInput, StageDump, read_dump, required_keys, stage_of
+from qtts_eval.parity.dumps import STAGES, StageDump, read_dump, required_keys, stage_of
 from qtts_eval.parity.profiles import Profile
-from qtts_eval.pipelines.base import Capability, Pipeline, Request
+from qtts_eval.pipelines.base import Capability, ForcedInput, ForcedInputs, Pipeline, Request, StageDumper
 
 NOT_COVERED_SHOWN = 6  # schema entries listed by name in the verdict line; the rest are counted
 
@@ -185,14 +185,16 @@ def compare_pipeline(
             f"pipeline {name!r} does not declare stage_dumps; compare a directory of its dumps instead"
         )
     target = dump_dir or Path.cwd()
-    free_dump = pipeline.write_stage_dump(request, target / "candidate.free.safetensors")
+    # The files the candidate wrote are what is compared, whether it ran here or behind the wire.
+    free_path = target / "candidate.free.safetensors"
+    pipeline.write_stage_dump(request, free_path)
+    free_dump = read_dump(free_path)
     forced_dump = None
     if forced_inputs and Capability.FORCED_CODES in pipeline.capabilities:
-        forced_dump = pipeline.write_stage_dump(
-            request,
-            target / "candidate.forced.safetensors",
-            forced=ForcedInputs.from_dump(reference, forced_inputs),
-        )
+        forced_path = target / "candidate.forced.safetensors"
+        forced = ForcedInputs.from_tensors(reference.tensors, forced_inputs)
+        pipeline.write_stage_dump(request, forced_path, forced=forced)
+        forced_dump = read_dump(forced_path)
     return compare(name, profile, reference, free_dump, forced_dump)
 
 

@@ -13,12 +13,12 @@ from typing import Any
 from qtts_eval import fixtures
 from qtts_eval.errors import ParityError
 from qtts_eval.parity.capture import HookedReference
-from qtts_eval.parity.dumps import DumpMeta, ForcedInput, StageDump, read_dump, write_dump
+from qtts_eval.parity.dumps import DumpMeta, StageDump, read_dump, write_dump
 from qtts_eval.parity.faults import FAULTS
 from qtts_eval.parity.profiles import Profile, profile_for_precision, profile_named
 from qtts_eval.parity.report import write_reports
 from qtts_eval.parity.run import ParityResult, compare_files, compare_pipeline, reference_dump
-from qtts_eval.pipelines.base import CloneMode, PipelineConfig, Request, Sampling
+from qtts_eval.pipelines.base import CloneMode, ForcedInput, PipelineConfig, Request, Sampling
 
 REFERENCE_CODEC_DTYPE = "float32"  # HookedReference's codec dtype unless a candidate option says otherwise
 FAULT_PREFIX = "fault:"  # CANDIDATE naming a planted fault, e.g. "fault:talker-weight"
@@ -107,16 +107,26 @@ def resolve_settings(
     return settings
 
 
+def _over_the_wire(candidate: str) -> bool:
+    """A ws:// URL, or a worker command line (it has spaces): a candidate behind docs/protocol.md."""
+    return candidate.startswith(("ws://", "wss://")) or len(candidate.split()) > 1
+
+
 def _is_dump(candidate: str) -> bool:
-    return candidate.endswith(".safetensors") or Path(candidate).is_file()
+    return not _over_the_wire(candidate) and (candidate.endswith(".safetensors") or Path(candidate).is_file())
 
 
-def _in_process(
+def _candidate_pipeline(
     candidate: str, base: PipelineConfig, settings: ParitySettings, codec_dtype: str | None
-) -> tuple[Any, str]:
-    """The candidate pipeline (model, device and dtype from `base`) and the codec dtype it runs in."""
+) -> tuple[Any, str | None]:
+    """The candidate pipeline (model, device and dtype from `base`) and the codec dtype it runs in (None: a
+    wire candidate, which says its own precision in its hello)."""
     from qtts_eval import pipelines
 
+    if candidate.startswith(("ws://", "wss://")):
+        return pipelines.create("websocket", PipelineConfig(options={"url": candidate})), None
+    if _over_the_wire(candidate):
+        return pipelines.create("worker", PipelineConfig(options={"command": candidate})), None
     options: dict[str, Any] = {"non_streaming_mode": settings.non_streaming_mode}
     if candidate == "reference" or candidate.startswith(FAULT_PREFIX):
         codec = codec_dtype or REFERENCE_CODEC_DTYPE
@@ -145,8 +155,9 @@ def run_session(
     forced_dump: Path | None = None,
     forced_inputs: Collection[ForcedInput] = tuple(ForcedInput),
 ) -> ParityResult:
-    """One parity run of `candidate` ("reference", "fault:NAME", a registered STAGE_DUMPS pipeline, or a
-    port's dump file), written under `out` (dumps, report.html/.md/.json); returns the result.
+    """One parity run of `candidate` ("reference", "fault:NAME", a registered STAGE_DUMPS pipeline, a ws://
+    URL or worker command line of a candidate declaring stage_dumps, or a port's dump file), written under
+    `out` (dumps, report.html/.md/.json); returns the result.
 
     A dump's header supplies the request and the reference's model; `overrides` (ParitySettings fields,
     None = not given) replace header fields. The profile is `profile` when given, else the default of the
@@ -171,17 +182,25 @@ def run_session(
             if dump is not None:  # kept beside the reference so report.load_parity can recompute
                 write_dump(dump, out / written)
     else:
-        pipeline, codec_dtype = _in_process(
+        pipeline, codec_dtype = _candidate_pipeline(
             candidate,
             PipelineConfig(model=settings.model, device=device, dtype=candidate_dtype),
             settings,
             candidate_codec_dtype,
         )
         pipeline.load()
-        chosen = _profile(profile, candidate_dtype, codec_dtype)
-        result = compare_pipeline(
-            ref_dump, pipeline, request, chosen, candidate, forced_inputs=forced_inputs, dump_dir=out
-        )
+        try:
+            if codec_dtype is None:  # over the wire: the precision the candidate declares in its hello
+                facts = pipeline.describe()
+                dtype = str(facts.get("dtype", candidate_dtype))
+                chosen = _profile(profile, dtype, str(facts.get("codec_dtype", dtype)))
+            else:
+                chosen = _profile(profile, candidate_dtype, codec_dtype)
+            result = compare_pipeline(
+                ref_dump, pipeline, request, chosen, candidate, forced_inputs=forced_inputs, dump_dir=out
+            )
+        finally:
+            pipeline.close()
     write_reports(result, out)
     return result
 

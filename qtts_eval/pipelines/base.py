@@ -7,22 +7,23 @@ import functools
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from qtts_eval import environment
-from qtts_eval.errors import RequestError
+from qtts_eval.errors import ParityError, RequestError
 from qtts_eval.fixtures import Voice, read_reference_audio
 from qtts_eval.pipelines import options
 from qtts_eval.pipelines.options import NoOptions
 from qtts_eval.units import MAX_TEXT_CHARS, SAMPLE_RATE_HZ
 
 REMOTE_GPU_MEMORY_KEY = "remote_gpu_mem_bytes"  # StreamEnd.info: an external candidate's NVML reading
+REMOTE_RSS_KEY = "remote_peak_rss_bytes"  # StreamEnd.info: a local worker's (and children's) peak RSS
 
 
 @functools.lru_cache(maxsize=16)
@@ -178,7 +179,9 @@ class Pipeline(ABC):
     """A TTS implementation under test."""
 
     label: ClassVar[str] = "pipeline"  # names the pipeline in error messages
-    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    # A class declares what it can do; a pipeline in front of another implementation (the wire clients) sets
+    # it per instance from what that implementation declared.
+    capabilities: frozenset[Capability] = frozenset()
     # False for candidates in another process: the harness's own memory says nothing about them.
     in_process: ClassVar[bool] = True
     options_schema: ClassVar[type] = NoOptions  # a frozen dataclass: the options this pipeline takes
@@ -207,6 +210,69 @@ class Pipeline(ABC):
 
     def close(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Release resources (processes, sockets, GPU memory)."""
+
+
+class ForcedInput(str, enum.Enum):
+    """An input a teacher-forced candidate takes from the reference dump instead of computing it; the value
+    is the dump key it is read from (docs/parity.md)."""
+
+    SPK_EMBEDDING = "spk.embedding"  # speaker embedding, replacing the candidate's speaker encoder
+    REF_CODES = "codec_enc.codes"  # reference audio codes (ICL), replacing the candidate's codec encoder
+    CODES = "codes"  # generated codes, forced frame by frame into the talker and code predictor
+
+
+@dataclass(frozen=True)
+class ForcedInputs:
+    """What a teacher-forced run receives from the reference dump; None leaves that input free."""
+
+    codes: npt.NDArray[np.int64] | None  # [T, 16] generated codes, forced frame by frame
+    ref_codes: (
+        npt.NDArray[np.int64] | None
+    )  # [T_ref, 16] reference audio codes (ICL), replacing the encoder's
+    spk_embedding: npt.NDArray[np.float32] | None  # [D] speaker embedding, replacing the speaker encoder's
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: Mapping[str, np.ndarray], inputs: Collection[ForcedInput] = tuple(ForcedInput)
+    ) -> ForcedInputs:
+        """The `inputs` to force, from the tensors of a reference stage dump (reference codes only where the
+        dump has them: ICL)."""
+        missing = [f.value for f in inputs if f is not ForcedInput.REF_CODES and f.value not in tensors]
+        if missing:
+            raise ParityError(f"teacher forcing needs {missing} in the reference dump")
+
+        def take(forced_input: ForcedInput, dtype: type[Any]) -> Any:
+            value = tensors.get(forced_input.value) if forced_input in inputs else None
+            return None if value is None else np.asarray(value, dtype=dtype)
+
+        return cls(
+            codes=take(ForcedInput.CODES, np.int64),
+            ref_codes=take(ForcedInput.REF_CODES, np.int64),
+            spk_embedding=take(ForcedInput.SPK_EMBEDDING, np.float32),
+        )
+
+    @property
+    def forced(self) -> tuple[ForcedInput, ...]:
+        """The inputs this forces, in schema order (what a dump header records)."""
+        given = {
+            ForcedInput.SPK_EMBEDDING: self.spk_embedding,
+            ForcedInput.REF_CODES: self.ref_codes,
+            ForcedInput.CODES: self.codes,
+        }
+        return tuple(f for f in ForcedInput if given[f] is not None)
+
+
+@runtime_checkable
+class StageDumper(Protocol):
+    """What a pipeline declaring Capability.STAGE_DUMPS provides (FORCED_CODES: it honours `forced`).
+
+    It runs `request` once and writes the stage dump (docs/parity.md) to `path`; callers read that file,
+    so what is compared is what the candidate wrote, in process or over the wire.
+    """
+
+    def write_stage_dump(
+        self, request: Request, path: Path, *, forced: ForcedInputs | None = None
+    ) -> object: ...
 
 
 Emit = Callable[[Event], None]

@@ -21,7 +21,16 @@ from typing import Any
 import numpy as np
 
 from qtts_eval.errors import CandidateTimeout, PipelineError, ProtocolError, RemoteError
-from qtts_eval.pipelines.base import AudioChunk, Event, Mark, Request, Stage, StreamEnd, UnsupportedRequest
+from qtts_eval.pipelines.base import (
+    AudioChunk,
+    Event,
+    ForcedInputs,
+    Mark,
+    Request,
+    Stage,
+    StreamEnd,
+    UnsupportedRequest,
+)
 from qtts_eval.units import CODEBOOKS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from qtts_eval.wire import protocol
 from qtts_eval.wire.protocol import Encoding, ErrorCode
@@ -193,6 +202,7 @@ class Hello:
     capabilities: frozenset[str]  # Capability values
     implementation: dict[str, Any] = field(default_factory=dict)  # its own description (model, dtype, ...)
     pid: int | None = None  # its process id, for NVML memory lookups
+    dump_dir: str | None = None  # with stage_dumps: the directory its dumps are written under
 
 
 @dataclass(frozen=True)
@@ -242,7 +252,13 @@ class RemoteSession:
         if not isinstance(capabilities, list) or not isinstance(implementation, dict):
             raise ProtocolError("hello: capabilities must be a list and implementation an object")
         pid = message.get("pid")
-        return Hello(frozenset(map(str, capabilities)), implementation, pid if isinstance(pid, int) else None)
+        dump_dir = message.get("dump_dir")
+        return Hello(
+            frozenset(map(str, capabilities)),
+            implementation,
+            pid if isinstance(pid, int) else None,
+            dump_dir if isinstance(dump_dir, str) else None,
+        )
 
     def start(self, audio: np.ndarray, ref_text: str, encoding: Encoding) -> str:
         """Open (or re-open) the session with this voice; uploads it only if the server lacks it."""
@@ -283,6 +299,28 @@ class RemoteSession:
             raise PipelineError("speak() before start()")
         self.channel.send(protocol.speak_message(request, return_codes))
         yield from self.receive_utterance()
+
+    def dump(self, request: Request, dump_path: str, forced: ForcedInputs | None) -> int:
+        """A parity request: the candidate writes a stage dump at `dump_path` (relative to its dump
+        directory) and answers `dumped`; returns the size it reports, in bytes."""
+        if self.encoding is None:
+            raise PipelineError("dump() before start()")
+        self.channel.send(protocol.speak_message(request, False, forced=forced, dump_path=dump_path))
+        while True:
+            message = self.next_message()
+            kind = message["type"]
+            if kind == "error":
+                raise _remote_error(message)
+            if kind == "dumped":
+                size = message.get("bytes")
+                if message.get("path") != dump_path or not isinstance(size, int) or size <= 0:
+                    raise ProtocolError(
+                        f"dumped must name the requested path {dump_path!r} and its size in bytes, got "
+                        f"{message.get('path')!r}, {size!r}"
+                    )
+                return size
+            if kind != "mark":
+                raise ProtocolError(f"unexpected {kind!r} message during a parity request")
 
     def receive_utterance(self) -> Iterator[Event]:
         """The events of the utterance in progress, validated; the last is a StreamEnd."""

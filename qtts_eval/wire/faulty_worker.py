@@ -20,6 +20,9 @@ codec of that checkpoint (a candidate whose codes and audio agree), otherwise a 
   nondeterministic  every utterance's codes and audio are shifted by its index: the same request differs
   codes-mismatch the codes returned are not the codes the audio was decoded from (use with --codec)
   no-busy        a speak during an utterance is ignored instead of refused with BUSY
+
+``--after N`` serves N utterances correctly before the fault strikes; with ``--recurring`` it strikes again
+after every further N correct ones (a crashed worker restarted by the harness counts from zero again).
 """
 
 from __future__ import annotations
@@ -84,12 +87,20 @@ class TonePipeline(Pipeline):
     capabilities = frozenset({Capability.SEEDED_SAMPLING})
 
     def __init__(
-        self, fault: Fault, frame_delay_s: float, healthy_utterances: int, codec_model: str | None = None
+        self,
+        fault: Fault,
+        frame_delay_s: float,
+        healthy_utterances: int,
+        codec_model: str | None = None,
+        recurring: bool = False,
     ) -> None:
         super().__init__(PipelineConfig(model=codec_model or "tone"))
         self.fault = fault
         self.frame_delay_s = frame_delay_s
-        self.healthy_utterances = healthy_utterances  # utterances served correctly before the fault strikes
+        self.after = healthy_utterances  # utterances served correctly before each strike
+        self.healthy_utterances = healthy_utterances  # correct utterances left before the next strike
+        self.recurring = recurring  # strike again after `after` more correct utterances
+        self.strike_pending = False  # a faulty utterance whose first audio frame the transport may spoil
         self.codec_model = codec_model  # checkpoint whose reference codec turns the codes into audio
         self.codec: ReferenceCodec | None = None
         self.utterances = 0  # served so far (the nondeterministic fault shifts each by its index)
@@ -114,6 +125,10 @@ class TonePipeline(Pipeline):
         if self.healthy_utterances > 0:
             self.healthy_utterances -= 1
             fault = Fault.NONE
+        else:
+            if self.recurring:
+                self.healthy_utterances = self.after
+            self.strike_pending = True
         self.utterances += 1
         shift = self.utterances if fault is Fault.NONDETERMINISTIC else 0
         frames = request.max_frames
@@ -140,12 +155,13 @@ class TonePipeline(Pipeline):
 
 
 class FaultyTransport(Transport):
-    """Passes everything through except the first audio frame, where transport-level faults strike."""
+    """Passes everything through except the first audio frame of a faulty utterance, where transport-level
+    faults strike."""
 
-    def __init__(self, inner: Transport, fault: Fault) -> None:
+    def __init__(self, inner: Transport, pipeline: TonePipeline) -> None:
         self.inner = inner
-        self.fault = fault
-        self.struck = False
+        self.pipeline = pipeline
+        self.fault = pipeline.fault
 
     async def receive(self) -> str | bytes | None:
         return await self.inner.receive()
@@ -156,10 +172,14 @@ class FaultyTransport(Transport):
         await self.inner.send_text(text)
 
     async def send_binary(self, data: bytes) -> None:
-        if self.struck or self.fault not in (Fault.CLOSE, Fault.MALFORMED, Fault.BAD_FRAME):
+        if not self.pipeline.strike_pending or self.fault not in (
+            Fault.CLOSE,
+            Fault.MALFORMED,
+            Fault.BAD_FRAME,
+        ):
             await self.inner.send_binary(data)
             return
-        self.struck = True
+        self.pipeline.strike_pending = False
         if self.fault is Fault.MALFORMED:
             await self.inner.send_text("{this is not json")
         elif self.fault is Fault.BAD_FRAME and isinstance(self.inner, StdioTransport):
@@ -176,15 +196,18 @@ def main() -> None:
     parser.add_argument("--fault", type=Fault, default=Fault.NONE, choices=list(Fault))
     parser.add_argument("--frame-delay-ms", type=float, default=20.0, help="pause before each frame")
     parser.add_argument("--after", type=int, default=0, help="utterances served correctly before the fault")
+    parser.add_argument(
+        "--recurring", action="store_true", help="strike again after every --after correct utterances"
+    )
     parser.add_argument("--websocket", action="store_true", help="serve WebSocket on a free loopback port")
     parser.add_argument("--codec", metavar="MODEL", help="send the reference codec's decode of the codes")
     args = parser.parse_args()
-    pipeline = TonePipeline(args.fault, args.frame_delay_ms / 1000, args.after, args.codec)
+    pipeline = TonePipeline(args.fault, args.frame_delay_ms / 1000, args.after, args.codec, args.recurring)
     pipeline.load()
     host = Host(pipeline, "faulty")
 
     def wrap(transport: Transport) -> Transport:
-        return FaultyTransport(transport, args.fault)
+        return FaultyTransport(transport, pipeline)
 
     if not args.websocket:
         run_stdio_worker(lambda: host, wrap)

@@ -15,13 +15,15 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from qtts_eval.errors import BenchError, QttsEvalError
 from qtts_eval.fixtures import load_fixtures
 from qtts_eval.metrics.latency import ChunkTiming, playback_underruns
-from qtts_eval.pipelines.base import CloneMode, Request, UnsupportedRequest
+from qtts_eval.pipelines.base import CloneMode, Request, Sampling, UnsupportedRequest
+from qtts_eval.results import Record
 from qtts_eval.units import SAMPLE_RATE_HZ
 from qtts_eval.wire.client import RemoteSession, Timeouts, collect, open_channel
 from qtts_eval.wire.protocol import Encoding
@@ -265,3 +267,47 @@ def summarise(result: LevelResult) -> dict[str, float | int | str]:
 
 def first_error(result: LevelResult) -> str | None:
     return next((s.error for s in result.samples if s.error is not None), None)
+
+
+def load_records(
+    run_id: str, target: str, options: LoadOptions, results: list[LevelResult], env: dict[str, Any]
+) -> list[Record]:
+    """Every request of a load test as a results record, so gates and history apply to load runs too.
+
+    Each level is its own fixture (`load-closed-3`, `load-open-0.5`): a series compares like with like. t0 is
+    as in `summarise` (speak sent, or the scheduled arrival), so `first_byte_s` includes queueing.
+    """
+    transport = "websocket" if target.startswith(("ws://", "wss://")) else "worker"
+    records = []
+    for result in results:
+        fixture = f"load-{result.kind}-{result.level:g}"
+        for index, sample in enumerate(result.samples):
+            ok = sample.error is None and sample.first_ns is not None and sample.last_ns is not None
+            wall_s = (sample.last_ns - sample.t0_ns) / 1e9 if ok and sample.last_ns is not None else None
+            records.append(
+                Record(
+                    run_id=run_id,
+                    request_key=f"{transport}|{fixture}|{options.voice}|{options.mode.value}|{index}",
+                    pipeline=transport,
+                    fixture_id=fixture,
+                    language="english",
+                    category="load",
+                    voice_id=options.voice,
+                    mode=options.mode.value,
+                    repeat=index,
+                    seed=options.seed,
+                    sampling=Sampling().name,
+                    text_chars=len(options.text),
+                    frame_budget=options.frames,
+                    status="ok" if ok else "error",
+                    error=sample.error,
+                    audio_seconds=sample.audio_s if ok else None,
+                    wall_s=wall_s,
+                    rtf=wall_s / sample.audio_s if wall_s is not None and sample.audio_s > 0 else None,
+                    first_byte_s=(sample.first_ns - sample.t0_ns) / 1e9 if ok and sample.first_ns else None,
+                    underruns=sample.underruns if ok else None,
+                    info={"load_kind": result.kind, "load_level": result.level},
+                    env={**env, "candidate": target, "transport": transport},
+                )
+            )
+    return records

@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
+import shlex
+import shutil
 from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
-from qtts_eval.errors import PipelineError
+from qtts_eval import checkpoints
+from qtts_eval.errors import PipelineError, ProtocolError
+from qtts_eval.metrics.memory import reset_tree_peak_rss, tree_peak_rss_bytes
 from qtts_eval.metrics.nvml import process_gpu_memory_bytes
 from qtts_eval.pipelines.base import (
     REMOTE_GPU_MEMORY_KEY,
+    REMOTE_RSS_KEY,
+    Capability,
     Event,
+    ForcedInputs,
     Pipeline,
     PipelineConfig,
     Request,
     StreamEnd,
+    UnsupportedRequest,
 )
 from qtts_eval.wire.client import Channel, RemoteSession, Timeouts, WebSocketChannel, WorkerChannel
-from qtts_eval.wire.protocol import Encoding
+from qtts_eval.wire.protocol import DUMP_SUFFIX, Encoding
+
+RESTARTS_KEY = "candidate_restarts"  # StreamEnd.info: times the candidate was restarted so far in this run
+MODEL_DIR = "{model_dir}"  # in a worker command: replaced by the checkpoint directory the suite hands over
+IDENTITY_KEYS = ("name", "version", "commit")  # hello.implementation keys recorded as implementation_<key>
 
 
 @dataclass(frozen=True)
@@ -30,12 +44,17 @@ class RemoteOptions:
     timeout_s: float = Timeouts.message_s  # seconds to wait for any message once running
     start_timeout_s: float = Timeouts.start_s  # seconds to wait for the hello, model loading included
     return_codes: bool = True  # ask for codes in the complete message
+    # A worker that died (or a WebSocket that dropped) is started (reconnected) again before the next
+    # request, at most this many times per run; its failed request stays an error either way.
+    max_restarts: int = 3
 
     def __post_init__(self) -> None:
         if self.encoding not in {e.value for e in Encoding}:
             raise ValueError(f"encoding {self.encoding!r} is not pcm16 or f32")
         if self.timeout_s <= 0 or self.start_timeout_s <= 0:
             raise ValueError("timeout_s and start_timeout_s must be positive")
+        if self.max_restarts < 0:
+            raise ValueError(f"max_restarts must not be negative, got {self.max_restarts}")
 
 
 @dataclass(frozen=True)
@@ -76,10 +95,17 @@ class RemotePipeline(Pipeline):
         self.return_codes = self.options.return_codes
         self.session: RemoteSession | None = None
         self.declared: frozenset[str] = frozenset()  # capabilities the candidate declared in its hello
+        self.restarts = 0  # times the candidate was started again after it died (bounded by max_restarts)
+        self._lost: str | None = None  # why the last session ended under us; None while it lives
 
     @abstractmethod
     def open_channel(self) -> Channel:
         """Connect to the candidate (start its process, open its socket)."""
+
+    @property
+    @abstractmethod
+    def target(self) -> str:
+        """The candidate as the user named it: its command line or URL."""
 
     def load(self) -> None:
         channel = self.open_channel()
@@ -88,28 +114,102 @@ class RemotePipeline(Pipeline):
         except Exception:
             channel.close()
             raise
-        self.declared = self.session.hello.capabilities
+        hello = self.session.hello
+        self.declared = hello.capabilities
+        known = {c.value for c in Capability}
+        capabilities = {Capability(c) for c in hello.capabilities if c in known}
+        if hello.dump_dir is None:  # dumps a harness cannot find are no capability
+            capabilities -= {Capability.STAGE_DUMPS, Capability.FORCED_CODES}
+        self.capabilities = frozenset(capabilities)
+
+    def _live(self) -> RemoteSession:
+        """The session, restarting a candidate that died since the last request (bounded)."""
+        if self.session is None and self._lost is not None:
+            if self.restarts >= self.options.max_restarts:
+                raise PipelineError(
+                    f"{self.transport}: the candidate was lost ({self._lost}) and has already been restarted "
+                    f"{self.restarts} times (max_restarts)"
+                )
+            self.restarts += 1
+            self._lost = None
+            self.load()
+        if self.session is None:
+            raise PipelineError(f"{self.transport}: stream() called before load()")
+        return self.session
+
+    def _drop(self, exc: ProtocolError) -> None:
+        """After a wire fault the session's state is unknown: close it, restart before the next request."""
+        if self.session is not None:
+            self.session.channel.close()
+            self.session = None
+        self._lost = str(exc)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(transport=self.transport, wire_encoding=self.encoding.value)
+        info.update(transport=self.transport, wire_encoding=self.encoding.value, candidate=self.target)
         if self.session is not None:
+            implementation = self.session.hello.implementation
             # The candidate's own facts (model, weights hash, synthetic flag) win over our config's guesses.
-            info.update(self.session.hello.implementation)
+            info.update(implementation)
+            # Who was measured: the series key of a port's own history (docs/metrics.md).
+            info.update({f"implementation_{key}": implementation.get(key) for key in IDENTITY_KEYS})
             info["declared_capabilities"] = ",".join(sorted(self.declared))
         return info
 
     def stream(self, request: Request) -> Iterator[Event]:
-        if self.session is None:
-            raise PipelineError(f"{self.transport}: stream() called before load()")
-        self.session.start(request.ref_audio, request.ref_text, self.encoding)
-        pid = self.session.hello.pid
-        for event in self.session.speak(request, self.return_codes):
-            memory = process_gpu_memory_bytes(pid) if isinstance(event, StreamEnd) and pid else None
-            if isinstance(event, StreamEnd) and memory is not None:
-                # NVML per-process usage at completion: the external counterpart of the torch peak.
-                event = dataclasses.replace(event, info={**event.info, REMOTE_GPU_MEMORY_KEY: memory})
-            yield event
+        session = self._live()
+        local = session.channel.pid  # a worker we started: its process tree is ours to measure
+        if local is not None:
+            reset_tree_peak_rss(local)
+        try:
+            session.start(request.ref_audio, request.ref_text, self.encoding)
+            pid = session.hello.pid
+            for event in session.speak(request, self.return_codes):
+                if isinstance(event, StreamEnd):
+                    info = {**event.info, RESTARTS_KEY: self.restarts}
+                    memory = process_gpu_memory_bytes(pid) if pid else None
+                    if memory is not None:
+                        # NVML per-process usage at completion: the external counterpart of the torch peak.
+                        info[REMOTE_GPU_MEMORY_KEY] = memory
+                    rss = tree_peak_rss_bytes(local) if local is not None else None
+                    if rss is not None:
+                        info[REMOTE_RSS_KEY] = rss  # the counterpart of the in-process peak RSS
+                    event = dataclasses.replace(event, info=info)
+                yield event
+        except ProtocolError as exc:
+            self._drop(exc)
+            raise
+
+    def write_stage_dump(self, request: Request, path: Path, *, forced: ForcedInputs | None = None) -> Path:
+        """Ask the candidate for a stage dump (teacher-forced with `forced`) and move it to `path`.
+
+        The candidate writes under the dump directory its hello named, which must be on this machine
+        (loopback): the harness reads the file the candidate wrote, not a copy sent over the wire.
+        """
+        needed = Capability.FORCED_CODES if forced is not None else Capability.STAGE_DUMPS
+        if needed not in self.capabilities:
+            raise UnsupportedRequest(f"{self.transport}: the candidate does not declare {needed.value}")
+        session = self._live()
+        assert session.hello.dump_dir is not None  # load() declares stage_dumps only with one
+        folder = secrets.token_hex(8)  # one name per request: concurrent harnesses never collide
+        name = f"{folder}/{path.stem}{DUMP_SUFFIX}"
+        try:
+            session.start(request.ref_audio, request.ref_text, self.encoding)
+            size = session.dump(request, name, forced)
+        except ProtocolError as exc:
+            self._drop(exc)
+            raise
+        source = Path(session.hello.dump_dir) / name
+        if not source.is_file() or source.stat().st_size != size:
+            raise ProtocolError(
+                f"{self.transport}: the candidate reported a {size}-byte dump at {source}, but "
+                + ("it is not on this machine" if not source.is_file() else f"it has {source.stat().st_size}")
+                + "; stage dumps over the wire need the candidate on this machine"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, path)
+        source.parent.rmdir()
+        return path
 
     def close(self) -> None:
         if self.session is not None:
@@ -124,8 +224,34 @@ class WorkerPipeline(RemotePipeline):
     options_schema = WorkerOptions
     options: WorkerOptions
 
+    def __init__(self, config: PipelineConfig) -> None:
+        super().__init__(config)
+        self.handed_over: checkpoints.ResolvedModel | None = None  # the checkpoint put in place of MODEL_DIR
+
+    @property
+    def target(self) -> str:
+        command = self.options.command
+        return command if isinstance(command, str) else shlex.join(command)
+
     def open_channel(self) -> Channel:
-        return WorkerChannel(self.options.command)
+        command = self.options.command
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        if any(MODEL_DIR in arg for arg in argv):
+            # The suite hands the candidate its own source checkpoint (config.model) and records its hash,
+            # so reference and candidate provably start from the same weights.
+            self.handed_over = checkpoints.resolve(self.config.model)
+            argv = [arg.replace(MODEL_DIR, str(self.handed_over.path)) for arg in argv]
+        return WorkerChannel(argv)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if self.handed_over is not None:
+            info.update(
+                source_model_ref=self.handed_over.ref,
+                source_weights_hash=self.handed_over.weights_hash,
+                source_synthetic=self.handed_over.synthetic,
+            )
+        return info
 
 
 class WebSocketPipeline(RemotePipeline):
@@ -134,6 +260,10 @@ class WebSocketPipeline(RemotePipeline):
     label = transport = "websocket"
     options_schema = WebSocketOptions
     options: WebSocketOptions
+
+    @property
+    def target(self) -> str:
+        return self.options.url
 
     def open_channel(self) -> Channel:
         return WebSocketChannel(self.options.url, self.timeouts.start_s)

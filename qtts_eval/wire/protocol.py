@@ -14,13 +14,15 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import IO, Any
 
 import numpy as np
 
 from qtts_eval.errors import ProtocolError, RequestError
-from qtts_eval.pipelines.base import CloneMode, Request, Sampling
-from qtts_eval.units import SAMPLE_RATE_HZ
+from qtts_eval.fixtures import MAX_REFERENCE_S
+from qtts_eval.pipelines.base import Capability, CloneMode, ForcedInputs, Request, Sampling
+from qtts_eval.units import CODEBOOKS, FRAME_RATE_HZ, SAMPLE_RATE_HZ
 
 PROTOCOL_VERSION = 1
 SPEAK_PATH = "/api/v1/speak"  # WebSocket endpoint path
@@ -28,6 +30,12 @@ HEADER = struct.Struct(">IB")  # stdio frame header: payload length in bytes, ki
 MAX_FRAME_BYTES = 64 * 2**20  # 64 MiB: a 30 s f32 reference in base64 is ~4 MB; larger is a broken stream
 KIND_JSON = 0x01  # stdio frame kind: UTF-8 JSON control message
 KIND_AUDIO = 0x02  # stdio frame kind: audio samples in the session encoding
+DUMP_SUFFIX = ".safetensors"  # a dump_path names a safetensors stage dump (docs/parity.md)
+MAX_DUMP_PATH_CHARS = 200  # a relative dump name, not a place: long enough for run/request/side names
+MAX_DUMP_PATH_PARTS = 4  # directory levels a dump name may have under the server's dump directory
+MAX_CODE = 2**16  # codes are ids of 2048-entry codebooks (3072 talker ids); anything this large is garbage
+MAX_EMBEDDING_DIMS = 8192  # speaker embedding length bound: the released model's is 1024 (talker hidden size)
+MAX_REF_FRAMES = int(MAX_REFERENCE_S * FRAME_RATE_HZ) + 1  # codes of the longest reference clip allowed
 
 
 class Encoding(str, enum.Enum):
@@ -134,10 +142,20 @@ def start_message(
     return message
 
 
-def speak_message(request: Request, return_codes: bool) -> dict[str, Any]:
-    """`speak`: everything in a Request except the voice, which the session's `start` carried."""
+def speak_message(
+    request: Request,
+    return_codes: bool,
+    *,
+    forced: ForcedInputs | None = None,
+    dump_path: str | None = None,
+) -> dict[str, Any]:
+    """`speak`: everything in a Request except the voice, which the session's `start` carried.
+
+    With `dump_path` it is a parity request: the candidate writes a stage dump there (relative to its dump
+    directory) and answers `dumped`; `forced` makes it teacher-forced.
+    """
     sampling = request.sampling
-    return {
+    message: dict[str, Any] = {
         "type": "speak",
         "text": request.text,
         "language": request.language,
@@ -153,6 +171,17 @@ def speak_message(request: Request, return_codes: bool) -> dict[str, Any]:
         },
         "return_codes": return_codes,
     }
+    if dump_path is not None:
+        message["dump_path"] = dump_path
+    if forced is not None:  # each input is forced or left free on its own (docs/parity.md)
+        if forced.codes is not None:
+            message["forced_codes"] = forced.codes.astype(int).tolist()
+        if forced.ref_codes is not None:
+            message["forced_ref_codes"] = forced.ref_codes.astype(int).tolist()
+        if forced.spk_embedding is not None:
+            spk = np.ascontiguousarray(forced.spk_embedding, dtype="<f4").tobytes()
+            message["forced_spk_embedding"] = base64.b64encode(spk).decode("ascii")
+    return message
 
 
 def error_message(code: ErrorCode, text: str, fatal: bool = False) -> dict[str, Any]:
@@ -218,8 +247,24 @@ def parse_start(message: dict[str, Any]) -> tuple[Encoding, tuple[np.ndarray, st
     return encoding, (audio, _field(voice, "text", str, "")), None
 
 
-def parse_speak(message: dict[str, Any], voice: tuple[np.ndarray, str]) -> Request:
-    """Validate a `speak` and build the Request it stands for, with the session's voice."""
+@dataclass(frozen=True)
+class Speak:
+    """A validated `speak`."""
+
+    request: Request  # the utterance, with the session's voice
+    return_codes: bool  # codes wanted in `complete`
+    dump_path: PurePosixPath | None  # parity request: the stage dump's name under the dump directory
+    forced: ForcedInputs | None  # teacher forcing (only with dump_path)
+
+
+def parse_speak(
+    message: dict[str, Any], voice: tuple[np.ndarray, str], capabilities: frozenset[Capability]
+) -> Speak:
+    """Validate a `speak` and build the Request it stands for, with the session's voice.
+
+    `dump_path` and the `forced_*` fields are honoured only when the served pipeline declares the capability
+    (UNSUPPORTED otherwise); their sizes are bounded before anything is allocated for them.
+    """
     sampling = message.get("sampling", {})
     if not isinstance(sampling, dict):
         raise InvalidMessage(ErrorCode.INVALID_REQUEST, "speak: 'sampling' must be an object")
@@ -230,13 +275,17 @@ def parse_speak(message: dict[str, Any], voice: tuple[np.ndarray, str]) -> Reque
         raise InvalidMessage(
             ErrorCode.INVALID_REQUEST, f"speak: mode {message.get('mode')!r} is not icl or xvector"
         ) from None
-    for unsupported in ("forced_codes", "dump_path"):
-        if message.get(unsupported) is not None:
+    forcing = [name for name in FORCED_FIELDS if message.get(name) is not None]
+    for name, capability in (
+        ("dump_path", Capability.STAGE_DUMPS),
+        *((name, Capability.FORCED_CODES) for name in forcing[:1]),
+    ):
+        if message.get(name) is not None and capability not in capabilities:
             raise InvalidMessage(
-                ErrorCode.UNSUPPORTED, f"speak: {unsupported} needs a capability this server does not declare"
+                ErrorCode.UNSUPPORTED, f"speak: {name} needs the {capability.value} capability, not declared"
             )
     try:
-        return Request(
+        request = Request(
             text=_field(message, "text", str),
             language=_field(message, "language", str, "auto"),
             ref_audio=voice[0],
@@ -256,6 +305,99 @@ def parse_speak(message: dict[str, Any], voice: tuple[np.ndarray, str]) -> Reque
         raise InvalidMessage(ErrorCode.INVALID_REQUEST, f"speak: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise InvalidMessage(ErrorCode.INVALID_REQUEST, f"speak: bad sampling value: {exc}") from None
+    dump_path = None if message.get("dump_path") is None else parse_dump_path(message["dump_path"])
+    forced = None
+    if forcing:
+        if dump_path is None:
+            raise InvalidMessage(
+                ErrorCode.INVALID_REQUEST,
+                f"speak: {forcing[0]} only make sense in a parity request (dump_path)",
+            )
+        forced = _parse_forced(message, request)
+    return Speak(request, bool(message.get("return_codes", False)), dump_path, forced)
+
+
+FORCED_FIELDS = ("forced_codes", "forced_ref_codes", "forced_spk_embedding")  # speak fields of a forced run
+
+
+def parse_dump_path(value: object) -> PurePosixPath:
+    """A dump name relative to the server's dump directory: no absolute path, no `..`, bounded."""
+    if not isinstance(value, str) or not value:
+        raise InvalidMessage(ErrorCode.INVALID_REQUEST, "speak: dump_path must be a non-empty string")
+    if len(value) > MAX_DUMP_PATH_CHARS:
+        raise InvalidMessage(
+            ErrorCode.INVALID_REQUEST,
+            f"speak: dump_path has {len(value)} characters, over the {MAX_DUMP_PATH_CHARS}-character limit",
+        )
+    path = PurePosixPath(value)
+    if path.is_absolute() or "\\" in value or ":" in value:
+        raise InvalidMessage(
+            ErrorCode.INVALID_REQUEST,
+            f"speak: dump_path {value!r} must be relative to the server's dump directory",
+        )
+    if any(part in ("..", ".") for part in value.split("/")) or "" in value.split("/"):
+        raise InvalidMessage(ErrorCode.INVALID_REQUEST, f"speak: dump_path {value!r} has '..', '.' or '//'")
+    if len(path.parts) > MAX_DUMP_PATH_PARTS:
+        raise InvalidMessage(
+            ErrorCode.INVALID_REQUEST,
+            f"speak: dump_path {value!r} is deeper than {MAX_DUMP_PATH_PARTS} levels",
+        )
+    if path.suffix != DUMP_SUFFIX:
+        raise InvalidMessage(
+            ErrorCode.INVALID_REQUEST, f"speak: dump_path {value!r} must end in {DUMP_SUFFIX}"
+        )
+    return path
+
+
+def _codes(message: dict[str, Any], name: str, max_frames: int) -> np.ndarray:
+    value = message.get(name)
+    # Bounded by the row count before numpy sees it: a huge list is refused, not converted.
+    if not isinstance(value, list) or not 0 < len(value) <= max_frames:
+        raise InvalidMessage(
+            ErrorCode.INVALID_REQUEST, f"speak: {name} must be a list of 1 to {max_frames} frames"
+        )
+    try:
+        codes = np.asarray(value, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidMessage(
+            ErrorCode.INVALID_REQUEST, f"speak: {name} is not an integer array: {exc}"
+        ) from None
+    if codes.ndim != 2 or codes.shape[1] != CODEBOOKS:
+        raise InvalidMessage(
+            ErrorCode.INVALID_REQUEST,
+            f"speak: {name} has shape {codes.shape}, expected [frames, {CODEBOOKS}]",
+        )
+    if codes.min() < 0 or codes.max() >= MAX_CODE:
+        raise InvalidMessage(
+            ErrorCode.INVALID_REQUEST, f"speak: {name} holds codes outside 0..{MAX_CODE - 1}"
+        )
+    return codes
+
+
+def _parse_forced(message: dict[str, Any], request: Request) -> ForcedInputs:
+    """The forced inputs present in `message`; the others stay free (partial forcing)."""
+    codes = None
+    if message.get("forced_codes") is not None:
+        codes = _codes(message, "forced_codes", request.max_frames)
+    ref_codes = None
+    if message.get("forced_ref_codes") is not None:
+        ref_codes = _codes(message, "forced_ref_codes", MAX_REF_FRAMES)
+    text = message.get("forced_spk_embedding")
+    if text is None:
+        return ForcedInputs(codes=codes, ref_codes=ref_codes, spk_embedding=None)
+    # base64 of float32: 4 bytes per value in 4/3 characters per byte.
+    if not isinstance(text, str) or not 0 < len(text) <= MAX_EMBEDDING_DIMS * 4 * 4 // 3 + 4:
+        raise InvalidMessage(
+            ErrorCode.INVALID_REQUEST,
+            f"speak: forced_spk_embedding must be base64 of at most {MAX_EMBEDDING_DIMS} float32 values",
+        )
+    try:
+        embedding = decode_audio(base64.b64decode(text, validate=True), Encoding.F32)
+    except (ValueError, ProtocolError) as exc:
+        raise InvalidMessage(
+            ErrorCode.INVALID_REQUEST, f"speak: forced_spk_embedding is unusable: {exc}"
+        ) from None
+    return ForcedInputs(codes=codes, ref_codes=ref_codes, spk_embedding=embedding)
 
 
 # --- stdio framing ---------------------------------------------------------------------------------------

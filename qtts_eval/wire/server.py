@@ -17,45 +17,81 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from http import HTTPStatus
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from qtts_eval.environment import package_version
+from qtts_eval import environment
 from qtts_eval.errors import ProtocolError, RequestError
-from qtts_eval.pipelines.base import AudioChunk, Mark, Pipeline, Request, StreamEnd, UnsupportedRequest
+from qtts_eval.pipelines.base import (
+    AudioChunk,
+    Capability,
+    Mark,
+    Pipeline,
+    Request,
+    StageDumper,
+    StreamEnd,
+    UnsupportedRequest,
+)
 from qtts_eval.units import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from qtts_eval.wire import protocol
 from qtts_eval.wire.protocol import ErrorCode, InvalidMessage
 
 VOICE_CACHE_SIZE = 64  # voices kept per server; the least recently used is dropped first
+MAX_DUMPS = 1000  # stage dumps one server writes at most: a parity sweep is tens, a runaway client is not
+MAX_DUMP_BYTES = 4 * 2**30  # one dump at most: full-size prefill taps of a long prompt are ~100s of MB
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _CANCEL = object()  # queued by a client's cancel: the utterance stops at the next event it would send
 
 
 class Host:
-    """A loaded pipeline shared by every session, with the voice cache and the one-at-a-time lock."""
+    """A loaded pipeline shared by every session, with the voice cache and the one-at-a-time lock.
 
-    def __init__(self, pipeline: Pipeline, name: str) -> None:
+    Stage dumps are written only under `dump_dir`, chosen by whoever started the server; without one the
+    server does not declare stage_dumps (nor forced_codes, which only parity requests use).
+    """
+
+    def __init__(self, pipeline: Pipeline, name: str, dump_dir: Path | None = None) -> None:
         self.pipeline = pipeline
         self.name = name
+        self.dump_dir = None if dump_dir is None else dump_dir.resolve()
         self.lock = threading.Lock()  # held by the thread that runs an utterance
+        self.dumps_written = 0  # bounded by MAX_DUMPS
         self._voices: collections.OrderedDict[str, tuple[np.ndarray, str]] = collections.OrderedDict()
+        declared = set(pipeline.capabilities)
+        if self.dump_dir is None or not isinstance(pipeline, StageDumper):
+            declared -= {Capability.STAGE_DUMPS, Capability.FORCED_CODES}
+        self.capabilities = frozenset(declared)
 
     def hello(self) -> dict[str, Any]:
-        return {
+        message = {
             "type": "hello",
             "protocol": protocol.PROTOCOL_VERSION,
-            "capabilities": sorted(c.value for c in self.pipeline.capabilities),
-            # name and version identify the server; a pipeline's own description may override them.
-            "implementation": {
-                "name": f"qtts-eval {self.name}",
-                "version": package_version("qtts-eval") or "unreleased",
-                "pipeline": self.name,
-                **self.pipeline.describe(),
-            },
+            "capabilities": sorted(c.value for c in self.capabilities),
+            "implementation": {"pipeline": self.name, **_identity(self.name), **self.pipeline.describe()},
             "pid": os.getpid(),
         }
+        if Capability.STAGE_DUMPS in self.capabilities:
+            message["dump_dir"] = str(self.dump_dir)  # where a client on this machine finds the dumps
+        return message
+
+    def dump_target(self, name: PurePosixPath) -> Path:
+        """Where a dump named `name` goes: inside dump_dir, whatever symlinks lie on the way."""
+        assert self.dump_dir is not None  # parse_speak refuses dump_path without the capability
+        if self.dumps_written >= MAX_DUMPS:
+            raise InvalidMessage(
+                ErrorCode.INVALID_REQUEST, f"this server has written its limit of {MAX_DUMPS} stage dumps"
+            )
+        target = self.dump_dir.joinpath(*name.parts)
+        # Checked before anything is created: resolve() follows the symlinks that already exist on the way.
+        if not target.parent.resolve().is_relative_to(self.dump_dir):
+            raise InvalidMessage(
+                ErrorCode.INVALID_REQUEST, f"dump_path {str(name)!r} leaves the dump directory"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.dumps_written += 1
+        return target
 
     def remember(self, voice: tuple[np.ndarray, str]) -> str:
         key = protocol.voice_id(*voice)
@@ -153,10 +189,15 @@ class Session:
             if self.voice is None or self.encoding is None:
                 raise InvalidMessage(ErrorCode.INVALID_REQUEST, "speak before start: open a session first")
             self._refuse_if_busy(kind)
-            request = protocol.parse_speak(message, self.voice)
-            return_codes = bool(message.get("return_codes", False))
+            speak = protocol.parse_speak(message, self.voice, self.host.capabilities)
             self._events = asyncio.Queue()
-            self._utterance = asyncio.create_task(self._speak(request, self.encoding, return_codes))
+            if speak.dump_path is not None:
+                target = self.host.dump_target(speak.dump_path)
+                self._utterance = asyncio.create_task(self._dump(speak, target))
+            else:
+                self._utterance = asyncio.create_task(
+                    self._speak(speak.request, self.encoding, speak.return_codes)
+                )
         elif kind == "cancel":
             await self._cancel_utterance(quietly=False)  # nothing in progress: nothing to do
         elif kind == "stop":
@@ -184,6 +225,30 @@ class Session:
         # utterance must still answer with complete(cancelled).
         self._events.put_nowait(_CANCEL)
         await task
+
+    async def _dump(self, speak: protocol.Speak, target: Path) -> None:
+        """A parity request: the pipeline writes its stage dump; no audio is streamed. It runs to the end
+        (a cancel waits for it), since a half-written dump is worth nothing."""
+        pipeline = self.host.pipeline
+        assert isinstance(pipeline, StageDumper)  # Host declares stage_dumps only then
+
+        def write() -> int:
+            with self.host.lock:
+                pipeline.write_stage_dump(speak.request, target, forced=speak.forced)
+            size = target.stat().st_size
+            if size > MAX_DUMP_BYTES:
+                target.unlink()
+                raise UnsupportedRequest(
+                    f"stage dump of {size} bytes exceeds the {MAX_DUMP_BYTES}-byte limit"
+                )
+            return size
+
+        try:
+            size = await asyncio.to_thread(write)
+        except Exception as exc:
+            await self.send(protocol.error_message(*_classify(exc)))
+            return
+        await self.send({"type": "dumped", "path": str(speak.dump_path), "bytes": size})
 
     async def _speak(self, request: Request, encoding: protocol.Encoding, return_codes: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -258,6 +323,16 @@ class Session:
                     return
         finally:
             halt.set()  # the generator stops at its next event however this ends (cancel, client gone)
+
+
+def _identity(name: str) -> dict[str, Any]:
+    """The served implementation's name, version and commit: the suite's own, around the named pipeline."""
+    commit, dirty = environment.git_commit()
+    return {
+        "name": f"qtts-eval/{name}",
+        "version": environment.package_version("qtts-eval") or "unreleased",
+        "commit": None if commit is None else commit + ("-dirty" if dirty else ""),
+    }
 
 
 def _classify(exc: BaseException) -> tuple[ErrorCode, str]:

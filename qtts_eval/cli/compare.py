@@ -1,0 +1,64 @@
+"""`qtts-eval compare`: a candidate against the reference in one run, or a run against a baseline run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from qtts_eval import compare
+from qtts_eval.errors import ResultsError
+from qtts_eval.results import load_run
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "compare",
+        help="head-to-head table: ratios with intervals, codes match, errors and same-work flags",
+        description="Pairs requests on (fixture, voice, mode, repeat). Exits 1 when a row is flagged (the "
+        "two sides did different work, or the candidate failed).",
+    )
+    parser.add_argument("run_dir", type=Path, help="results run directory")
+    parser.add_argument(
+        "--candidate", help="pipeline to compare (default: the run's only pipeline that is not the baseline)"
+    )
+    parser.add_argument("--baseline", default="reference", help="pipeline of the same run to compare with")
+    parser.add_argument(
+        "--baseline-run", type=Path, help="compare with the candidate's records in this earlier run instead"
+    )
+    parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
+    parser.add_argument("--html", type=Path, help="also write the table as a self-contained HTML page here")
+    parser.set_defaults(run=run)
+
+
+def _candidate(names: set[str], wanted: str | None, baseline: str | None) -> str:
+    if wanted is not None:
+        return wanted
+    others = sorted(names - {baseline}) if baseline else sorted(names)
+    if len(others) != 1:
+        raise ResultsError(f"name the pipeline to compare with --candidate; this run has {', '.join(others)}")
+    return others[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    frame = load_run(args.run_dir)
+    if frame.empty:
+        raise ResultsError(f"{args.run_dir} holds no records")
+    names = set(frame["pipeline"])
+    if args.baseline_run is None:
+        name = _candidate(names, args.candidate, args.baseline)
+        candidate, baseline = compare.within_run(frame, name, args.baseline)
+    else:
+        name = _candidate(names, args.candidate, None)
+        before = load_run(args.baseline_run)
+        candidate = compare.Side(f"{name} ({args.run_dir.name})", frame[frame["pipeline"] == name])
+        baseline = compare.Side(f"{name} ({args.baseline_run.name})", before[before["pipeline"] == name])
+    table = compare.compare(candidate, baseline)
+    heading = compare.title(candidate, baseline)
+    print(heading)
+    print(compare.to_text(table))
+    if args.markdown:
+        args.markdown.write_text(compare.to_markdown(table, heading), encoding="utf-8")
+    if args.html:
+        args.html.write_text(compare.to_html(table, heading), encoding="utf-8")
+    return 1 if compare.flagged(table) else 0

@@ -1,0 +1,177 @@
+"""Head-to-head: a candidate against the reference in the same run, or a run against a baseline run.
+
+Requests are paired on what they asked for (fixture, voice, mode, repeat), so every ratio compares like with
+like. Per fixture and mode, and over all pairs, it reports the median of the paired ratios candidate /
+baseline of first_playable (the headline: ports ramp their first chunks differently, so first byte alone
+misleads), first byte, RTF and peak memory, each with a bootstrap interval (qtts_eval.metrics.stats); the
+share of pairs that produced the same codes; errors; and flags for any sign that the two did different work.
+"""
+
+from __future__ import annotations
+
+import enum
+import html
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from qtts_eval.errors import ResultsError
+from qtts_eval.metrics.stats import Percentile, format_percentile, percentile_ci
+
+PAIR_KEYS = ("fixture_id", "voice_id", "mode", "repeat")  # what a request asked for, whoever answered it
+RATIO_METRICS = ("first_playable_s", "first_byte_s", "rtf", "peak_mem_bytes")  # headline first
+ALL = "(all)"  # the row over every pair
+
+
+class Flag(str, enum.Enum):
+    """Why a row's speed cannot be read as "the same work, faster or slower"."""
+
+    CODES_DIFFER = "codes_differ"  # some pair produced different codes
+    STOPS_EARLIER = "stops_earlier"  # the candidate generated fewer frames than the baseline
+    STOPS_LATER = "stops_later"  # the candidate generated more frames
+    ERRORS = "errors"  # some candidate request failed
+    NO_CODES = "no_codes"  # no codes to compare: same work is unknown, not assumed
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: the records of one pipeline."""
+
+    label: str  # how tables name it ("websocket", "reference", "baseline run 2026...")
+    frame: pd.DataFrame  # its records (qtts_eval.results.load_run), one pipeline only
+
+
+def within_run(frame: pd.DataFrame, candidate: str, baseline: str = "reference") -> tuple[Side, Side]:
+    """Two pipelines of one run; the candidate's records carry same-work columns against the reference."""
+    names = set(frame["pipeline"])
+    for name in (candidate, baseline):
+        if name not in names:
+            raise ResultsError(f"pipeline {name!r} is not in this run; it has {', '.join(sorted(names))}")
+    if candidate == baseline:
+        raise ResultsError(
+            "candidate and baseline are the same pipeline; name another, or give --baseline-run"
+        )
+    return (
+        Side(candidate, frame[frame["pipeline"] == candidate]),
+        Side(baseline, frame[frame["pipeline"] == baseline]),
+    )
+
+
+def compare(candidate: Side, baseline: Side) -> pd.DataFrame:
+    """One row per (fixture_id, mode) and one over all pairs; see the module docstring."""
+    pairs = candidate.frame.merge(baseline.frame, on=list(PAIR_KEYS), suffixes=("", "_base"))
+    if pairs.empty:
+        raise ResultsError(
+            f"{candidate.label} and {baseline.label} share no request (fixture, voice, mode, repeat) to pair"
+        )
+    rows = [_row(ALL, ALL, pairs)]
+    for (fixture, mode), group in pairs.groupby(["fixture_id", "mode"], sort=True):
+        rows.append(_row(str(fixture), str(mode), group))
+    return pd.DataFrame(rows)
+
+
+def _ratio(pairs: pd.DataFrame, metric: str) -> Percentile:
+    both = pairs[(pairs["status"] == "ok") & (pairs["status_base"] == "ok")]
+    if metric not in both or f"{metric}_base" not in both:
+        return percentile_ci([], 50.0)
+    candidate = both[metric].to_numpy(dtype=np.float64, na_value=np.nan)
+    baseline = both[f"{metric}_base"].to_numpy(dtype=np.float64, na_value=np.nan)
+    usable = np.isfinite(candidate) & np.isfinite(baseline) & (baseline > 0)
+    return percentile_ci((candidate[usable] / baseline[usable]).tolist(), 50.0)
+
+
+def _same_codes(pairs: pd.DataFrame) -> pd.Series:
+    """Per pair: True/False when both sides gave codes, NA otherwise (by digest: the candidate's own
+    codes_match_reference is a share of frames, this is all or nothing)."""
+    if "codes_digest" not in pairs or "codes_digest_base" not in pairs:
+        return pd.Series(pd.NA, index=pairs.index, dtype="boolean")
+    known = pairs["codes_digest"].notna() & pairs["codes_digest_base"].notna()
+    same = (pairs["codes_digest"] == pairs["codes_digest_base"]).astype("boolean")
+    return same.where(known, pd.NA)
+
+
+def _row(fixture: str, mode: str, pairs: pd.DataFrame) -> dict[str, object]:
+    ok = pairs[(pairs["status"] == "ok") & (pairs["status_base"] == "ok")]
+    same = _same_codes(ok).dropna()
+    frames = ok["frames_generated"].to_numpy(dtype=np.float64) - ok["frames_generated_base"].to_numpy(
+        dtype=np.float64
+    )
+    errors = int((pairs["status"] != "ok").sum())
+    flags = []
+    if len(same) and not bool(same.all()):
+        flags.append(Flag.CODES_DIFFER)
+    if (frames < 0).any():
+        flags.append(Flag.STOPS_EARLIER)
+    if (frames > 0).any():
+        flags.append(Flag.STOPS_LATER)
+    if errors:
+        flags.append(Flag.ERRORS)
+    if len(ok) and not len(same):
+        flags.append(Flag.NO_CODES)
+    row: dict[str, object] = {
+        "fixture_id": fixture,
+        "mode": mode,
+        "pairs": len(pairs),
+        "errors": errors,
+        "errors_base": int((pairs["status_base"] != "ok").sum()),
+        "codes_match": float(same.mean()) if len(same) else float("nan"),
+        "frames_diff_max": float(np.max(np.abs(frames))) if frames.size else float("nan"),
+        "flags": ",".join(flag.value for flag in flags),
+    }
+    for metric in RATIO_METRICS:
+        p = _ratio(pairs, metric)
+        row[f"{metric}_ratio"], row[f"{metric}_low"], row[f"{metric}_high"], row[f"{metric}_n"] = (
+            p.value,
+            p.low,
+            p.high,
+            p.n,
+        )
+    return row
+
+
+def _display(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as text cells: ratios as 'median [low, high]', codes match in percent."""
+    shown = table[["fixture_id", "mode", "pairs", "errors"]].copy()
+    for metric in RATIO_METRICS:
+        shown[metric.removesuffix("_s").removesuffix("_bytes") + " x"] = [
+            format_percentile(
+                Percentile(
+                    50.0, r[f"{metric}_ratio"], r[f"{metric}_low"], r[f"{metric}_high"], r[f"{metric}_n"]
+                ),
+                digits=3,
+            )
+            for r in table.to_dict(orient="records")
+        ]
+    shown["codes match"] = ["-" if np.isnan(v) else f"{100 * v:.0f} %" for v in table["codes_match"]]
+    shown["flags"] = [flags or "-" for flags in table["flags"]]
+    return shown
+
+
+def title(candidate: Side, baseline: Side) -> str:
+    return f"{candidate.label} vs {baseline.label}: median of paired ratios [95 % bootstrap interval]"
+
+
+def to_text(table: pd.DataFrame) -> str:
+    return _display(table).to_string(index=False)
+
+
+def to_markdown(table: pd.DataFrame, heading: str) -> str:
+    shown = _display(table)
+    lines = [f"## {heading}", "", "| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(table: pd.DataFrame, heading: str) -> str:
+    body = _display(table).to_html(index=False, escape=True, border=0)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>qtts-eval compare</title>"
+        "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:right}</style></head>"
+        f"<body><h2>{html.escape(heading)}</h2>{body}</body></html>\n"
+    )
+
+
+def flagged(table: pd.DataFrame) -> bool:
+    """Any row says the two sides did different work, or the candidate failed."""
+    return bool((table["flags"] != "").any())
