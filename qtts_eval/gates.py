@@ -10,7 +10,8 @@ A baseline comparison fails only when the relative change passes its threshold A
 test on the per-request values agrees that the current run is worse (as in asv's ``compare``): a large change
 on a handful of noisy requests, or a significant but tiny shift, is not a regression. With several baseline
 runs the threshold widens to the run-to-run spread seen between them (calibration). Runs on other fixtures,
-machines, dtypes or weights are refused, and quality metrics on synthetic weights are never gated.
+machines, dtypes or weights, or whose WER (speaker similarity) another recogniser (embedder) scored, are
+refused, and quality metrics on synthetic weights are never gated.
 """
 
 from __future__ import annotations
@@ -351,6 +352,27 @@ def comparability_problem(current: pd.DataFrame, baseline: pd.DataFrame) -> str 
     return None
 
 
+def scorer_problem(current: pd.DataFrame, baseline: pd.DataFrame, metric: str) -> str | None:
+    """Why `metric` of two runs cannot be compared because different models scored it (another speech
+    recogniser or speaker embedder), or None when it can."""
+    from qtts_eval.metrics.quality import SCORED_BY
+
+    column = SCORED_BY.get(metric)
+    if column is None:
+        return None
+    ok_current, value_current = _env_value(current, column)
+    ok_baseline, value_baseline = _env_value(baseline, column)
+    if not (ok_current and ok_baseline):
+        mixed = value_current if not ok_current else value_baseline
+        return f"a run mixes several {column} values ({mixed}); {metric} compares only within one"
+    if value_current != value_baseline:
+        return (
+            f"{metric} was scored by {value_baseline!r} in the baseline and {value_current!r} now "
+            f"({column}); each model has its own scale"
+        )
+    return None
+
+
 def _run_ids(frame: pd.DataFrame) -> str:
     return ", ".join(str(value) for value in frame["run_id"].unique()) if "run_id" in frame else "?"
 
@@ -438,7 +460,7 @@ def _baseline_result(
         return GateResult(label, Outcome.REFUSED, f"{label}: no baseline run given")
     selected: list[pd.DataFrame] = []
     for baseline in inputs.baselines:
-        problem = comparability_problem(current, baseline)
+        problem = comparability_problem(current, baseline) or scorer_problem(current, baseline, gate.metric)
         if problem:
             return GateResult(
                 label,
