@@ -36,8 +36,8 @@ from qtts_eval.units import SAMPLE_RATE_HZ
 DEFAULT_RECOGNIZER = "pocketsphinx"
 POCKETSPHINX_RATE_HZ = 16_000  # the bundled en-us acoustic model is trained on 16 kHz speech
 # At most this many HMMs active per frame (pocketsphinx's default is 30000). On noise-like output (synthetic
-# weights) the search otherwise spreads: 0.89 s of CPU per audio second against 0.33 with the cap, while the
-# fixture clips' mean WER stayed 0.339 (1500 raised it to 0.428). Measured 2026-11-30 on the 2-core machine.
+# weights) the search otherwise spreads: 0.72 s of CPU per audio second against 0.20 with the cap, while the
+# fixture clips' mean WER stayed 0.339 (1500 raised it to 0.428). Measured 2026-11-30 (docs/benchmarks.md).
 POCKETSPHINX_MAX_HMM_PER_FRAME = 3000
 POCKETSPHINX_FRAME_S = 0.01  # pocketsphinx's feature frame rate is 100 frames per second (-frate 100)
 _ALTERNATE_PRONUNCIATION = re.compile(r"\(\d+\)$")  # pocketsphinx marks dictionary variants: word(2)
