@@ -28,6 +28,7 @@ from qtts_eval.budget import frame_budget, length_class
 from qtts_eval.errors import BenchError
 from qtts_eval.fixtures import FixtureSet, TextFixture, Voice, load_fixtures
 from qtts_eval.measure import Measurement, measure
+from qtts_eval.metrics.asr import Recognizer, load_recognizer
 from qtts_eval.metrics.latency import latency_columns
 from qtts_eval.metrics.quality import quality_columns
 from qtts_eval.metrics.same_work import codes_digest, same_work_columns
@@ -44,7 +45,7 @@ from qtts_eval.pipelines.base import (
     UnsupportedRequest,
 )
 from qtts_eval.results import Record, RunStore
-from qtts_eval.summary import latency_table, memory_drift, steady_state, summarise
+from qtts_eval.summary import intelligibility_table, latency_table, memory_drift, steady_state, summarise
 from qtts_eval.units import SAMPLE_RATE_HZ
 
 QUICK = "quick"  # one text per category, modes taken in turn: every category and every mode, in minutes
@@ -78,6 +79,10 @@ class BenchConfig:
         "resemblyzer"  # speaker-similarity embedder spec; None = no speaker columns
     )
     speaker_embedder_path: str | None = None  # local weights for the embedder, if it takes any
+    asr: str | None = (
+        "pocketsphinx"  # intelligibility recogniser spec (docs/metrics.md); None: no asr columns
+    )
+    asr_path: str | None = None  # local weights for the recogniser, if it takes any
     # PipelineConfig.options: "key" goes to every pipeline that takes it, "name.key" only to pipeline "name".
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -88,6 +93,7 @@ class BenchConfig:
     def from_json(cls, data: dict[str, Any]) -> BenchConfig:
         data = dict(data)
         data.setdefault("matrix", FULL)  # runs written before the quick matrix existed ran the full one
+        data.setdefault("asr", None)  # runs written before intelligibility existed have no asr columns
         data["sampling"] = Sampling(**data["sampling"])
         for key in ("pipelines", "fixtures", "voices", "modes"):
             data[key] = tuple(data[key])
@@ -181,6 +187,7 @@ class Bench:
         self.fixtures = fixtures
         self.cells = build_matrix(config, fixtures)
         self._embedder: Embedder | None = None
+        self._recognizer: Recognizer | None = None
         self._warmed: set[tuple[str, str, str, str]] = set()
         # The reference's last request (Cell.work, codes, audio): the cell's other pipelines run right after
         # it (build_matrix), so one is all the same-work columns need.
@@ -238,12 +245,15 @@ class Bench:
 
     @contextlib.contextmanager
     def measuring(self, names: Iterable[str]) -> Iterator[Callable[[Cell, dict[str, Any]], Record]]:
-        """Load each named pipeline once (and the speaker embedder), then measure cells one at a time, each
-        after its warm-up class; closes the pipelines at the end. Used here and by every cluster worker."""
+        """Load each named pipeline once (and the speaker embedder and recogniser), then measure cells one at
+        a time, each after its warm-up class; closes the pipelines at the end. Used here and by every cluster
+        worker."""
         loaded: dict[str, Pipeline] = {}
         names = sorted(names)
         if self.config.speaker_embedder and names:
             self._embedder = load_embedder(self.config.speaker_embedder, self.config.speaker_embedder_path)
+        if self.config.asr and names:
+            self._recognizer = load_recognizer(self.config.asr, self.config.asr_path)
 
         def measure_cell(cell: Cell, machine: dict[str, Any]) -> Record:
             pipeline = loaded[cell.pipeline]
@@ -269,6 +279,7 @@ class Bench:
                 "latency": latency_table(frame).to_dict(orient="records"),
                 "memory_drift": memory_drift(frame).to_dict(orient="records"),
                 "steady_state": steady_state(frame).to_dict(orient="records"),
+                "intelligibility": intelligibility_table(frame).to_dict(orient="records"),
                 "warmup": self.store.warmups(),
             }
         )
@@ -323,7 +334,13 @@ class Bench:
 
     def _quality(self, request: Request, audio: np.ndarray, synthetic: bool) -> dict[str, Any]:
         return quality_columns(
-            audio, request.ref_audio, request.text, request.language, synthetic, self._embedder
+            audio,
+            request.ref_audio,
+            request.text,
+            request.language,
+            synthetic,
+            self._embedder,
+            self._recognizer,
         )
 
     def _request(self, cell: Cell, synthetic: bool) -> Request:

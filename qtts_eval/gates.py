@@ -69,8 +69,9 @@ ENV_CODE_COLUMN = re.compile(r"env_(\w+_)?(version|commit|dirty)")
 # Environment columns that may vary inside one run (per request, or per resumed segment). Any other column
 # with two values in one pipeline's records means segments from different machines or commits were mixed.
 VARIES_WITHIN_RUN = frozenset({"env_loadavg_1m"})
-# Record columns that define the work a request did: two runs that differ in them did different work.
-WORK_COLUMNS = ("sampling", "speaker_embedder")
+# Record columns that define the work a request did, or the model that scored it (speaker similarity and WER
+# have each model's own scale): two runs that differ in them are not compared.
+WORK_COLUMNS = ("sampling", "speaker_embedder", "asr_recognizer")
 CELL_COLUMNS = ("fixture_id", "voice_id", "mode", "frame_budget")  # the matrix cells run, with their budget
 _PERCENTILE = re.compile(r"p(\d+(?:\.\d+)?)")
 

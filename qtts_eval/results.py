@@ -112,6 +112,14 @@ class Record:
     speaker_drift_min: float | None = None  # lowest windowed similarity to the reference
     speaker_drift_drop: float | None = None  # first window's similarity minus the lowest
     speaker_drift: bool | None = None  # the drop passes the drift threshold (voice changed mid-utterance)
+    # Intelligibility (qtts_eval.metrics.asr; docs/metrics.md): the output transcribed and scored.
+    asr_recognizer: str | None = None  # recogniser behind the asr columns; rates compare only within one
+    asr_status: str | None = None  # "scored", or "not_applicable" when the recogniser lacks the language
+    asr_transcript: str | None = None  # what the recogniser heard, as it wrote it
+    wer: float | None = None  # word error rate against the text (space-delimited languages)
+    cer: float | None = None  # character error rate against the text (Chinese, Japanese)
+    asr_errors: int | None = None  # substitutions + deletions + insertions behind wer or cer
+    asr_reference_length: int | None = None  # words (wer) or characters (cer) of the normalised text
     # Same work or flagged (qtts_eval.metrics.same_work): the candidate's codes against the reference's on
     # the same cell of the same run; None where the reference did not run that cell or codes were not given.
     codes_digest: str | None = None  # sha256 of the [frames, 16] codes (int64 LE) and frame count, 16 hex

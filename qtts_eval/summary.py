@@ -118,3 +118,36 @@ def steady_state(frame: pd.DataFrame, metric: str = "wall_s") -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def intelligibility_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per pipeline, recogniser and metric (wer, cer): error rates over the ok requests it scored.
+
+    ``mean`` and ``median`` are over per-request rates; ``pooled`` is all errors over all words (characters)
+    of the texts, which weighs long texts by their length. ``not_applicable`` counts requests in languages the
+    recogniser lacks. ``verdict_valid`` is False when any of them ran on synthetic weights (docs/metrics.md).
+    """
+    if "asr_status" not in frame:
+        return pd.DataFrame()
+    ok = frame[(frame["status"] == "ok") & frame["asr_status"].notna()]
+    rows = []
+    for (pipeline, recognizer), group in ok.groupby(["pipeline", "asr_recognizer"]):
+        for metric in ("wer", "cer"):
+            scored = group[group[metric].notna()]
+            if not len(scored):
+                continue
+            rates = scored[metric].to_numpy(dtype=np.float64)
+            rows.append(
+                {
+                    "pipeline": pipeline,
+                    "recognizer": recognizer,
+                    "metric": metric,
+                    "scored": len(scored),
+                    "not_applicable": int((group["asr_status"] == "not_applicable").sum()),
+                    "mean": float(rates.mean()),
+                    "median": float(np.median(rates)),
+                    "pooled": float(scored["asr_errors"].sum() / scored["asr_reference_length"].sum()),
+                    "verdict_valid": bool(scored["quality_verdict_valid"].fillna(False).all()),
+                }
+            )
+    return pd.DataFrame(rows)

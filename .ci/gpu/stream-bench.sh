@@ -15,7 +15,7 @@ python3 -c "import torch, transformers, qwen_tts; print(torch.__version__, trans
 python3 -m qtts_eval checkpoint 0.6b-base
 common=(--model 0.6b-base --device cuda:0 --dtype bfloat16 --codec-dtype float32 --voice slt
         --fixture en_short --fixture en_medium --fixture zh_short --fixture en_long --repeats 3 --no-progress
-        --results "$out" --stream)
+        --results "$out" --stream --asr none)  # latency only: no pocketsphinx wheel is carried
 python3 -m qtts_eval bench "${common[@]}" --run-id stream-bf16 2>&1 | tee "$out/stream-bf16.txt"
 python3 -m qtts_eval bench "${common[@]}" --run-id stream-bf16-exact --left-context exact --mode xvector \
   2>&1 | tee "$out/stream-bf16-exact.txt"

@@ -11,6 +11,7 @@ from qtts_eval.errors import QttsEvalError
 
 # One module per subcommand, each with add_parser() and run(); listed here, imported when the CLI starts.
 SUBCOMMANDS = (
+    "asr",
     "bench",
     "check_worker",
     "checkpoint",

@@ -16,7 +16,7 @@ from qtts_eval.bench import FULL, QUICK, Bench, BenchConfig
 from qtts_eval.cli.options import parse_options
 from qtts_eval.metrics.stats import Percentile, format_percentile
 from qtts_eval.pipelines.base import CloneMode, Sampling
-from qtts_eval.summary import latency_table, memory_drift, steady_state, summarise
+from qtts_eval.summary import intelligibility_table, latency_table, memory_drift, steady_state, summarise
 
 _DEFAULTS = BenchConfig()
 EXIT_REQUESTS_FAILED = 1  # the run completed, but some requests failed: a candidate that fails is not a pass
@@ -86,6 +86,15 @@ def add_parser(commands: Any) -> None:
         help="speaker-similarity embedder: resemblyzer, module:Class or file.py:Class; 'none' to skip",
     )
     parser.add_argument("--speaker-embedder-path", help="local weights for the speaker embedder")
+    parser.add_argument(
+        "--asr",
+        default=_DEFAULTS.asr,
+        help="intelligibility recogniser (docs/metrics.md): pocketsphinx (English), module:Class or "
+        "file.py:Class; 'none' to skip",
+    )
+    parser.add_argument(
+        "--asr-path", help="local weights for the recogniser (e.g. a Whisper model directory)"
+    )
     parser.add_argument("--results", type=Path, default=Path("results"), help="results root directory")
     parser.add_argument("--run-id", help="name of the run directory (default: UTC timestamp)")
     parser.add_argument(
@@ -131,6 +140,8 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         ),
         speaker_embedder=None if args.speaker_embedder == "none" else args.speaker_embedder,
         speaker_embedder_path=args.speaker_embedder_path,
+        asr=None if args.asr == "none" else args.asr,
+        asr_path=args.asr_path,
         options=_options(args),
     )
 
@@ -193,6 +204,12 @@ def run(args: argparse.Namespace) -> int:
         if len(steady):
             print("\nsteady state: first request of each cell / median of its later repeats")
             print(steady.to_string(index=False))
+        intelligibility = intelligibility_table(frame)
+        if len(intelligibility):
+            print(
+                "\nintelligibility: error rates of the transcribed output against the text (docs/metrics.md)"
+            )
+            print(intelligibility.to_string(index=False))
         drift = memory_drift(frame)
         if len(drift):
             print("\nmemory held after each request (drift over sequential generations)")

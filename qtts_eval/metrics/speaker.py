@@ -10,19 +10,13 @@ are never compared (`SpeakerScore.delta` refuses).
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
-import importlib
 import importlib.metadata
-import importlib.util
-import inspect
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +25,7 @@ import soxr
 from qtts_eval.errors import MetricError, NoSpeechError
 from qtts_eval.fixtures import FixtureSet, read_reference_audio
 from qtts_eval.metrics.audio import as_mono
+from qtts_eval.metrics.plugins import load_model
 from qtts_eval.units import SAMPLE_RATE_HZ
 
 RESEMBLYZER_RATE_HZ = 16_000  # resemblyzer's mel front end is built for 16 kHz (its hparams.sampling_rate)
@@ -295,53 +290,10 @@ def load_embedder(spec: str = DEFAULT_EMBEDDER, model_path: Path | str | None = 
     The class must subclass `Embedder`; it is called with no arguments, or with ``model_path=Path(...)``
     when `model_path` is given (e.g. the directory of a WavLM + ECAPA-TDNN verifier).
     """
-    if spec in _BUILTIN:
-        cls: Any = _BUILTIN[spec]
-    else:
-        module_name, _, class_name = spec.rpartition(":")
-        if not module_name or not class_name:
-            raise MetricError(
-                f"unknown embedder {spec!r}: give a built-in name ({', '.join(_BUILTIN)}) or "
-                f"'module:Class' / 'path/to/file.py:Class'"
-            )
-        module = _import_module(module_name)
-        cls = getattr(module, class_name, None)
-        if cls is None:
-            found = [name for name, value in vars(module).items() if _is_embedder_class(value)]
-            hint = difflib.get_close_matches(class_name, found, n=1)
-            raise MetricError(
-                f"{module_name} has no {class_name!r}"
-                + (f"; did you mean {hint[0]!r}?" if hint else "")
-                + f" Embedder classes there: {', '.join(found) or '(none)'}"
-            )
-        if not _is_embedder_class(cls):
-            raise MetricError(f"{spec}: not a subclass of qtts_eval.metrics.speaker.Embedder")
-    embedder: Embedder = cls() if model_path is None else cls(model_path=Path(model_path))
-    return embedder
+    return load_model(spec, Embedder, _BUILTIN, "embedder", model_path)
 
 
 _BUILTIN: dict[str, type[Embedder]] = {"resemblyzer": ResemblyzerEmbedder}
-
-
-def _is_embedder_class(value: object) -> bool:
-    return inspect.isclass(value) and issubclass(value, Embedder) and not inspect.isabstract(value)
-
-
-def _import_module(name: str) -> ModuleType:
-    if name.endswith(".py"):
-        path = Path(name)
-        if not path.is_file():
-            raise MetricError(f"embedder file {path} does not exist")
-        spec = importlib.util.spec_from_file_location(f"qtts_eval_embedder_{path.stem}", path)
-        if spec is None or spec.loader is None:
-            raise MetricError(f"cannot import {path} as a Python module")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        raise MetricError(f"cannot import embedder module {name!r}: {exc}") from exc
 
 
 def _checked_audio(audio: npt.ArrayLike) -> npt.NDArray[np.float64]:
