@@ -238,8 +238,10 @@ class Bench:
         return load_run(self.store.directory)
 
     def _load(self, name: str) -> Pipeline:
+        # Scoped over the whole run: a key meant for another pipeline of the run is not an error here.
         scoped = pipeline_options.scope(
-            self.config.options, {name: pipelines.pipeline_class(name).options_schema}
+            self.config.options,
+            {other: pipelines.pipeline_class(other).options_schema for other in self.config.pipelines},
         )
         config = PipelineConfig(
             model=self.config.model,

@@ -157,6 +157,23 @@ def test_scoped_options_reach_only_their_pipeline() -> None:
     assert scoped["calibration"] == {}
 
 
+def test_a_run_of_pipelines_with_options_scoped_to_each_runs(tmp_path: Path) -> None:
+    from qtts_eval.pipelines.calibration import CalibrationPipeline
+
+    pipelines.register("calibration-slow", CalibrationPipeline)
+    config = BenchConfig(
+        pipelines=("calibration", "calibration-slow"),
+        fixtures=("en_short",),
+        modes=("icl",),
+        warmup=0,
+        speaker_embedder=None,
+        options={"calibration.chunks": 2, "calibration-slow.chunks": 3},
+    )
+    frame = Bench.create(config, tmp_path, "scoped").run(progress=False)
+    assert (frame["status"] == "ok").all(), frame["error"].tolist()
+    assert frame.set_index("pipeline")["chunks"].to_dict() == {"calibration": 2, "calibration-slow": 3}
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
