@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     "fixtures",
     "gate",
     "history",
+    "lab",
     "load",
     "parity",
     "serve",
