@@ -25,7 +25,7 @@ import pandas as pd
 from qtts_eval.bench import Bench, BenchConfig
 from qtts_eval.errors import ResultsError
 from qtts_eval.history import History
-from qtts_eval.results import RUN_FILE
+from qtts_eval.results import RUN_FILE, SUMMARY_FILE
 from qtts_eval.units import SAMPLE_RATE_HZ
 
 if TYPE_CHECKING:
@@ -117,10 +117,13 @@ def find_run(
 
 
 def ensure_run(results_root: str | Path, run_id: str, config: BenchConfig = NOTEBOOK_RUN) -> Path:
-    """The run directory ``results_root/run_id``, benchmarked with ``config`` first if it does not exist."""
+    """The run directory ``results_root/run_id``, benchmarked with ``config`` first if it does not exist, and
+    resumed if it was interrupted (a run's summary is written last)."""
     directory = Path(results_root) / run_id
-    if not (directory / "run.json").exists():
+    if not (directory / RUN_FILE).exists():
         Bench.create(config, Path(results_root), run_id).run(progress=False)
+    elif not (directory / SUMMARY_FILE).exists():
+        Bench.resume(directory).run(progress=False)
     return directory
 
 
@@ -182,7 +185,11 @@ def demo_parity_sweep() -> Path:
 
 
 def find_parity(
-    results_root: str | Path, parity_dir: str, create: bool = False, candidate: str = "", model: str = "tiny"
+    results_root: str | Path,
+    parity_dir: str,
+    create: bool = False,
+    candidate: str = "fault:talker-weight",
+    model: str = "tiny",
 ) -> Path:
     """The `qtts-eval parity --out` directory ``results_root/parity_dir``; "" is the demo (a planted talker
     fault). A missing one is an error listing those that exist, unless ``create`` runs ``candidate`` there."""
