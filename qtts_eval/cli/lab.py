@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -85,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="qtts-eval-lab-") as config_dir:
         write_lab_config(Path(config_dir))
         environment = lab_environment(Path(config_dir), dict(os.environ))
-        try:
-            return subprocess.call(lab_command(directory, jupyter_args), env=environment)
-        except KeyboardInterrupt:  # Ctrl-C stops the server, which has already said so
-            return 0
+        with subprocess.Popen(lab_command(directory, jupyter_args), env=environment) as server:
+            # Stopped with SIGTERM (a service manager, a test): stop the server too, then clean up.
+            signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+            while True:
+                try:
+                    return server.wait()
+                except KeyboardInterrupt:  # Jupyter gets Ctrl-C too and asks to confirm: wait for it to exit
+                    continue
