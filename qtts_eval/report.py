@@ -276,6 +276,7 @@ def plot_parity_sweep(table: pd.DataFrame) -> Any:
     ax.invert_yaxis()
     ax.set_xlabel("free-running codes equal to the reference, %")
     ax.set_title("Parity reports (green: pass, red: fail)")
+    fig.tight_layout()
     return fig
 
 
@@ -379,22 +380,26 @@ def comparison_table(frame: pd.DataFrame, candidate: str = "", reference: str = 
 
 
 def plot_comparison(table: pd.DataFrame) -> Any:
-    """Ratio of medians (candidate / reference) per cell and metric on a log axis; left of 1 is faster."""
+    """Ratio of medians (candidate / reference) per cell and metric, drawn from 1 on a log axis; left of the
+    line the candidate's value is lower (faster, leaner)."""
     import matplotlib.pyplot as plt
 
     labels = [" ".join(str(row[key]) for key in CELL) for _, row in table.iterrows()]
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(table) * len(COMPARED_METRICS) / 2 + 1.5))
-    height = 0.8 / len(COMPARED_METRICS)
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(table) * len(COMPARED_METRICS) + 1.5))
+    step = 0.8 / len(COMPARED_METRICS)
     for index, metric in enumerate(COMPARED_METRICS):
-        positions = np.arange(len(table)) + index * height
-        ax.barh(positions, table[f"{metric}_ratio"], height=height, label=metric)
-    ax.set_yticks(np.arange(len(table)) + 0.4 - height / 2, labels)
+        positions = np.arange(len(table)) + index * step
+        ratios = table[f"{metric}_ratio"].astype(np.float64)
+        ax.hlines(positions, 1.0, ratios, color=f"C{index}")
+        ax.plot(ratios, positions, "o", color=f"C{index}", label=metric)
+    ax.set_yticks(np.arange(len(table)) + 0.4 - step / 2, labels)
     ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
     ax.set_xscale("log")
     ax.invert_yaxis()
     ax.set_xlabel(f"{table['candidate'].iloc[0]} / {table['reference'].iloc[0]}, ratio of medians")
     ax.set_title("Candidate against reference (left of the line: candidate lower)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 
