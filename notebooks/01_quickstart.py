@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # Quickstart: run a bench, read the results
+# # Quickstart: read a run's records, summary and latency tables
 #
 # Reads a run's records as pandas. By default it shows the demo run: a small streaming bench of the official
 # package on the tiny synthetic checkpoint, built on first use in a scratch directory (never in your results).
