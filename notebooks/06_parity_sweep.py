@@ -11,7 +11,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # Browse parity reports: which candidates pass, where the others fail
 #

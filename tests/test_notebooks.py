@@ -185,7 +185,8 @@ NOTEBOOK_STATE_JS = """() => {
     const cells = [];
     for (let i = 0; i < panel.content.model.cells.length; i++) {
         const cell = panel.content.model.cells.get(i);
-        if (cell.type !== "code") continue;
+        // Run All leaves empty code cells unnumbered: they are not cells to run.
+        if (cell.type !== "code" || !cell.sharedModel.getSource().trim()) continue;
         cells.push({source: cell.sharedModel.getSource(), count: cell.executionCount,
                     outputs: cell.outputs.toJSON()});
     }
@@ -268,29 +269,40 @@ def lab_server(directory: Path, home: Path) -> Iterator[str]:
 def open_and_run_all(page: Any, path: Path, screenshots: Path) -> list[str]:
     """Double-clicks ``path`` in the file browser, runs all its cells from the Run menu, keeps a screenshot;
     returns what is wrong: opened as text, an error output, a cell not run, a plot not shown as an image."""
-    page.locator(".jp-DirListing-item", has_text=path.name).dblclick(timeout=OPEN_S * 1000)
-    current = page.locator(".jp-MainAreaWidget:not(.lm-mod-hidden)")
-    current.locator(".jp-Notebook, .jp-FileEditor").first.wait_for(timeout=OPEN_S * 1000)
-    if current.locator(".jp-FileEditor").count():
-        page.screenshot(path=str(screenshots / f"{path.stem}.png"))
-        return [f"{path.name} opened as a text file, not a notebook"]
-    page.wait_for_function(f"() => ({NOTEBOOK_STATE_JS})()?.kernel === 'idle'", timeout=OPEN_S * 1000)
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-    page.wait_for_function(
-        f"""() => {{
-            const state = ({NOTEBOOK_STATE_JS})();
-            const errored = state.cells.some((c) => c.outputs.some((o) => o.output_type === 'error'));
-            return state.kernel === 'idle' && (errored || state.cells.every((c) => c.count !== null));
-        }}""",
-        timeout=RUN_ALL_S * 1000,
-        polling=1000,
-    )
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    screenshot = str(screenshots / f"{path.stem}.png")
+    step = "open"
+    try:
+        page.locator(".jp-DirListing-item", has_text=path.name).dblclick(timeout=OPEN_S * 1000)
+        current = page.locator(".jp-MainAreaWidget:not(.lm-mod-hidden)")
+        current.locator(".jp-Notebook, .jp-FileEditor").first.wait_for(timeout=OPEN_S * 1000)
+        if current.locator(".jp-FileEditor").count():
+            page.screenshot(path=screenshot)
+            return [f"{path.name} opened as a text file, not a notebook"]
+        step = "wait for its kernel"
+        page.wait_for_function(f"() => ({NOTEBOOK_STATE_JS})()?.kernel === 'idle'", timeout=OPEN_S * 1000)
+        step = "Run All"
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        page.wait_for_function(
+            f"""() => {{
+                const state = ({NOTEBOOK_STATE_JS})();
+                const errored = state.cells.some((c) => c.outputs.some((o) => o.output_type === 'error'));
+                return state.kernel === 'idle' && (errored || state.cells.every((c) => c.count !== null));
+            }}""",
+            timeout=RUN_ALL_S * 1000,
+            polling=1000,
+        )
+    except PlaywrightTimeout as exc:
+        page.screenshot(path=screenshot)
+        state = page.evaluate(f"({NOTEBOOK_STATE_JS})()")
+        return [f"{path.name}: timed out at {step} ({exc}); screenshot {screenshot}; state {state}"]
     state = page.evaluate(f"({NOTEBOOK_STATE_JS})()")
     images = current.locator(".jp-RenderedImage img")
     if images.count():
         images.first.scroll_into_view_if_needed()
-    page.screenshot(path=str(screenshots / f"{path.stem}.png"))
+    page.screenshot(path=screenshot)
     page.keyboard.press("Alt+w")  # close the tab, not saving what Run All changed; its kernel shuts down
     page.locator(".jp-Dialog button", has_text="Discard").click()
 
