@@ -12,21 +12,23 @@
 # ---
 
 # %% [markdown]
-# # Quickstart: run a bench, read the results
+# # Quickstart: read a run's records, summary and latency tables
 #
-# Runs a small streaming bench of the official package on the tiny synthetic checkpoint (unless the run
-# exists), then reads it back as pandas. Column meanings: `docs/metrics.md`.
+# Reads a run's records as pandas. By default it shows the demo run: a small streaming bench of the official
+# package on the tiny synthetic checkpoint, built on first use in a scratch directory (never in your results).
+# Column meanings: `docs/metrics.md`.
 
 # %% tags=["parameters"]
-RESULTS_ROOT = "../results"  # results directory (relative to notebooks/)
-RUN_ID = "notebook-tiny"  # created with qtts_eval.report.NOTEBOOK_RUN when missing
+RESULTS_ROOT = "../results"  # your results directory (relative to notebooks/); only read unless CREATE
+RUN_ID = ""  # a run under RESULTS_ROOT (`qtts-eval bench --run-id NAME`); "" = the demo run (tiny, scratch)
+CREATE = False  # True: bench RUN_ID into RESULTS_ROOT (tiny checkpoint) when it does not exist
 
 # %%
 from qtts_eval import report
 from qtts_eval.results import load_run
 from qtts_eval.summary import latency_table, summarise
 
-run_dir = report.ensure_run(RESULTS_ROOT, RUN_ID)
+run_dir = report.find_run(RESULTS_ROOT, RUN_ID, create=CREATE)
 frame = load_run(run_dir)
 frame[["fixture_id", "mode", "status", "text_chars", "frames_generated", "wall_s", "rtf", "first_byte_s"]]
 

@@ -17,15 +17,16 @@
 # Definitions (first byte, first playable, gaps, underruns): `docs/metrics.md`.
 
 # %% tags=["parameters"]
-RESULTS_ROOT = "../results"  # results directory (relative to notebooks/)
-RUN_ID = "notebook-tiny"  # a streamed run (created on the tiny checkpoint when missing)
+RESULTS_ROOT = "../results"  # your results directory (relative to notebooks/); only read unless CREATE
+RUN_ID = ""  # a streamed run under RESULTS_ROOT (`bench --run-id NAME`); "" = the demo run (tiny, scratch)
+CREATE = False  # True: bench RUN_ID into RESULTS_ROOT (tiny checkpoint) when it does not exist
 
 # %%
 from qtts_eval import report
 from qtts_eval.results import load_run
 from qtts_eval.summary import latency_table
 
-frame = load_run(report.ensure_run(RESULTS_ROOT, RUN_ID))
+frame = load_run(report.find_run(RESULTS_ROOT, RUN_ID, create=CREATE))
 frame[["fixture_id", "chunks", "first_byte_s", "first_playable_s", "gap_p95_s", "underruns", "rtf"]]
 
 # %% [markdown]

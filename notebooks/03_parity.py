@@ -14,24 +14,24 @@
 # %% [markdown]
 # # Parity: error by stage, codebook match, audio
 #
-# Reads a `qtts-eval parity` output directory (dumps + report.json; see `docs/parity.md`). By default it
-# runs a planted fault (one talker weight perturbed) on the tiny checkpoint, which must fail at the talker.
+# Reads a `qtts-eval parity --out` directory (dumps + report.json; see `docs/parity.md`). By default it shows
+# the demo: a planted fault (one talker weight perturbed) on the tiny checkpoint, run on first use in a
+# scratch directory; it must fail at the talker.
 
 # %% tags=["parameters"]
-RESULTS_ROOT = "../results"  # results directory (relative to notebooks/)
-PARITY_DIR = "parity-notebook"  # under RESULTS_ROOT; created by `qtts-eval parity CANDIDATE` when missing
-CANDIDATE = "fault:talker-weight"  # used only when the directory is missing
-MODEL = "tiny"
+RESULTS_ROOT = "../results"  # your results directory (relative to notebooks/); only read unless CREATE
+PARITY_DIR = ""  # under RESULTS_ROOT (`qtts-eval parity CANDIDATE --out DIR`); "" = the demo (scratch)
+CREATE = False  # True: run `qtts-eval parity CANDIDATE --model MODEL` into PARITY_DIR when it is missing
+CANDIDATE = "fault:talker-weight"  # used only by CREATE
+MODEL = "tiny"  # used only by CREATE
 
 # %%
-from pathlib import Path
-
 from IPython.display import Audio, Image, display
 
 from qtts_eval import report
 from qtts_eval.units import SAMPLE_RATE_HZ
 
-result = report.load_parity(report.ensure_parity(Path(RESULTS_ROOT) / PARITY_DIR, CANDIDATE, MODEL))
+result = report.load_parity(report.find_parity(RESULTS_ROOT, PARITY_DIR, CREATE, CANDIDATE, MODEL))
 print(f"{result.candidate} [{result.profile.name}]: {result.verdict_line()}")
 
 # %%

@@ -14,17 +14,18 @@
 # %% [markdown]
 # # Regressions: metric history, detected steps, gate outcomes
 #
-# Lists every run under the results directory (`qtts-eval history`), detects steps within each series of
+# Lists every run under a results directory (`qtts-eval history`), detects steps within each series of
 # comparable runs, and evaluates a gates file (`qtts-eval gate`); method and format: `docs/gates.md`.
-# With `DEMO_HISTORY`, a history of calibration-pipeline runs with a planted 30 % slowdown is added under
-# `RESULTS_ROOT/demo-history`, so there is a step to find and a gate to fail.
+# By default it reads a demo history instead of yours: calibration-pipeline runs with a planted 30 % slowdown,
+# built on first use in a scratch directory, so there is a step to find and a gate to fail.
 
 # %% tags=["parameters"]
-RESULTS_ROOT = "../results"  # results directory (relative to notebooks/)
-RUN_ID = "notebook-tiny"  # a tiny-checkpoint run (created when missing), shown in the history
-DEMO_HISTORY = True  # add the planted-step demo history
+RESULTS_ROOT = "../results"  # the history to read when DEMO is False (relative to notebooks/); only read
+DEMO = True  # True: the demo history (scratch directory) instead of RESULTS_ROOT
 GATES = "../results/baselines/gates.toml"  # gates file
 METRIC = "first_byte_s"
+CURRENT_RUN = ""  # the run to gate ("" = the newest)
+BASELINE_RUNS: tuple[str, ...] = ()  # runs to gate it against (() = the three oldest runs of its series)
 
 # %%
 from pathlib import Path
@@ -33,10 +34,7 @@ from qtts_eval import report
 from qtts_eval.gates import evaluate, load_gates, load_inputs, results_table
 from qtts_eval.history import history_steps, load_history
 
-report.ensure_run(RESULTS_ROOT, RUN_ID)
-if DEMO_HISTORY:
-    report.ensure_demo_history(RESULTS_ROOT)
-history = load_history(Path(RESULTS_ROOT))
+history = load_history(report.demo_history() if DEMO else Path(RESULTS_ROOT))
 history.runs.drop(columns=["series", "path"])
 
 # %%
@@ -47,11 +45,10 @@ steps
 fig = report.plot_history(history, METRIC, steps)
 
 # %% [markdown]
-# Gates: the latest run of the demo history against the three runs before its step (thresholds calibrated
-# to their spread), then the tiny run against itself, which must pass every comparison.
+# Gates: the newest run against its baselines (thresholds calibrated to their spread). In the demo, the
+# newest run is after the planted step and the baselines before it, so the relative gates fail.
 
 # %%
-demo = history.runs[history.runs["path"].str.contains("demo-history")]
-current = Path(demo["path"].iloc[-1]) if len(demo) else Path(RESULTS_ROOT) / RUN_ID
-baselines = [Path(path) for path in demo["path"].iloc[:3]] or [Path(RESULTS_ROOT) / RUN_ID]
+current, baselines = report.gate_runs(history, CURRENT_RUN, BASELINE_RUNS)
+print(f"{current.name} against {', '.join(path.name for path in baselines)}")
 results_table(evaluate(load_gates(Path(GATES)), load_inputs(current, baselines)))

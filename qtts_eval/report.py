@@ -1,13 +1,19 @@
 """Plots and tables shared by the notebooks (notebooks/) and HTML reports; the notebooks only call these.
 
 Plot functions draw with pyplot and return the Figure: a notebook shows it inline, a report saves it (and
-closes it). The ``ensure_*`` helpers create the small demo data a notebook defaults to when it is missing,
-so every notebook runs from a fresh checkout on the tiny checkpoint.
+closes it). A notebook reads the user's results and never writes into them unless a parameter asks
+(``find_run(..., create=True)``); by default it shows demo data on the tiny checkpoint, built on first use
+in a scratch directory (``scratch_root``), so every notebook runs from a fresh checkout.
 """
 
 from __future__ import annotations
 
 import base64
+import difflib
+import json
+import os
+import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +23,9 @@ import numpy.typing as npt
 import pandas as pd
 
 from qtts_eval.bench import Bench, BenchConfig
+from qtts_eval.errors import ResultsError
 from qtts_eval.history import History
+from qtts_eval.results import RUN_FILE, SUMMARY_FILE
 from qtts_eval.units import SAMPLE_RATE_HZ
 
 if TYPE_CHECKING:
@@ -40,20 +48,89 @@ DEMO_HISTORY_RUN = BenchConfig(
     options={"first_chunk_ms": 40.0, "gap_ms": 10.0, "chunks": 3},
 )
 DEMO_STEP_FACTOR = 1.3  # the planted slowdown: every delay 30 % longer
+# The demo comparison: the reference in-process against the same reference served over stdio by
+# `qtts-eval worker` (a real wire candidate), both streamed. Two texts, two repeats, no speaker embedder.
+DEMO_COMPARE_RUN = BenchConfig(
+    pipelines=("reference", "worker"),
+    model="tiny",
+    fixtures=("en_one_word", "en_short"),
+    modes=("icl",),
+    repeats=2,
+    speaker_embedder=None,
+    options={
+        "reference.streaming": True,
+        "worker.command": [
+            sys.executable,
+            "-m",
+            "qtts_eval",
+            "worker",
+            "--model=tiny",
+            "--option=streaming=true",
+        ],
+    },
+)
+# Demo runs by run id, built in the scratch directory on first use.
+DEMO_RUNS = {"notebook-tiny": NOTEBOOK_RUN, "compare-demo": DEMO_COMPARE_RUN}
+# The demo parity sweep: the reference against itself (passes) and a planted fault (fails at the talker; the
+# parity notebook's demo too), each a `qtts-eval parity --out` directory named by its slug.
+DEMO_PARITY_CANDIDATES = ("reference", "fault:talker-weight")
+SCRATCH_ENV = "QTTS_EVAL_SCRATCH"  # where the notebooks' demo data goes (default: under the temp directory)
+REPORT_FILE = "report.json"  # what marks a `qtts-eval parity --out` directory
 MS_PER_S = 1000.0
 
 
+def scratch_root() -> Path:
+    """The notebooks' demo data directory: $QTTS_EVAL_SCRATCH, else ``qtts-eval-notebooks`` in the system's
+    temporary directory. Never a results directory, so `qtts-eval history results` does not list demos."""
+    configured = os.environ.get(SCRATCH_ENV)
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / "qtts-eval-notebooks"
+
+
+def _not_found(root: Path, name: str, marker: str, what: str, how: str) -> ResultsError:
+    """The error for a missing ``name`` under ``root``: the ones that exist, the closest, how to make one."""
+    found = sorted(str(path.parent.relative_to(root)) for path in root.rglob(marker)) if root.is_dir() else []
+    close = difflib.get_close_matches(name, found, n=1)
+    listing = ", ".join(found[:20]) + (f" and {len(found) - 20} more" if len(found) > 20 else "")
+    return ResultsError(
+        f"{root / name}: no such {what}"
+        + (f"; did you mean {close[0]!r}?" if close else ".")
+        + (f" {what.capitalize()}s under {root}: {listing}." if found else f" {root} holds no {what}.")
+        + f" {how}"
+    )
+
+
+def find_run(
+    results_root: str | Path, run_id: str, create: bool = False, demo: str = "notebook-tiny"
+) -> Path:
+    """The run ``results_root/run_id``; "" is the demo run ``demo`` (DEMO_RUNS, in the scratch directory).
+
+    A missing run is an error listing the runs that exist, unless ``create`` asks to benchmark it
+    (NOTEBOOK_RUN) into ``results_root``.
+    """
+    if not run_id:
+        return ensure_run(scratch_root(), demo, DEMO_RUNS[demo])
+    root = Path(results_root)
+    if not (root / run_id / RUN_FILE).exists() and not create:
+        how = f"Make one with `qtts-eval bench --run-id {run_id}`, or set CREATE = True to bench it here."
+        raise _not_found(root, run_id, RUN_FILE, "run", how)
+    return ensure_run(root, run_id)
+
+
 def ensure_run(results_root: str | Path, run_id: str, config: BenchConfig = NOTEBOOK_RUN) -> Path:
-    """The run directory ``results_root/run_id``, benchmarked with ``config`` first if it does not exist."""
+    """The run directory ``results_root/run_id``, benchmarked with ``config`` first if it does not exist, and
+    resumed if it was interrupted (a run's summary is written last)."""
     directory = Path(results_root) / run_id
-    if not (directory / "run.json").exists():
+    if not (directory / RUN_FILE).exists():
         Bench.create(config, Path(results_root), run_id).run(progress=False)
+    elif not (directory / SUMMARY_FILE).exists():
+        Bench.resume(directory).run(progress=False)
     return directory
 
 
-def ensure_demo_history(results_root: str | Path, runs: int = 6, step_at: int = 3) -> Path:
-    """``runs`` calibration runs under ``results_root/demo-history``; 30 % slower from ``step_at``."""
-    root = Path(results_root) / "demo-history"
+def demo_history(runs: int = 6, step_at: int = 3) -> Path:
+    """``runs`` calibration runs under the scratch directory's ``demo-history``; 30 % slower from
+    ``step_at``."""
+    root = scratch_root() / "demo-history"
     for index in range(runs):
         factor = DEMO_STEP_FACTOR if index >= step_at else 1.0
         delays = {
@@ -64,6 +141,27 @@ def ensure_demo_history(results_root: str | Path, runs: int = 6, step_at: int = 
     return root
 
 
+def gate_runs(
+    history: History, current: str = "", baselines: tuple[str, ...] = ()
+) -> tuple[Path, list[Path]]:
+    """The run to gate and its baseline runs, by run id from ``history``: ``current`` "" is the newest run,
+    ``baselines`` () the three oldest other runs of its series (same pipeline, machine and settings)."""
+    runs = history.runs.drop_duplicates("run_id", keep="last")
+    by_id = dict(zip(runs["run_id"], runs["path"], strict=True))
+    for run_id in (current, *baselines):
+        if run_id and run_id not in by_id:
+            close = difflib.get_close_matches(run_id, list(by_id), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ResultsError(f"no run {run_id!r} in this history{hint} Runs: {', '.join(by_id)}")
+    row = runs.iloc[-1] if not current else runs[runs["run_id"] == current].iloc[0]
+    if not baselines:
+        series = runs[(runs["series"] == row["series"]) & (runs["run_id"] != row["run_id"])]
+        baselines = tuple(series["run_id"].head(3))
+    if not baselines:
+        raise ResultsError(f"run {row['run_id']!r} has no earlier run in its series to gate against")
+    return Path(row["path"]), [Path(by_id[run_id]) for run_id in baselines]
+
+
 def ensure_parity(out_dir: str | Path, candidate: str = "fault:talker-weight", model: str = "tiny") -> Path:
     """A parity session of ``candidate`` written to ``out_dir`` unless its report.json exists; returns it."""
     from qtts_eval.parity.session import run_session
@@ -72,6 +170,114 @@ def ensure_parity(out_dir: str | Path, candidate: str = "fault:talker-weight", m
     if not (out / "report.json").exists():
         run_session(candidate, out, {"model": model})
     return out
+
+
+def _slug(candidate: str) -> str:
+    return candidate.replace(":", "-").replace("/", "-")
+
+
+def demo_parity_sweep() -> Path:
+    """The demo sweep (DEMO_PARITY_CANDIDATES on the tiny checkpoint) in the scratch directory."""
+    root = scratch_root() / "parity-demo"
+    for candidate in DEMO_PARITY_CANDIDATES:
+        ensure_parity(root / _slug(candidate), candidate, "tiny")
+    return root
+
+
+def find_parity(
+    results_root: str | Path,
+    parity_dir: str,
+    create: bool = False,
+    candidate: str = "fault:talker-weight",
+    model: str = "tiny",
+) -> Path:
+    """The `qtts-eval parity --out` directory ``results_root/parity_dir``; "" is the demo (a planted talker
+    fault). A missing one is an error listing those that exist, unless ``create`` runs ``candidate`` there."""
+    if not parity_dir:
+        return ensure_parity(scratch_root() / "parity-demo" / _slug("fault:talker-weight"))
+    root = Path(results_root)
+    if not (root / parity_dir / REPORT_FILE).exists() and not create:
+        how = (
+            f"Make one with `qtts-eval parity CANDIDATE --out {root / parity_dir}`, or set CREATE = True "
+            "to run CANDIDATE there."
+        )
+        raise _not_found(root, parity_dir, REPORT_FILE, "parity report", how)
+    return ensure_parity(root / parity_dir, candidate, model)
+
+
+def find_parity_sweep(results_root: str | Path, sweep_dir: str) -> Path:
+    """A directory of parity reports ``results_root/sweep_dir``; "" is the demo sweep."""
+    if not sweep_dir:
+        return demo_parity_sweep()
+    directory = Path(results_root) / sweep_dir
+    if not any(directory.rglob(REPORT_FILE)):
+        how = "Fill one with `qtts-eval parity CANDIDATE --out DIR/NAME` per candidate."
+        raise _not_found(Path(results_root), sweep_dir, REPORT_FILE, "parity report", how)
+    return directory
+
+
+def parity_sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per report.json under ``sweep_dir``: where it is, candidate, verdict, profile, first failing
+    stage, and the free-running codes' exact match and first divergent frame."""
+    root = Path(sweep_dir)
+    rows = []
+    for path in sorted(root.rglob(REPORT_FILE)):
+        data = json.loads(path.read_text())
+        first = data.get("first_failing_stage") or {}
+        codes: dict[str, Any] = next(
+            (
+                stage["metrics"]
+                for comparison in data["comparisons"]
+                if comparison["mode"] == "free"
+                for stage in comparison["stages"]
+                if stage["key"] == "codes"
+            ),
+            {},
+        )
+        rows.append(
+            {
+                "report": str(path.parent.relative_to(root)),
+                "candidate": data["candidate"],
+                "verdict": data["verdict"],
+                "profile": data["profile"]["name"],
+                "first_failing_stage": first.get("key"),
+                "first_failing_group": first.get("group"),
+                "codes_exact": codes.get("exact"),
+                "first_divergent_frame": codes.get("first_divergent_frame"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def sweep_report(sweep_dir: str | Path, table: pd.DataFrame, show: str = "") -> Path:
+    """The directory of one report of ``table`` (parity_sweep_table): ``show`` as listed in its ``report``
+    column, or "" for the first that fails (the first listed when all pass)."""
+    listed = [str(name) for name in table["report"]]
+    if show and show not in listed:
+        close = difflib.get_close_matches(show, listed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ResultsError(f"no report {show!r} in {sweep_dir}{hint} Reports: {', '.join(listed)}")
+    failing = [name for name, verdict in zip(listed, table["verdict"], strict=True) if verdict == "fail"]
+    return Path(sweep_dir) / (show or (failing or listed)[0])
+
+
+def plot_parity_sweep(table: pd.DataFrame) -> Any:
+    """Codes exact match per report, coloured by verdict; a failing report is labelled with its stage."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(table) + 1.5))
+    colours = ["C2" if verdict == "pass" else "C3" for verdict in table["verdict"]]
+    exact = table["codes_exact"].astype(np.float64).fillna(0.0) * 100
+    ax.barh(table["report"], exact, color=colours)
+    for position, stage in enumerate(table["first_failing_stage"]):
+        if isinstance(stage, str):
+            ax.annotate(f" fails at {stage}", (0, position), va="center", fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.invert_yaxis()
+    ax.set_xlabel("free-running codes equal to the reference, %")
+    ax.set_title("Parity reports (green: pass, red: fail)")
+    fig.tight_layout()
+    return fig
 
 
 def load_parity(out_dir: str | Path) -> ParityResult:
@@ -114,6 +320,77 @@ def parity_table(result: ParityResult) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+COMPARED_METRICS = (
+    "first_playable_s",
+    "first_byte_s",
+    "rtf",
+    "peak_mem_bytes",
+)  # ratios, candidate/reference
+CELL = ["fixture_id", "voice_id", "mode"]  # what a candidate and the reference are paired on
+
+
+def comparison_table(frame: pd.DataFrame, candidate: str = "", reference: str = "reference") -> pd.DataFrame:
+    """Candidate against reference per fixture, voice and mode of one run: requests and errors on each side,
+    the ratio of medians (candidate / reference; < 1 is better for the candidate) of COMPARED_METRICS, the
+    frames each side generated, and whether the candidate did the same work (same frame counts; codes
+    compared only where the records carry ``codes_match_reference``, else "not recorded").
+    ``candidate`` "" is the run's only pipeline other than ``reference``."""
+    present = sorted(str(name) for name in frame["pipeline"].unique())
+    others = [name for name in present if name != reference]
+    if reference not in present:
+        raise ResultsError(f"no {reference!r} records in this run; its pipelines: {', '.join(present)}")
+    if not candidate:
+        if len(others) != 1:
+            raise ResultsError(f"set CANDIDATE to one of this run's pipelines: {', '.join(others) or 'none'}")
+        candidate = others[0]
+    if candidate not in present:
+        close = difflib.get_close_matches(candidate, others, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ResultsError(f"no {candidate!r} records in this run{hint} Its pipelines: {', '.join(present)}")
+    rows = []
+    for cell, group in frame[frame["pipeline"].isin([candidate, reference])].groupby(CELL, sort=False):
+        sides = {name: _ok(group[group["pipeline"] == name]) for name in (reference, candidate)}
+        row: dict[str, Any] = dict(zip(CELL, cell, strict=True))
+        row["n_reference"], row["n_candidate"] = len(sides[reference]), len(sides[candidate])
+        row["candidate_errors"] = int((group["pipeline"] == candidate).sum()) - len(sides[candidate])
+        for metric in COMPARED_METRICS:
+            medians = [side[metric].astype(np.float64).median() for side in sides.values()]
+            row[f"{metric}_ratio"] = medians[1] / medians[0] if medians[0] > 0 else np.nan
+        frames = [sorted(side["frames_generated"].dropna().astype(int)) for side in sides.values()]
+        row["frames_reference"], row["frames_candidate"] = frames
+        row["same_frames"] = frames[0] == frames[1]
+        if "codes_match_reference" in group:
+            row["codes_match"] = sides[candidate]["codes_match_reference"].astype(np.float64).min()
+        else:
+            row["codes_match"] = "not recorded"
+        rows.append(row)
+    return pd.DataFrame(rows).assign(candidate=candidate, reference=reference)
+
+
+def plot_comparison(table: pd.DataFrame) -> Any:
+    """Ratio of medians (candidate / reference) per cell and metric, drawn from 1 on a log axis; left of the
+    line the candidate's value is lower (faster, leaner)."""
+    import matplotlib.pyplot as plt
+
+    labels = [" ".join(str(row[key]) for key in CELL) for _, row in table.iterrows()]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(table) * len(COMPARED_METRICS) + 1.5))
+    step = 0.8 / len(COMPARED_METRICS)
+    for index, metric in enumerate(COMPARED_METRICS):
+        positions = np.arange(len(table)) + index * step
+        ratios = table[f"{metric}_ratio"].astype(np.float64)
+        ax.hlines(positions, 1.0, ratios, color=f"C{index}")
+        ax.plot(ratios, positions, "o", color=f"C{index}", label=metric)
+    ax.set_yticks(np.arange(len(table)) + 0.4 - step / 2, labels)
+    ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{table['candidate'].iloc[0]} / {table['reference'].iloc[0]}, ratio of medians")
+    ax.set_title("Candidate against reference (left of the line: candidate lower)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def _ok(frame: pd.DataFrame) -> pd.DataFrame:

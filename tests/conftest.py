@@ -1,4 +1,5 @@
-"""Shared test setup: an isolated checkpoint cache, the hub offline, and the tiny reference loaded once."""
+"""Shared test setup: an isolated checkpoint cache and notebook scratch directory, the hub offline, and the
+tiny reference loaded once."""
 
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ def checkpoint_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
         os.environ.pop("QTTS_EVAL_CACHE", None)
     else:
         os.environ["QTTS_EVAL_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def notebook_scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The notebooks' demo data directory for this session (QTTS_EVAL_SCRATCH), shared by the notebook
+    tests so the demo runs are built once; kernels and JupyterLab started by a test inherit it."""
+    from qtts_eval.report import SCRATCH_ENV
+
+    scratch = tmp_path_factory.mktemp("notebook-scratch")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SCRATCH_ENV, str(scratch))
+        yield scratch
 
 
 @pytest.fixture(scope="session")

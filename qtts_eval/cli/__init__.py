@@ -19,6 +19,7 @@ SUBCOMMANDS = (
     "fixtures",
     "gate",
     "history",
+    "lab",
     "load",
     "parity",
     "serve",

@@ -61,10 +61,10 @@ def _comparisons(result: ParityResult) -> list[Comparison]:
 
 
 def plots(result: ParityResult) -> dict[str, str]:
-    """Base64 PNGs by name: error by stage, per-codebook match, waveform overlay, spectrograms."""
-    import matplotlib
+    """Base64 PNGs by name: error by stage, per-codebook match, waveform overlay, spectrograms.
 
-    matplotlib.use("Agg")
+    Drawn on whatever backend is active (matplotlib picks Agg where there is no display) and closed after
+    saving: forcing Agg here would switch a notebook's inline backend off for every later plot."""
     import matplotlib.pyplot as plt
 
     found: dict[str, str] = {}

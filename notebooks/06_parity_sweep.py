@@ -1,0 +1,41 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Browse parity reports: which candidates pass, where the others fail
+#
+# Lists every `qtts-eval parity --out` directory under a folder (one report.json each), with its verdict,
+# the first failing stage and how many free-running codes matched the reference, then opens one of them
+# stage by stage. By default it shows a demo sweep on the tiny checkpoint, run on first use in a scratch
+# directory: the reference against itself (passes) and a planted fault (fails at the talker).
+
+# %% tags=["parameters"]
+RESULTS_ROOT = "../results"  # your results directory (relative to notebooks/); only read
+SWEEP_DIR = ""  # a folder under RESULTS_ROOT of `qtts-eval parity --out` directories; "" = the demo (scratch)
+SHOW = ""  # the report to open, as listed in the table's `report` column ("" = the first that fails)
+
+# %%
+from qtts_eval import report
+
+sweep = report.find_parity_sweep(RESULTS_ROOT, SWEEP_DIR)
+table = report.parity_sweep_table(sweep)
+table
+
+# %%
+fig = report.plot_parity_sweep(table)
+
+# %%
+result = report.load_parity(report.sweep_report(sweep, table, SHOW))
+print(f"{result.candidate}: {'PASS' if result.passed else 'FAIL'} under profile {result.profile.name}")
+stages = report.parity_table(result)
+stages[stages["status"] != "skip"]
