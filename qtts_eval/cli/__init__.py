@@ -12,8 +12,11 @@ from qtts_eval.errors import QttsEvalError
 # One module per subcommand, each with add_parser() and run(); listed here, imported when the CLI starts.
 SUBCOMMANDS = (
     "bench",
+    "candidates",
     "check_worker",
     "checkpoint",
+    "doctor",
+    "export",
     "fixtures",
     "gate",
     "history",

@@ -24,10 +24,15 @@ def register(name: str, target: str | type[Pipeline]) -> None:
 
 
 def available() -> dict[str, str | type[Pipeline]]:
-    """Every known pipeline name and its target; run-time registrations override entry points."""
+    """Every known pipeline name and its target: entry points, then installed candidates (their environment
+    manifests, read without importing anything of theirs), then run-time registrations, each overriding."""
     found: dict[str, str | type[Pipeline]] = {
         entry.name: entry.value for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
     }
+    # Imported here: candidates sit above this layer, and only their manifests are read.
+    from qtts_eval.candidates.envs import installed
+
+    found.update({name: manifest.pipeline for name, manifest in installed().items()})
     found.update(_runtime)
     return found
 
