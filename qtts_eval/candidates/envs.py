@@ -11,6 +11,7 @@ only when its manifest exists.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qtts_eval.candidates.registry import SHIM_REQUIREMENTS, Candidate, Support, candidate
+from qtts_eval.candidates.registry import SHIM_REQUIREMENTS, Candidate, Device, Support, candidate
 from qtts_eval.checkpoints.cache import cache_root
 from qtts_eval.errors import PipelineError
 
@@ -66,8 +67,13 @@ def installed() -> dict[str, Installed]:
     return found
 
 
+def isolated_env() -> dict[str, str]:
+    """This environment minus PYTHONPATH: a candidate sees its own venv and the suite link only."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def _run(argv: list[str], what: str) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = subprocess.run(argv, capture_output=True, text=True, env=isolated_env())
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
         raise PipelineError(f"{what} failed (exit {done.returncode}):\n{tail}")
@@ -95,7 +101,9 @@ def install(name: str, *, extra_pip_args: tuple[str, ...] = (), log: Any = print
     base_python = Path(sysconfig.get_config_var("BINDIR") or Path(sys.base_prefix) / "bin") / "python3"
     if not base_python.exists():
         base_python = Path(sys.executable)
-    _run([str(base_python), "-m", "venv", str(target)], "creating the venv")
+    # GPU ports use the torch of the machine's image; CPU ports see nothing outside their venv.
+    system = ["--system-site-packages"] if spec.device is Device.GPU else []
+    _run([str(base_python), "-m", "venv", *system, str(target)], "creating the venv")
     python = env_python(name)
     requirements = [*spec.requirements, *SHIM_REQUIREMENTS]
     log(f"installing {' '.join(requirements)}")

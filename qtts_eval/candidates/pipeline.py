@@ -89,18 +89,25 @@ class CandidatePipeline(RemotePipeline):
         if problems:
             raise PipelineError(f"candidate {self.spec.name!r} is not ready: " + "; ".join(problems))
         self.model = checkpoints.resolve(self.config.model)
-        storage = GgufType(self.options.storage)
-        if storage.value not in self.spec.storages:
-            raise PipelineError(
-                f"{self.spec.name} loads {', '.join(self.spec.storages)}, not {storage.value}"
-            )
-        adapter_options: dict[str, Any] = {"storage": storage.value, "threads": self.options.threads}
+        adapter_options: dict[str, Any] = {
+            "weights_hash": self.model.weights_hash,
+            "synthetic": self.model.synthetic,
+            "model_ref": self.config.model,
+        }
         if self.spec.weights is WeightFormat.GGUF:
+            storage = GgufType(self.options.storage)
+            if storage.value not in self.spec.storages:
+                raise PipelineError(
+                    f"{self.spec.name} loads {', '.join(self.spec.storages)}, not {storage.value}"
+                )
             talker, codec = exported_weights(self.model, storage)
-            adapter_options.update(talker=str(talker), codec=str(codec))
-        adapter_options.update(
-            weights_hash=self.model.weights_hash, synthetic=self.model.synthetic, model_ref=self.config.model
-        )
+            adapter_options.update(
+                storage=storage.value, threads=self.options.threads, talker=str(talker), codec=str(codec)
+            )
+        else:
+            adapter_options["checkpoint"] = str(self.model.path)
+        if self.spec.layout_selectable:
+            adapter_options["non_streaming_mode"] = bool(self.options.non_streaming_mode)
         self.adapter_config = {**asdict(self.config), "options": adapter_options}
 
     def load(self) -> None:
@@ -109,17 +116,9 @@ class CandidatePipeline(RemotePipeline):
 
     def command(self, *extra: str) -> list[str]:
         python = str(envs.env_python(self.spec.name))
-        config = json.dumps(self.adapter_config)
-        return [
-            python,
-            "-m",
-            "qtts_eval.candidates.shim",
-            "--candidate",
-            self.spec.name,
-            "--config",
-            config,
-            *extra,
-        ]
+        shim = [python, "-m", "qtts_eval.candidates.shim", "--candidate", self.spec.name]
+        # Without the suite's PYTHONPATH: the candidate imports its own packages, qtts_eval via its link.
+        return ["env", "-u", "PYTHONPATH", *shim, "--config", json.dumps(self.adapter_config), *extra]
 
     def open_channel(self) -> Channel:
         return WorkerChannel(self.command())
@@ -127,6 +126,8 @@ class CandidatePipeline(RemotePipeline):
     def check_layout(self, request: Request) -> None:
         """Refuse a comparison whose prompt layout the port does not implement (REFERENCE-NOTES)."""
         wanted = self.options.non_streaming_mode
+        if self.spec.layout_selectable:
+            return  # the layout was passed to the port
         own = self.spec.non_streaming_layout(request.mode)
         if wanted is not None and wanted != own:
             raise UnsupportedRequest(
@@ -172,3 +173,10 @@ class QwenttsCppCandidate(CandidatePipeline):
     candidate_name = "qwentts-cpp"
     label = "qwentts-cpp"
     capabilities = frozenset({Capability.STAGE_DUMPS})
+
+
+class FasterQwen3TtsCandidate(CandidatePipeline):
+    """faster-qwen3-tts on a CUDA device (docs/ports.md; prepared for .ci/gpu/ports.sh)."""
+
+    candidate_name = "faster-qwen3-tts"
+    label = "faster-qwen3-tts"

@@ -19,7 +19,7 @@ class Device(str, enum.Enum):
     """Where a port runs."""
 
     CPU = "cpu"
-    GPU = "gpu"  # CUDA; installed and run by the prepared GPU script (.ci/gpu/ports.sh)
+    GPU = "gpu"  # CUDA; its venv sees the machine's torch (.ci/gpu/ports.sh installs it offline)
 
 
 class WeightFormat(str, enum.Enum):
@@ -33,8 +33,7 @@ class WeightFormat(str, enum.Enum):
 class Support(str, enum.Enum):
     """How far the suite drives a port."""
 
-    ADAPTER = "adapter"  # `candidates install` + `--pipeline NAME` work here
-    GPU_SCRIPT = "gpu-script"  # driven by the prepared GPU script only
+    ADAPTER = "adapter"  # `candidates install` + `--pipeline NAME` (on its device)
     DOCUMENTED = "documented"  # known, not drivable offline; docs/ports.md says why
 
 
@@ -53,6 +52,7 @@ class Candidate:
     limits: tuple[str, ...] = ()  # known limits, shown by `qtts-eval candidates` and docs/ports.md
     # Clone modes whose talker prompt the port lays out as the reference does with non_streaming_mode=True.
     non_streaming_modes: tuple[str, ...] = ()
+    layout_selectable: bool = False  # the port takes the prompt layout as a parameter (then it is passed)
 
     def non_streaming_layout(self, mode: CloneMode) -> bool:
         """Whether the port's prompt for `mode` is the reference's non_streaming_mode=True layout."""
@@ -91,30 +91,45 @@ CANDIDATES: tuple[Candidate, ...] = (
     ),
     Candidate(
         name="faster-qwen3-tts",
-        summary="faster-qwen3-tts: CUDA graphs around the official modules",
+        summary="faster-qwen3-tts: CUDA graphs around a transformers-5 build of the official modules",
         device=Device.GPU,
         weights=WeightFormat.RELEASED,
-        support=Support.GPU_SCRIPT,
+        support=Support.ADAPTER,
         requirements=("faster-qwen3-tts==0.5.4",),
-        limits=("CUDA only; installed from carried wheels by .ci/gpu/ports.sh",),
+        adapter="qtts_eval.candidates.faster_qwen3_tts:FasterQwen3TtsPipeline",
+        layout_selectable=True,
+        limits=(
+            "CUDA only; needs transformers>=5.15 and qwen-tts-hf (qwen_tts under the same import name), "
+            "so its venv uses the GPU image's torch; installed from carried wheels (.ci/gpu/ports.sh)",
+            "no codes API: records carry no codes, so same-codes checks are unavailable",
+            "prepared, not yet run (no device lent so far): see docs/benchmarks.md",
+        ),
     ),
     Candidate(
         name="qwen3-tts-triton",
-        summary="qwen3-tts-triton: Triton kernel fusion of the talker",
+        summary="qwen3-tts-triton: Triton kernel fusion on top of faster-qwen3-tts",
         device=Device.GPU,
         weights=WeightFormat.RELEASED,
-        support=Support.GPU_SCRIPT,
+        support=Support.DOCUMENTED,
         requirements=("qwen3-tts-triton==0.3.0",),
-        limits=("CUDA + Triton only; installed from carried wheels by .ci/gpu/ports.sh",),
+        limits=(
+            "Python >= 3.12 only; requires both qwen-tts and faster-qwen3-tts (whose qwen-tts-hf provides "
+            "the same qwen_tts module for transformers 5), plus streamlit and plotly: no consistent "
+            "environment has been built yet; its wheels are carried by .ci/gpu/fetch-port-wheels.sh",
+        ),
     ),
     Candidate(
         name="qwen3-tts-streaming",
-        summary="qwen3-tts-streaming: streaming decode with CUDA graphs",
+        summary="qwen3-tts-streaming (fast_tts): streaming decode with CUDA graphs",
         device=Device.GPU,
         weights=WeightFormat.RELEASED,
-        support=Support.GPU_SCRIPT,
+        support=Support.DOCUMENTED,
         requirements=("qwen3-tts-streaming==0.1.2",),
-        limits=("CUDA only; installed from carried wheels by .ci/gpu/ports.sh",),
+        limits=(
+            "its engine (fast_tts.FastTTSv14) speaks with a CustomVoice speaker name and plays audio through "
+            "sounddevice; it has no voice-clone entry point for the Base model, so it cannot run the "
+            "suite's requests",
+        ),
     ),
     Candidate(
         name="qwen3-tts-mnn",
@@ -123,7 +138,11 @@ CANDIDATES: tuple[Candidate, ...] = (
         weights=WeightFormat.MNN,
         support=Support.DOCUMENTED,
         requirements=("qwen3-tts-mnn==0.3.1",),
-        limits=("its MNN graphs cannot be produced offline from a local checkpoint (docs/ports.md)",),
+        limits=(
+            "loads talker_step.mnn, cp_step.mnn, vocoder.mnn and fp16 weight .bin files that its author "
+            "publishes on a model hub; the wheel ships no exporter (entry points: synthesis and voice "
+            "extraction only), so they cannot be produced offline from a local checkpoint",
+        ),
     ),
 )
 

@@ -34,6 +34,8 @@ def add_parser(commands: Any) -> None:
     command.add_argument("name", help="candidate name")
     command.add_argument("--model", default="0.6b-base", help="model ref (default: 0.6b-base)")
     command.add_argument("--storage", default="F32", help="weight storage: F32, BF16 or Q8_0")
+    command.add_argument("--device", default="cpu", help="device string handed to the port, e.g. cuda:0")
+    command.add_argument("--dtype", default="float32", help="computing dtype handed to a torch port")
     command.add_argument("--threads", type=int, default=0, help="CPU threads of the port (0: its default)")
     parser.set_defaults(run=run)
 
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         from qtts_eval import pipelines
         from qtts_eval.candidates.pipeline import CandidatePipeline
 
-        config = PipelineConfig(model=args.model, options={"storage": args.storage, "threads": args.threads})
+        config = PipelineConfig(model=args.model, device=args.device, dtype=args.dtype, options={"storage": args.storage, "threads": args.threads})
         pipeline = pipelines.create(args.name, config)
         if not isinstance(pipeline, CandidatePipeline):
             print(f"qtts-eval candidates: error: {args.name!r} is not an installed candidate")
