@@ -149,12 +149,17 @@ class CandidatePipeline(RemotePipeline):
     def write_stage_dump(
         self, request: Request, path: Path, *, forced: ForcedInputs | None = None
     ) -> StageDump:
-        """A one-shot shim run writes the port's stage dump for `request` (free-running only)."""
+        """A one-shot shim run writes the port's stage dump for `request` (free-running only).
+
+        The streaming worker is stopped first: two loaded copies of a full-size port do not fit beside the
+        reference in a small machine's memory. `load()` starts it again.
+        """
         if forced is not None:
             raise UnsupportedRequest(f"{self.spec.name} cannot be teacher-forced")
         if not self.adapter_config:
             raise PipelineError(f"{self.spec.name}: write_stage_dump() called before load()")
         self.check_layout(request)
+        self.close()
         with tempfile.TemporaryDirectory(prefix="qtts-dump-request-") as scratch:
             request_file = Path(scratch) / "request.json"
             np.save(Path(scratch) / REF_AUDIO_FILE, request.ref_audio)
