@@ -260,8 +260,11 @@ def _store(writer: Any, name: str, array: npt.NDArray[np.float32], storage: Gguf
     qtype = gguf.GGMLQuantizationType[storage.value]
     block, _ = gguf.GGML_QUANT_SIZES[qtype]
     if array.shape[-1] % block:
-        # Rows that do not fill whole blocks (conv kernels of width 7, 3, 1): float16, as the port does.
-        writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float16))
+        # Rows that do not fill whole blocks (conv kernels of width 7, 3, 1): float16, as the port does,
+        # unless a value would overflow it (random synthetic weights can): then float32, losing nothing.
+        with np.errstate(over="ignore"):
+            half = array.astype(np.float16)
+        writer.add_tensor(name, np.ascontiguousarray(half if np.isfinite(half).all() else array))
         return
     packed = gguf.quants.quantize(np.ascontiguousarray(array, dtype=np.float32), qtype)
     writer.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=qtype)

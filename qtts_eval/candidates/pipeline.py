@@ -165,7 +165,9 @@ class CandidatePipeline(RemotePipeline):
             np.save(Path(scratch) / REF_AUDIO_FILE, request.ref_audio)
             request_file.write_text(json.dumps(request_fields(request)))
             argv = self.command("--dump-request", str(request_file), "--dump-out", str(path))
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.options.start_timeout_s)
+            # Loading, then every frame within the message timeout: the same patience as over the wire.
+            patience = self.options.start_timeout_s + request.max_frames * self.options.timeout_s
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=patience)
         if done.returncode != 0:
             tail = "\n".join(done.stderr.strip().splitlines()[-10:])
             raise PipelineError(f"{self.spec.name} dump run failed ({shlex.join(argv[:4])} ...):\n{tail}")

@@ -56,7 +56,12 @@ def run(args: argparse.Namespace) -> int:
         from qtts_eval import pipelines
         from qtts_eval.candidates.pipeline import CandidatePipeline
 
-        config = PipelineConfig(model=args.model, device=args.device, dtype=args.dtype, options={"storage": args.storage, "threads": args.threads})
+        config = PipelineConfig(
+            model=args.model,
+            device=args.device,
+            dtype=args.dtype,
+            options={"storage": args.storage, "threads": args.threads},
+        )
         pipeline = pipelines.create(args.name, config)
         if not isinstance(pipeline, CandidatePipeline):
             print(f"qtts-eval candidates: error: {args.name!r} is not an installed candidate")

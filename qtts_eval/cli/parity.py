@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from qtts_eval import fixtures
+from qtts_eval.cli.options import parse_options
 from qtts_eval.errors import ParityError
 from qtts_eval.pipelines.base import CloneMode, PipelineConfig, Request, Sampling
 
@@ -43,6 +45,14 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--forced-dump", type=Path, default=None, help="a port's teacher-forced dump")
     parser.add_argument("--no-teacher-forcing", action="store_true", help="skip the teacher-forced run")
     parser.add_argument("--out", type=Path, default=Path("results/parity"), help="report directory")
+    parser.add_argument(
+        "--option",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of a pipeline candidate (repeatable), e.g. threads=1 for qwentts-cpp",
+    )
     parser.set_defaults(run=run)
 
 
@@ -59,7 +69,9 @@ def _pipeline(args: argparse.Namespace, options: dict[str, Any]) -> Any:
         if name not in FAULTS:
             raise ParityError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
         return HookedReference(config, fault=FAULTS[name]())
-    return pipelines.create(args.candidate, config)
+    return pipelines.create(
+        args.candidate, dataclasses.replace(config, options={**options, **parse_options(args.options)})
+    )
 
 
 def run(args: argparse.Namespace) -> int:
