@@ -90,7 +90,7 @@ def install(name: str, *, extra_pip_args: tuple[str, ...] = (), log: Any = print
     spec = candidate(name)
     if spec.support is not Support.ADAPTER:
         raise PipelineError(
-            f"candidate {name!r} is {spec.support.value}: " + "; ".join(spec.limits or ("see docs/ports.md",))
+            f"candidate {name!r} is {spec.support.value}, not installable: " + "; ".join(spec.limits)
         )
     target = env_dir(name)
     if target.exists():
