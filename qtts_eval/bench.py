@@ -238,9 +238,9 @@ class Bench:
         return load_run(self.store.directory)
 
     def _load(self, name: str) -> Pipeline:
-        scoped = pipeline_options.scope(
-            self.config.options, {name: pipelines.pipeline_class(name).options_schema}
-        )
+        # Scoped against every pipeline of the run: `--option OTHER.KEY` is valid here, just not for `name`.
+        schemas = {n: pipelines.pipeline_class(n).options_schema for n in self.config.pipelines}
+        scoped = pipeline_options.scope(self.config.options, schemas)
         config = PipelineConfig(
             model=self.config.model,
             device=self.config.device,
