@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -149,7 +151,7 @@ def test_installed_candidates_join_the_pipeline_registry(checkpoint_cache: Path)
         # A half-built environment (no venv python) is not ready, and doctor says why.
         assert any("broken" in p for p in envs.missing("qwentts-cpp"))
     finally:
-        manifest.unlink()
+        shutil.rmtree(manifest.parent)
     assert "qwentts-cpp" not in pipelines.available()
 
 
@@ -168,10 +170,40 @@ def test_candidate_refuses_a_prompt_layout_it_does_not_implement() -> None:
     compared_default.check_layout(icl)  # the port's ICL prompt is the default layout
 
 
+def test_port_debug_files_are_read_with_their_shape_and_truncation_is_refused(tmp_path: Path) -> None:
+    from qtts_eval.candidates.qwentts_cpp import read_codes, read_tap
+
+    codes = np.arange(3 * 16, dtype=np.float32).reshape(3, 16)
+    header = np.array([2, 3, 16], dtype="<i4").tobytes()
+    (tmp_path / "codes-full.bin").write_bytes(header + codes.astype("<f4").tobytes())
+    np.testing.assert_array_equal(read_codes(tmp_path), codes.astype(np.int64))
+    (tmp_path / "short.bin").write_bytes(header + codes.astype("<f4").tobytes()[:-4])
+    with pytest.raises(PipelineError, match=r"header says \(3, 16\)"):
+        read_tap(tmp_path / "short.bin")
+
+
+def test_cli_lists_ports_and_doctor_says_what_is_missing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from qtts_eval.cli import main
+
+    monkeypatch.setenv("QTTS_EVAL_CACHE", str(tmp_path))  # nothing installed
+
+    assert main(["candidates"]) == 0
+    listing = capsys.readouterr().out
+    assert all(spec.name in listing for spec in CANDIDATES)
+    assert "cannot be produced offline" in listing  # the MNN port's reason is shown, not hidden
+    assert main(["doctor", "qwentts-cpp"]) == 1
+    assert "qtts-eval candidates install qwentts-cpp" in capsys.readouterr().out
+    assert main(["candidates", "install", "qwen3-tts-mnn"]) == 2
+    assert "not installable" in capsys.readouterr().err
+
+
 def test_worker_shim_import_chain_is_torch_free() -> None:
     """The shim, the protocol server and the adapter import no torch, transformers or qwen-tts."""
     probe = (
         "import sys, qtts_eval.candidates.shim, qtts_eval.wire.server, qtts_eval.candidates.qwentts_cpp, "
+        "qtts_eval.candidates.faster_qwen3_tts, "
         "qtts_eval.parity.dumps; print(sorted({m.split('.')[0] for m in sys.modules}))"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -206,8 +238,6 @@ def test_qwentts_cpp_passes_conformance(user_cache: Path) -> None:
 
     candidate_pipeline = QwenttsCppCandidate(PipelineConfig(model="0.6b-base", options={"threads": 1}))
     candidate_pipeline.prepare()
-    import shlex
-
     results = check_target(shlex.join(candidate_pipeline.command()), CheckOptions(frames=2))
     assert [r.rule for r in results if not r.passed] == []
 
@@ -215,23 +245,32 @@ def test_qwentts_cpp_passes_conformance(user_cache: Path) -> None:
 @pytest.mark.slow
 @port_test
 def test_qwentts_cpp_parity_free_running(user_cache: Path, tmp_path: Path) -> None:
-    """The port's fp32 free-running dump against the reference's (ICL, 3 frames). Expected outcome, from
-    docs/ports.md: see PORT_PARITY_EXPECTATION."""
+    """The port's fp32 free-running ICL dump against the reference's, with the outcome docs/ports.md records:
+    its speaker encoder agrees within the fp32 profile, and its talker prompt is one position shorter (it
+    drops the reference clip's last partial frame; the slt clip is 57.7 frames), so the first failing stage
+    is talker.prefill.embeds, by shape."""
     from qtts_eval.candidates.pipeline import QwenttsCppCandidate
     from qtts_eval.parity.capture import HookedReference
+    from qtts_eval.parity.compare import Status
     from qtts_eval.parity.profiles import profile_for
     from qtts_eval.parity.run import compare_pipeline, reference_dump
     from qtts_eval.pipelines.base import Sampling
 
     voice = fixtures.load_fixtures().voice("slt")
-    request = Request.for_voice(
-        voice, "Hello there.", "english", CloneMode.ICL, max_frames=3, seed=0, sampling=Sampling(repetition_penalty=1.0)
-    )
+    greedy = Sampling(repetition_penalty=1.0)
+    request = Request.for_voice(voice, "Hello there.", "english", CloneMode.ICL, 3, seed=0, sampling=greedy)
     reference = HookedReference(PipelineConfig(model="0.6b-base"))
     reference.load()
     ref_dump = reference_dump(reference, request)
     port = QwenttsCppCandidate(PipelineConfig(model="0.6b-base", options={"threads": 1}))
     port.prepare()
-    result = compare_pipeline(ref_dump, port, request, profile_for("float32"), "qwentts-cpp", dump_dir=tmp_path)
+    result = compare_pipeline(
+        ref_dump, port, request, profile_for("float32"), "qwentts-cpp", dump_dir=tmp_path
+    )
     assert result.forced is None  # the port cannot be teacher-forced
-    assert_port_parity(result)
+    stages = {stage.key: stage for stage in result.free.stages}
+    assert stages["spk.mel"].status is Status.PASS
+    assert stages["spk.embedding"].status is Status.PASS
+    first = result.free.first_failure
+    assert first is not None and first.key == "talker.prefill.embeds"
+    assert "shape" in first.note
