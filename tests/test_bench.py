@@ -213,3 +213,22 @@ def test_records_carry_every_quality_column() -> None:
     written = quality_columns(SILENCE, SILENCE, "Hello.", "english", synthetic=True, embedder=None)
     assert tuple(written) == QUALITY_COLUMNS
     assert set(QUALITY_COLUMNS) <= {field.name for field in dataclasses.fields(Record)}
+
+
+def test_an_option_scoped_to_one_pipeline_loads_beside_another(tmp_path: Path) -> None:
+    """`--option B.KEY` reaches B only, and loading A in the same run does not refuse it."""
+    from qtts_eval.pipelines.calibration import CalibrationPipeline
+
+    pipelines.register("calibration-b", CalibrationPipeline)
+    config = BenchConfig(
+        pipelines=("calibration", "calibration-b"),
+        fixtures=("en_short",),
+        modes=("xvector",),
+        warmup=0,
+        speaker_embedder=None,
+        options={"calibration.first_chunk_ms": 5, "calibration-b.first_chunk_ms": 60, "chunks": 1},
+    )
+    frame = Bench.create(config, tmp_path, "run").run(progress=False)
+    assert (frame["status"] == "ok").all(), frame["error"].tolist()
+    first_byte = frame.set_index("pipeline")["first_byte_s"]
+    assert first_byte["calibration-b"] >= 0.060 > first_byte["calibration"]

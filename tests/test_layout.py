@@ -18,8 +18,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"measure", "results", "summary"}),
     frozenset({"wire"}),
     frozenset({"bench", "cluster"}),
-    frozenset({"parity"}),
-    frozenset({"gates", "history", "pytest_plugin", "report"}),
+    frozenset({"parity", "candidates"}),
+    frozenset({"gates", "history", "pytest_plugin", "report", "compare"}),
     frozenset({"cli", "__main__"}),
 )
 LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}

@@ -13,9 +13,12 @@ from qtts_eval.errors import QttsEvalError
 SUBCOMMANDS = (
     "asr",
     "bench",
+    "candidates",
     "check_worker",
     "checkpoint",
     "compare",
+    "doctor",
+    "export",
     "fixtures",
     "gate",
     "history",

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from qtts_eval.cli.options import parse_options
 from qtts_eval.errors import ParityError
 from qtts_eval.pipelines.base import CloneMode
 
@@ -57,6 +58,14 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--no-teacher-forcing", action="store_true", help="skip the teacher-forced run")
     parser.add_argument("--out", type=Path, default=Path("results/parity"), help="report directory")
+    parser.add_argument(
+        "--option",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of a pipeline candidate (repeatable), e.g. threads=1 for qwentts-cpp",
+    )
     parser.set_defaults(run=run)
 
 
@@ -97,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         candidate_codec_dtype=args.candidate_codec_dtype,
         forced_dump=args.forced_dump,
         forced_inputs=_forced_inputs(args),
+        candidate_options=parse_options(args.options),
     )
     print(f"parity {args.candidate} [{result.profile.name}]: {result.verdict_line()}")
     print(f"report: {args.out / 'report.html'}")

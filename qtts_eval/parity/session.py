@@ -117,7 +117,11 @@ def _is_dump(candidate: str) -> bool:
 
 
 def _candidate_pipeline(
-    candidate: str, base: PipelineConfig, settings: ParitySettings, codec_dtype: str | None
+    candidate: str,
+    base: PipelineConfig,
+    settings: ParitySettings,
+    codec_dtype: str | None,
+    extra_options: Mapping[str, Any],
 ) -> tuple[Any, str | None]:
     """The candidate pipeline (model, device and dtype from `base`) and the codec dtype it runs in (None: a
     wire candidate, which says its own precision in its hello)."""
@@ -139,7 +143,7 @@ def _candidate_pipeline(
         return HookedReference(config, fault=FAULTS[name]()), codec
     if codec_dtype is not None:
         options["codec_dtype"] = codec_dtype
-    config = dataclasses.replace(base, options=options)
+    config = dataclasses.replace(base, options={**options, **extra_options})  # e.g. a port's threads
     return pipelines.create(candidate, config), codec_dtype or base.dtype
 
 
@@ -154,6 +158,7 @@ def run_session(
     candidate_codec_dtype: str | None = None,
     forced_dump: Path | None = None,
     forced_inputs: Collection[ForcedInput] = tuple(ForcedInput),
+    candidate_options: Mapping[str, Any] | None = None,
 ) -> ParityResult:
     """One parity run of `candidate` ("reference", "fault:NAME", a registered STAGE_DUMPS pipeline, a ws://
     URL or worker command line of a candidate declaring stage_dumps, or a port's dump file), written under
@@ -187,6 +192,7 @@ def run_session(
             PipelineConfig(model=settings.model, device=device, dtype=candidate_dtype),
             settings,
             candidate_codec_dtype,
+            candidate_options or {},
         )
         pipeline.load()
         try:

@@ -12,6 +12,7 @@ import importlib.metadata
 
 from qtts_eval.errors import PipelineError
 from qtts_eval.pipelines.base import Pipeline, PipelineConfig
+from qtts_eval.pipelines.installed import installed
 
 ENTRY_POINT_GROUP = "qtts_eval.pipelines"
 
@@ -24,10 +25,12 @@ def register(name: str, target: str | type[Pipeline]) -> None:
 
 
 def available() -> dict[str, str | type[Pipeline]]:
-    """Every known pipeline name and its target; run-time registrations override entry points."""
+    """Every known pipeline name and its target: entry points, then installed candidates (their environment
+    manifests, read without importing anything of theirs), then run-time registrations, each overriding."""
     found: dict[str, str | type[Pipeline]] = {
         entry.name: entry.value for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
     }
+    found.update({name: manifest.pipeline for name, manifest in installed().items()})
     found.update(_runtime)
     return found
 

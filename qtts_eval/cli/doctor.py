@@ -1,0 +1,27 @@
+"""`qtts-eval doctor [NAME ...]`: explain what stands between each candidate and `--pipeline NAME`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("doctor", help="explain what a candidate needs before it can run")
+    parser.add_argument("names", nargs="*", help="candidate names (default: every installable candidate)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qtts_eval.candidates import envs
+    from qtts_eval.candidates.registry import CANDIDATES, Support, candidate
+
+    specs = [candidate(n) for n in args.names] or [c for c in CANDIDATES if c.support is Support.ADAPTER]
+    ready = True
+    for spec in specs:
+        problems = envs.missing(spec.name)
+        ready = ready and not problems
+        print(f"{spec.name}: {'ready' if not problems else 'not ready'}")
+        for problem in problems:
+            print(f"  - {problem}")
+    return 0 if ready else 1
