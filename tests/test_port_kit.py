@@ -23,8 +23,8 @@ from qtts_eval.cli import main
 from qtts_eval.parity.capture import HookedReference
 from qtts_eval.parity.compare import compare_dumps
 from qtts_eval.parity.dumps import StageDump, read_dump, write_dump
-from qtts_eval.parity.profiles import profile_for
-from qtts_eval.pipelines.base import CloneMode, PipelineConfig, Request, Sampling
+from qtts_eval.parity.profiles import profile_for_precision
+from qtts_eval.pipelines.base import CloneMode, ForcedInput, PipelineConfig, Request, Sampling
 from qtts_eval.wire import protocol
 from qtts_eval.wire.client import RemoteSession, Timeouts, WorkerChannel, collect
 from qtts_eval.wire.conformance import check_target
@@ -50,13 +50,12 @@ def replay() -> Path:
     return KIT / "target" / "debug" / "examples" / "replay"
 
 
-@pytest.fixture(scope="module")
-def request_() -> Request:
+def make_request(mode: CloneMode) -> Request:
     return Request.for_voice(
         fixtures.load_fixtures().voice(VOICE),
         TEXT,
         LANGUAGE,
-        CloneMode.ICL,
+        mode,
         max_frames=FRAMES,
         seed=0,
         sampling=Sampling(repetition_penalty=1.0),
@@ -64,19 +63,40 @@ def request_() -> Request:
 
 
 @pytest.fixture(scope="module")
-def reference(request_: Request, tmp_path_factory: pytest.TempPathFactory) -> tuple[StageDump, Path]:
-    """A reference dump of the official package (tiny checkpoint), as `qtts-eval parity --out` writes it."""
+def request_() -> Request:
+    return make_request(CloneMode.ICL)
+
+
+@pytest.fixture(scope="module")
+def hooked() -> HookedReference:
     pipeline = HookedReference(PipelineConfig(model="tiny"))
     pipeline.load()
-    dump = pipeline.capture(request_)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def reference(
+    hooked: HookedReference, request_: Request, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[StageDump, Path]:
+    """A reference dump of the official package (tiny checkpoint), as `qtts-eval parity --out` writes it."""
+    dump = hooked.capture(request_)
     return dump, write_dump(dump, tmp_path_factory.mktemp("reference") / "reference.safetensors")
+
+
+@pytest.fixture(scope="module")
+def xvector_reference(hooked: HookedReference, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same in x-vector mode: its audio is the decode of its codes alone, as the conformance kit's
+    codes-decode rule (x-vector requests) checks; an ICL dump's audio was decoded after the reference
+    codes."""
+    dump = hooked.capture(make_request(CloneMode.XVECTOR))
+    return write_dump(dump, tmp_path_factory.mktemp("xvector") / "reference.safetensors")
 
 
 @pytest.mark.parametrize("transport", ["stdio", "websocket"])
 def test_replay_passes_every_conformance_rule(
-    replay: Path, reference: tuple[StageDump, Path], tmp_path: Path, transport: str
+    replay: Path, xvector_reference: Path, tmp_path: Path, transport: str
 ) -> None:
-    command = [str(replay), "--dump", str(reference[1])]
+    command = [str(replay), "--dump", str(xvector_reference), "--synthetic"]  # the tiny checkpoint is random
     if transport == "stdio":
         results = check_target(shlex.join(command))
     else:
@@ -90,7 +110,7 @@ def test_replay_passes_every_conformance_rule(
         finally:
             server.terminate()
             server.wait()
-    assert [r.rule for r in results if not r.passed] == [], [r.detail for r in results if not r.passed]
+    assert [r.rule for r in results if r.failed] == [], [r.detail for r in results if r.failed]
 
 
 def parity_speak(request: Request, name: str, forced: dict[str, np.ndarray] | None) -> dict[str, Any]:
@@ -131,8 +151,9 @@ def test_stage_dumps_over_the_wire_pass_or_fail_at_the_perturbed_stage(
             reply = session.next_message()
             assert reply == {"type": "dumped", "path": name, "bytes": (tmp_path / name).stat().st_size}
             dump = read_dump(tmp_path / name)
-            assert dump.meta.forced == (forced is not None)
-            failure = compare_dumps(ref_dump, dump, profile_for(dump.meta.dtype)).first_failure
+            assert dump.meta.forced == (tuple(ForcedInput) if forced is not None else ())
+            profile = profile_for_precision(dump.meta.dtype, dump.meta.codec_dtype)
+            failure = compare_dumps(ref_dump, dump, profile).first_failure
             assert (failure.key if failure else None) == perturb
     finally:
         channel.close()
@@ -155,11 +176,6 @@ def test_replay_refuses_to_force_what_it_cannot_compute(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13: `qtts-eval parity` does not yet accept a worker command (the client cannot send "
-    "dump_path/forced_codes); remove this mark when it does",
-)
 def test_parity_cli_over_the_wire(
     replay: Path, reference: tuple[StageDump, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

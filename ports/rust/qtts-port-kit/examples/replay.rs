@@ -4,25 +4,30 @@
 //!
 //! ```text
 //! replay --dump DIR/reference.safetensors [--perturb KEY] [--frame-delay-ms MS] [--dump-dir DIR]
-//!        [--websocket]     # with the `websocket` feature: serve ws://127.0.0.1:PORT/api/v1/speak
+//!        [--synthetic] [--websocket]     # with the `websocket` feature: serve ws://127.0.0.1:PORT/api/v1/speak
 //! ```
 //!
 //! Over stdio it serves the harness that started it; with `--websocket` it prints `listening on URL` and
 //! serves every connection. Dumps go under `--dump-dir` (default: a fresh directory in the system's temporary
-//! directory), which `hello.dump_dir` announces.
+//! directory), which `hello.dump_dir` announces. `hello.implementation` carries the dump's `model_ref` and
+//! `weights_hash` (empty when the dump names none) and `synthetic`: false unless `--synthetic` says the dump's
+//! checkpoint has random weights (a synthetic preset such as `tiny`); the dump header does not record it.
 //!
 //! `--perturb KEY` plants a fault at one stage: every dump it writes has that tensor changed (floating values
 //! get 10 % of the tensor's largest magnitude added in a fixed pattern; integer ids and codes get their first
 //! value's lowest bit flipped), and when KEY is `codes` or `output.wav` the codes or audio it sends change too.
 //! Any speak gets the dump's audio, cut at the request's frame budget; a parity request (`dump_path`) must be
-//! the request the dump recorded, and a forced one must force the dump's own codes, reference codes and
-//! speaker embedding, or it is refused as UNSUPPORTED: the replay cannot compute anything else.
+//! the request the dump recorded, and a forced one may force any of the dump's own codes, reference codes and
+//! speaker embedding (its header then lists those), but nothing else, or it is refused as UNSUPPORTED: the
+//! replay cannot compute anything else.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use qtts_port_kit::dump::{key, read_dump, Dump, DumpWriter, HeaderSampling, Tensor, TensorData};
+use qtts_port_kit::dump::{
+    key, read_dump, Dump, DumpWriter, ForcedInput, HeaderSampling, Tensor, TensorData,
+};
 use qtts_port_kit::protocol::{Forced, CODEBOOKS, SAMPLES_PER_FRAME};
 use qtts_port_kit::{
     serve_stdio, Capability, MarkStage, ServeOptions, SpeakError, SpeakRequest, Spoken, Utterance, Voice,
@@ -44,6 +49,7 @@ struct Replay {
     /// The dump's own codes, reference codes and speaker embedding, before any perturbation: the only forced
     /// inputs the replay can honour.
     own: Forced,
+    synthetic: bool,
 }
 
 impl Replay {
@@ -54,9 +60,9 @@ impl Replay {
             _ => None,
         };
         let own = Forced {
-            codes: codes_of(dump.tensors.get(key::CODES)).unwrap_or_default(),
+            codes: codes_of(dump.tensors.get(key::CODES)),
             ref_codes: codes_of(dump.tensors.get(key::CODEC_ENC_CODES)),
-            spk_embedding: embedding.unwrap_or_default(),
+            spk_embedding: embedding,
         };
         if let Some(stage) = &args.perturb {
             let keys: Vec<String> = dump.tensors.keys().cloned().collect();
@@ -90,6 +96,7 @@ impl Replay {
             codes,
             audio,
             own,
+            synthetic: args.synthetic,
         })
     }
 
@@ -116,7 +123,7 @@ impl Replay {
     }
 
     /// The replayed dump, re-written through DumpWriter under this implementation's name.
-    fn rewrite(&self, forced: bool, path: &Path) -> Result<(), SpeakError> {
+    fn rewrite(&self, forced: Vec<ForcedInput>, path: &Path) -> Result<(), SpeakError> {
         let mut meta = self.dump.meta.clone();
         meta.implementation = match &self.perturbed {
             None => format!("qtts-port-kit replay of {}", meta.implementation),
@@ -142,14 +149,16 @@ impl Replay {
 
 impl Replay {
     /// Why these forced inputs are not the replayed dump's own, if they are not: the replay computes nothing.
+    /// An input left free is the dump's own anyway.
     fn foreign(&self, forced: &Forced) -> Option<&'static str> {
-        if forced.codes != self.own.codes {
+        if forced.codes.is_some() && forced.codes != self.own.codes {
             return Some("codes");
         }
         if forced.ref_codes.is_some() && forced.ref_codes != self.own.ref_codes {
             return Some("reference codes");
         }
-        (forced.spk_embedding != self.own.spk_embedding).then_some("speaker embedding")
+        (forced.spk_embedding.is_some() && forced.spk_embedding != self.own.spk_embedding)
+            .then_some("speaker embedding")
     }
 }
 
@@ -164,6 +173,8 @@ impl Worker for Replay {
             "name": "qtts-port-kit replay",
             "version": env!("CARGO_PKG_VERSION"),
             "model_ref": meta.model_ref,
+            "weights_hash": meta.weights_hash.clone().unwrap_or_default(),
+            "synthetic": self.synthetic,
             "dtype": meta.dtype,
             "device": "cpu",
             "replayed_dump": self.source.display().to_string(),
@@ -203,7 +214,8 @@ impl Worker for Replay {
                 "replay can only be forced with its own {what}"
             )));
         }
-        self.rewrite(request.forced.is_some(), path)
+        let forced = request.forced.as_ref().map(ForcedInput::of).unwrap_or_default();
+        self.rewrite(forced, path)
     }
 }
 
@@ -245,6 +257,7 @@ struct Args {
     perturb: Option<String>,
     frame_delay_ms: f64,
     dump_dir: Option<PathBuf>,
+    synthetic: bool,
     websocket: bool,
 }
 
@@ -254,6 +267,7 @@ fn parse_args() -> Result<Args, String> {
         perturb: None,
         frame_delay_ms: 20.0,
         dump_dir: None,
+        synthetic: false,
         websocket: false,
     };
     let mut it = std::env::args().skip(1);
@@ -267,8 +281,9 @@ fn parse_args() -> Result<Args, String> {
                 args.frame_delay_ms = text.parse().ok().filter(|ms: &f64| *ms >= 0.0).ok_or(format!("--frame-delay-ms {text}: not a non-negative number"))?;
             }
             "--dump-dir" => args.dump_dir = Some(PathBuf::from(value()?)),
+            "--synthetic" => args.synthetic = true,
             "--websocket" if cfg!(feature = "websocket") => args.websocket = true,
-            other => return Err(format!("unknown argument {other}; usage: replay --dump FILE [--perturb KEY] [--frame-delay-ms MS] [--dump-dir DIR]")),
+            other => return Err(format!("unknown argument {other}; usage: replay --dump FILE [--perturb KEY] [--frame-delay-ms MS] [--dump-dir DIR] [--synthetic]")),
         }
     }
     if args.dump.as_os_str().is_empty() {

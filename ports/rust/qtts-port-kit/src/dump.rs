@@ -12,8 +12,9 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
-/// Header and key-schema version; files from a newer suite are refused by it, never guessed.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Header and key-schema version written; version 1 headers are read and migrated (`forced` was a bool), any
+/// other version is refused, never guessed.
+pub const SCHEMA_VERSION: u32 = 2;
 /// The safetensors `__metadata__` entry that holds the JSON header.
 pub const METADATA_KEY: &str = "qtts_parity";
 
@@ -128,6 +129,49 @@ fn matches_pattern(pattern: &str, key: &str) -> bool {
     }
 }
 
+/// An input a teacher-forced run takes from the reference dump instead of computing it; its JSON name is the
+/// dump key it is read from (`qtts_eval.pipelines.base.ForcedInput`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ForcedInput {
+    /// The speaker embedding, replacing the speaker encoder's.
+    #[serde(rename = "spk.embedding")]
+    SpkEmbedding,
+    /// The reference-audio codes (ICL), replacing the codec encoder's.
+    #[serde(rename = "codec_enc.codes")]
+    RefCodes,
+    /// The generated codes, forced frame by frame into the talker and code predictor.
+    #[serde(rename = "codes")]
+    Codes,
+}
+
+impl ForcedInput {
+    /// Every forced input, in schema order.
+    pub const ALL: [ForcedInput; 3] = [
+        ForcedInput::SpkEmbedding,
+        ForcedInput::RefCodes,
+        ForcedInput::Codes,
+    ];
+
+    /// The dump key (and header name) of this input.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForcedInput::SpkEmbedding => "spk.embedding",
+            ForcedInput::RefCodes => "codec_enc.codes",
+            ForcedInput::Codes => "codes",
+        }
+    }
+
+    /// The inputs a forced wire request replaces, in schema order (what the header records).
+    pub fn of(forced: &crate::protocol::Forced) -> Vec<ForcedInput> {
+        let given = [
+            (ForcedInput::SpkEmbedding, forced.spk_embedding.is_some()),
+            (ForcedInput::RefCodes, forced.ref_codes.is_some()),
+            (ForcedInput::Codes, forced.codes.is_some()),
+        ];
+        given.into_iter().filter(|&(_, on)| on).map(|(f, _)| f).collect()
+    }
+}
+
 /// TF32 switches of the run (all false on CPU).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -190,11 +234,17 @@ pub struct DumpMeta {
     pub language: String,
     /// Must match: frame budget.
     pub max_frames: u64,
-    /// True when codes, reference codes and speaker embedding were teacher-forced.
-    pub forced: bool,
-    /// Checkpoint the dump came from (path, preset or hub id).
-    #[serde(default)]
-    pub model_ref: String,
+    /// Inputs taken from the reference dump, in schema order; empty for a free-running dump.
+    pub forced: Vec<ForcedInput>,
+    /// Checkpoint the dump came from (path, preset or hub id), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_ref: Option<String>,
+    /// sha256 of the checkpoint's safetensors files (`qtts-eval checkpoint REF --json`), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_hash: Option<String>,
+    /// Fixture voice whose clip and transcript were the reference, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice: Option<String>,
     /// Header and key-schema version.
     #[serde(default = "schema_version")]
     pub schema_version: u32,
@@ -229,8 +279,10 @@ impl DumpMeta {
             text: request.text.clone(),
             language: request.language.clone(),
             max_frames: request.max_frames,
-            forced: request.forced.is_some(),
-            model_ref: String::new(),
+            forced: request.forced.as_ref().map(ForcedInput::of).unwrap_or_default(),
+            model_ref: None,
+            weights_hash: None,
+            voice: None,
             schema_version: SCHEMA_VERSION,
             stored_dtypes: BTreeMap::new(),
         }
@@ -393,6 +445,45 @@ fn sorted_json(meta: &DumpMeta) -> Result<serde_json::Value, DumpError> {
     serde_json::to_value(meta).map_err(|e| DumpError(e.to_string()))
 }
 
+/// A JSON header of schema version 2, or of version 1 migrated to 2 as the suite does (`forced: true` meant
+/// every input in ICL mode, speaker embedding and codes in x-vector mode); other versions are refused.
+pub fn parse_header(header: &str) -> Result<DumpMeta, String> {
+    let malformed = |e: &dyn fmt::Display| format!("malformed {METADATA_KEY:?} header: {e}");
+    let mut fields: serde_json::Value = serde_json::from_str(header).map_err(|e| malformed(&e))?;
+    let object = fields
+        .as_object_mut()
+        .ok_or_else(|| malformed(&"not a JSON object"))?;
+    let version = match object.get("schema_version") {
+        None => u64::from(SCHEMA_VERSION),
+        Some(value) => value
+            .as_u64()
+            .ok_or_else(|| malformed(&"schema_version is not a number"))?,
+    };
+    match version {
+        1 => {
+            let all = object
+                .get("forced")
+                .and_then(serde_json::Value::as_bool)
+                .ok_or_else(|| malformed(&"a version 1 header's forced must be true or false"))?;
+            let icl = object.get("clone_mode").and_then(serde_json::Value::as_str) == Some("icl");
+            let forced: Vec<&str> = ForcedInput::ALL
+                .into_iter()
+                .filter(|&f| all && (icl || f != ForcedInput::RefCodes))
+                .map(ForcedInput::as_str)
+                .collect();
+            object.insert("forced".into(), serde_json::json!(forced));
+            object.insert("schema_version".into(), serde_json::json!(SCHEMA_VERSION));
+        }
+        v if v == u64::from(SCHEMA_VERSION) => {}
+        v => {
+            return Err(format!(
+                "schema version {v} is not one this kit reads (1 or {SCHEMA_VERSION})"
+            ))
+        }
+    }
+    serde_json::from_value(fields).map_err(|e| malformed(&e))
+}
+
 /// A dump read back: header and tensors by key.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dump {
@@ -414,19 +505,7 @@ pub fn read_dump(path: &Path) -> Result<Dump, DumpError> {
         .as_ref()
         .and_then(|m| m.get(METADATA_KEY))
         .ok_or_else(|| DumpError(format!("{}: no {METADATA_KEY:?} metadata header", path.display())))?;
-    let meta: DumpMeta = serde_json::from_str(header).map_err(|e| {
-        DumpError(format!(
-            "{}: malformed {METADATA_KEY:?} header: {e}",
-            path.display()
-        ))
-    })?;
-    if meta.schema_version != SCHEMA_VERSION {
-        return Err(DumpError(format!(
-            "{}: schema version {} is not this kit's {SCHEMA_VERSION}",
-            path.display(),
-            meta.schema_version
-        )));
-    }
+    let meta = parse_header(header).map_err(|e| DumpError(format!("{}: {e}", path.display())))?;
     let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
         DumpError(format!(
             "{}: not a readable safetensors file: {e:?}",
@@ -522,5 +601,80 @@ mod tests {
         assert_eq!(dump.meta, writer.meta);
         assert_eq!(dump.tensors["codes"].shape, [2, 16]);
         assert_eq!(dump.tensors["output.wav"].data, TensorData::F32(vec![0.5, -0.5]));
+    }
+
+    fn parity_request(forced: Option<crate::protocol::Forced>) -> crate::protocol::SpeakRequest {
+        crate::protocol::SpeakRequest {
+            text: "hi".into(),
+            language: "english".into(),
+            mode: crate::protocol::CloneMode::Icl,
+            max_frames: 4,
+            seed: 0,
+            sampling: Default::default(),
+            return_codes: false,
+            dump_path: Some("d.safetensors".into()),
+            forced,
+        }
+    }
+
+    #[test]
+    fn header_version_2_lists_the_forced_inputs_and_leaves_out_unknown_optionals() {
+        let partial = crate::protocol::Forced {
+            codes: Some(vec![[0; 16]]),
+            spk_embedding: Some(vec![0.5]),
+            ..Default::default()
+        };
+        let mut meta = DumpMeta::for_request(&parity_request(Some(partial)), "test", false);
+        assert_eq!(meta.forced, [ForcedInput::SpkEmbedding, ForcedInput::Codes]);
+        let json = serde_json::to_value(&meta).unwrap();
+        assert_eq!(json["forced"], serde_json::json!(["spk.embedding", "codes"]));
+        assert_eq!(json["schema_version"], 2);
+        assert!(json.get("voice").is_none() && json.get("weights_hash").is_none());
+        assert_eq!(parse_header(&json.to_string()).unwrap(), meta);
+        assert!(DumpMeta::for_request(&parity_request(None), "test", false)
+            .forced
+            .is_empty());
+
+        meta.voice = Some("slt".into());
+        meta.weights_hash = Some("ab".repeat(32));
+        meta.model_ref = Some("tiny".into());
+        let json = serde_json::to_value(&meta).unwrap();
+        assert_eq!(
+            (json["voice"].as_str(), json["model_ref"].as_str()),
+            (Some("slt"), Some("tiny"))
+        );
+        assert_eq!(parse_header(&json.to_string()).unwrap(), meta);
+        // null optionals, as some writers put them, read as absent.
+        let mut with_nulls = json.clone();
+        with_nulls["voice"] = serde_json::Value::Null;
+        assert_eq!(parse_header(&with_nulls.to_string()).unwrap().voice, None);
+
+        let mut unknown = json.clone();
+        unknown["forced"] = serde_json::json!(["talker.logits"]);
+        assert!(parse_header(&unknown.to_string())
+            .unwrap_err()
+            .contains("malformed"));
+        let mut newer = json;
+        newer["schema_version"] = serde_json::json!(3);
+        assert!(parse_header(&newer.to_string())
+            .unwrap_err()
+            .contains("schema version 3"));
+    }
+
+    #[test]
+    fn header_version_1_is_migrated_as_the_suite_does() {
+        let mut json =
+            serde_json::to_value(DumpMeta::for_request(&parity_request(None), "old", false)).unwrap();
+        json["schema_version"] = serde_json::json!(1);
+        json["forced"] = serde_json::json!(true);
+        assert_eq!(parse_header(&json.to_string()).unwrap().forced, ForcedInput::ALL);
+        json["clone_mode"] = serde_json::json!("xvector");
+        let xvector = parse_header(&json.to_string()).unwrap();
+        assert_eq!(xvector.forced, [ForcedInput::SpkEmbedding, ForcedInput::Codes]);
+        assert_eq!(xvector.schema_version, SCHEMA_VERSION);
+        json["forced"] = serde_json::json!(false);
+        assert!(parse_header(&json.to_string()).unwrap().forced.is_empty());
+        json["forced"] = serde_json::json!(["codes"]);
+        assert!(parse_header(&json.to_string()).is_err());
     }
 }

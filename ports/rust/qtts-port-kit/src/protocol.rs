@@ -230,16 +230,20 @@ pub struct SpeakRequest {
     pub forced: Option<Forced>,
 }
 
-/// What a teacher-forced parity request replaces: use these instead of computing them.
-#[derive(Clone, Debug, PartialEq)]
+/// What a teacher-forced parity request replaces: use these instead of computing them. Each input is forced
+/// or left free on its own (partial forcing); a request with any `forced_*` field is a forced one.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Forced {
     /// [T][16] generated codes of the reference: at step t choose exactly these (and condition on them).
-    pub codes: Vec<[i64; CODEBOOKS]>,
-    /// [T_ref][16] reference-audio codes instead of encoding the clip (ICL; required there).
+    pub codes: Option<Vec<[i64; CODEBOOKS]>>,
+    /// [T_ref][16] reference-audio codes instead of encoding the clip (ICL).
     pub ref_codes: Option<Vec<[i64; CODEBOOKS]>>,
     /// The speaker embedding instead of computing it.
-    pub spk_embedding: Vec<f32>,
+    pub spk_embedding: Option<Vec<f32>>,
 }
+
+/// The `speak` fields of a forced run.
+pub const FORCED_FIELDS: [&str; 3] = ["forced_codes", "forced_ref_codes", "forced_spk_embedding"];
 
 /// A message from the client, parsed and validated as the suite's server does.
 #[derive(Clone, Debug, PartialEq)]
@@ -370,12 +374,13 @@ pub fn parse_speak(
     voice: &Voice,
     capabilities: &[Capability],
 ) -> Result<SpeakRequest, ProtocolError> {
-    for (field, capability) in [
-        ("dump_path", Capability::StageDumps),
-        ("forced_codes", Capability::ForcedCodes),
-    ] {
-        let present = !matches!(message.get(field), None | Some(Value::Null));
-        if present && !capabilities.contains(&capability) {
+    let present = |field: &str| !matches!(message.get(field), None | Some(Value::Null));
+    let forcing = FORCED_FIELDS.into_iter().find(|field| present(field));
+    let needs = [("dump_path", Capability::StageDumps)]
+        .into_iter()
+        .chain(forcing.map(|field| (field, Capability::ForcedCodes)));
+    for (field, capability) in needs {
+        if present(field) && !capabilities.contains(&capability) {
             return Err(ProtocolError::new(
                 ErrorCode::Unsupported,
                 format!(
@@ -437,14 +442,17 @@ pub fn parse_speak(
         None | Some(Value::Null) => None,
         Some(value) => Some(parse_dump_path(value)?),
     };
-    let forced = match message.get("forced_codes") {
-        None | Some(Value::Null) => None,
-        Some(_) if dump_path.is_none() => {
-            return Err(invalid(
-                "speak: forced_codes only make sense in a parity request (dump_path)",
-            ))
+    let forcing = FORCED_FIELDS
+        .into_iter()
+        .find(|name| !matches!(message.get(*name), None | Some(Value::Null)));
+    let forced = match forcing {
+        None => None,
+        Some(name) if dump_path.is_none() => {
+            return Err(invalid(format!(
+                "speak: {name} only make sense in a parity request (dump_path)"
+            )))
         }
-        Some(_) => Some(parse_forced(message, mode, max_frames as usize)?),
+        Some(_) => Some(parse_forced(message, max_frames as usize)?),
     };
     Ok(SpeakRequest {
         text,
@@ -496,30 +504,31 @@ pub fn parse_dump_path(value: &Value) -> Result<String, ProtocolError> {
     Ok(name.to_owned())
 }
 
-fn parse_forced(
-    message: &Map<String, Value>,
-    mode: CloneMode,
-    max_frames: usize,
-) -> Result<Forced, ProtocolError> {
-    let codes = parse_codes(message.get("forced_codes"), "forced_codes", max_frames)?;
+fn parse_forced(message: &Map<String, Value>, max_frames: usize) -> Result<Forced, ProtocolError> {
+    let codes = match message.get("forced_codes") {
+        None | Some(Value::Null) => None,
+        value => Some(parse_codes(value, "forced_codes", max_frames)?),
+    };
     let ref_codes = match message.get("forced_ref_codes") {
-        None | Some(Value::Null) if mode == CloneMode::Icl => {
-            return Err(invalid(
-                "speak: teacher forcing in ICL mode needs forced_ref_codes",
-            ))
-        }
         None | Some(Value::Null) => None,
         value => Some(parse_codes(value, "forced_ref_codes", MAX_REF_FRAMES)?),
+    };
+    let text = match message.get("forced_spk_embedding") {
+        None | Some(Value::Null) => {
+            return Ok(Forced {
+                codes,
+                ref_codes,
+                spk_embedding: None,
+            })
+        }
+        Some(value) => value,
     };
     let bad = || {
         invalid(format!(
             "speak: forced_spk_embedding must be base64 of at most {MAX_EMBEDDING_DIMS} float32 values"
         ))
     };
-    let text = message
-        .get("forced_spk_embedding")
-        .and_then(Value::as_str)
-        .ok_or_else(bad)?;
+    let text = text.as_str().ok_or_else(bad)?;
     // base64 of float32: 4 bytes per value, 4 characters per 3 bytes.
     if text.is_empty() || text.len() > MAX_EMBEDDING_DIMS * 4 * 4 / 3 + 4 {
         return Err(bad());
@@ -532,7 +541,7 @@ fn parse_forced(
     Ok(Forced {
         codes,
         ref_codes,
-        spk_embedding,
+        spk_embedding: Some(spk_embedding),
     })
 }
 

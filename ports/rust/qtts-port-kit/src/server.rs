@@ -84,8 +84,9 @@ pub trait Worker {
     ) -> Result<Spoken, SpeakError>;
 
     /// A parity request (`stage_dumps`): run `request` once, streaming nothing, and write its stage dump to
-    /// `path` (inside the dump directory) with `DumpWriter`. With `request.forced` (`forced_codes`), use the
-    /// forced codes, reference codes and speaker embedding instead of your own. It is not cancelled.
+    /// `path` (inside the dump directory) with `DumpWriter`. With `request.forced` (`forced_*`), use each
+    /// forced input given (codes, reference codes, speaker embedding) instead of your own, and compute the others;
+    /// `DumpMeta::for_request` records which in the header. It is not cancelled.
     fn write_dump(&mut self, request: &SpeakRequest, voice: &Voice, path: &Path) -> Result<(), SpeakError> {
         let _ = (request, voice, path);
         Err(SpeakError::unsupported("this worker writes no stage dumps"))
@@ -804,12 +805,23 @@ mod tests {
             start(),
             speak(json!({"forced_codes": vec![[0i64; 16]]})),
             speak(json!({"dump_path": "d.safetensors"})),
+            speak(json!({"forced_spk_embedding": "AAAAAA=="})), // partial forcing needs it too
         ];
         let client = run(Silence { frames: 1 }, inbox, vec![], ServeOptions::default());
         assert_eq!(
             kinds(&client),
-            ["hello", "ready", "error:UNSUPPORTED", "error:UNSUPPORTED"]
+            [
+                "hello",
+                "ready",
+                "error:UNSUPPORTED",
+                "error:UNSUPPORTED",
+                "error:UNSUPPORTED"
+            ]
         );
+        assert!(client.replies[4]["message"]
+            .as_str()
+            .unwrap()
+            .contains("forced_spk_embedding needs the forced_codes capability"));
 
         use crate::protocol::parse_dump_path;
         for bad in [

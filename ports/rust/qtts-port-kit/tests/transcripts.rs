@@ -86,8 +86,12 @@ fn framing_reproduces_the_recorded_bytes() {
     }
 }
 
-/// The recorded server's pipeline: one frame of the test tone per requested frame; codes = frame index.
+/// The recorded server's pipeline (`qtts_eval.wire.faulty_worker`): one frame of the test tone per requested
+/// frame; codes are its fixed pattern of the seed, `(7 frame + 131 codebook + seed) % 2048`.
 /// `code_offset` plants a fault (codes that differ from the recorded server's).
+/// Codes per codebook of the 12 Hz codec: the recorded server's codes stay below it.
+const CODEBOOK_SIZE: i64 = 2048;
+
 struct Tone {
     code_offset: i64,
 }
@@ -118,7 +122,11 @@ impl Worker for Tone {
             out.audio(&samples)?;
         }
         let codes = (0..frames as i64)
-            .map(|i| [i + self.code_offset; CODEBOOKS])
+            .map(|frame| -> [i64; CODEBOOKS] {
+                std::array::from_fn(|book| {
+                    (frame * 7 + book as i64 * 131 + request.seed + self.code_offset) % CODEBOOK_SIZE
+                })
+            })
             .collect();
         Ok(Spoken {
             frames_generated: frames as u64,
