@@ -351,7 +351,7 @@ def test_conformance_passes_the_reference_server(reference_url) -> None:
 # --- parity over the wire -------------------------------------------------------------------------------
 
 
-def _verdicts(report: Path) -> tuple[str, object, list[tuple[str, list[tuple[str, str]]]]]:
+def _parity_verdicts(report: Path) -> tuple[str, object, list[tuple[str, list[tuple[str, str]]]]]:
     data = json.loads(report.read_text(encoding="utf-8"))
     stages = [(c["mode"], [(s["key"], s["status"]) for s in c["stages"]]) for c in data["comparisons"]]
     return data["verdict"], data["first_failing_stage"], stages
@@ -376,8 +376,8 @@ def test_parity_over_the_wire_gives_the_in_process_verdicts(
     else:
         for url in _serve([*command, "--port", "0"]):
             wire_code = main(["parity", url, *common, "--out", str(tmp_path / "wire")])
-    local = _verdicts(tmp_path / "local" / "report.json")
-    wire = _verdicts(tmp_path / "wire" / "report.json")
+    local = _parity_verdicts(tmp_path / "local" / "report.json")
+    wire = _parity_verdicts(tmp_path / "wire" / "report.json")
     assert wire_code == local_code
     assert wire == local  # same verdict, same first failing stage, every stage of free and forced alike
     assert [mode for mode, _ in wire[2]] == ["free", "forced"]  # teacher forcing crossed the wire too

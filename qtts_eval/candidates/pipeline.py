@@ -131,6 +131,11 @@ class CandidatePipeline(RemotePipeline):
     def open_channel(self) -> Channel:
         return WorkerChannel(self.command())
 
+    @property
+    def target(self) -> str:
+        """As the user named it: the installed candidate's name (`--pipeline qwentts-cpp`)."""
+        return self.spec.name
+
     def check_layout(self, request: Request) -> None:
         """Refuse a comparison whose prompt layout the port does not implement (REFERENCE-NOTES)."""
         wanted = self.options.non_streaming_mode
