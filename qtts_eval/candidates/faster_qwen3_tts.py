@@ -14,24 +14,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from qtts_eval.pipelines.base import AudioChunk, Capability, CloneMode, Event, Pipeline, Request, StreamEnd
+from qtts_eval.candidates.adapter import PortAdapter, SourceCheckpoint
+from qtts_eval.pipelines.base import AudioChunk, Capability, CloneMode, Event, Request, StreamEnd
 from qtts_eval.units import FRAME_RATE_HZ, SAMPLE_RATE_HZ
 
 
 @dataclass(frozen=True)
-class FasterQwen3TtsOptions:
+class FasterQwen3TtsOptions(SourceCheckpoint):
     """What the suite-side candidate pipeline hands the adapter."""
 
     checkpoint: str = ""  # checkpoint directory in the released layout
     chunk_frames: int = 4  # codec frames per streamed chunk (the port's chunk_size)
     non_streaming_mode: bool = False  # talker prompt layout, as the reference's option of that name
-    weights_hash: str = ""  # sha256 of that checkpoint
-    synthetic: bool = False  # random weights
-    model_ref: str = ""  # the model ref the user gave
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
@@ -40,7 +37,7 @@ class FasterQwen3TtsOptions:
             raise ValueError("chunk_frames must be >= 1")
 
 
-class FasterQwen3TtsPipeline(Pipeline):
+class FasterQwen3TtsPipeline(PortAdapter):
     label = "faster-qwen3-tts"
     capabilities = frozenset({Capability.SEEDED_SAMPLING})
     options_schema = FasterQwen3TtsOptions
@@ -57,17 +54,10 @@ class FasterQwen3TtsPipeline(Pipeline):
             local_files_only=True,
         )
 
-    def describe(self) -> dict[str, Any]:
+    def implementation(self) -> str:
         from qtts_eval.environment import package_version
 
-        info = super().describe()
-        info.update(
-            implementation=f"faster-qwen3-tts {package_version('faster-qwen3-tts')}",
-            weights_hash=self.options.weights_hash,
-            synthetic=self.options.synthetic,
-            model_ref=self.options.model_ref,
-        )
-        return info
+        return f"faster-qwen3-tts {package_version('faster-qwen3-tts')}"
 
     def stream(self, request: Request) -> Iterator[Event]:
         import soundfile

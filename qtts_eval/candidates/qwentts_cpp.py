@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from qtts_eval.candidates.adapter import PortAdapter, SourceCheckpoint
 from qtts_eval.candidates.export import GgufType
 from qtts_eval.errors import PipelineError
 from qtts_eval.parity.dumps import DumpMeta, StageDump
@@ -28,7 +29,6 @@ from qtts_eval.pipelines.base import (
     Capability,
     CloneMode,
     Event,
-    Pipeline,
     Request,
     StreamEnd,
 )
@@ -49,16 +49,13 @@ CODES_FILE = "codes-full"  # [frames, 16] codes of the whole utterance, as float
 
 
 @dataclass(frozen=True)
-class QwenTtsCppOptions:
+class QwenTtsCppOptions(SourceCheckpoint):
     """What the suite-side candidate pipeline hands the adapter."""
 
     talker: str = ""  # talker GGUF (qtts-eval export)
     codec: str = ""  # codec GGUF
     storage: str = "F32"  # GGUF storage of the talker matrices: F32, BF16 or Q8_0
     threads: int = 0  # CPU threads; 0: the library's default
-    weights_hash: str = ""  # sha256 of the checkpoint the GGUF files were exported from
-    synthetic: bool = False  # that checkpoint has random weights
-    model_ref: str = ""  # the model ref the user gave
 
     def __post_init__(self) -> None:
         if not (self.talker and self.codec):
@@ -84,7 +81,7 @@ def read_codes(dump_dir: Path) -> npt.NDArray[np.int64] | None:
     return np.rint(codes).astype(np.int64).reshape(-1, NUM_CODEBOOKS)
 
 
-class QwenTtsCppPipeline(Pipeline):
+class QwenTtsCppPipeline(PortAdapter):
     """qwentts.cpp behind the pipeline protocol (served by the worker shim)."""
 
     label = "qwentts-cpp"
@@ -98,18 +95,13 @@ class QwenTtsCppPipeline(Pipeline):
         threads = self.options.threads or None
         self.tts = QwenTTS(self.options.talker, self.options.codec, cpu_threads=threads)
 
-    def describe(self) -> dict[str, Any]:
+    def implementation(self) -> str:
         from qtts_eval.environment import package_version
 
-        info = super().describe()
-        info.update(
-            implementation=f"{PORT} via {DISTRIBUTION} {package_version(DISTRIBUTION)}",
-            dtype=self.options.storage,
-            weights_hash=self.options.weights_hash,
-            synthetic=self.options.synthetic,
-            model_ref=self.options.model_ref,
-        )
-        return info
+        return f"{PORT} via {DISTRIBUTION} {package_version(DISTRIBUTION)}"
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "dtype": self.options.storage}
 
     def _run(self, request: Request, dump_dir: Path) -> Iterator[np.ndarray]:
         sampling = request.sampling
