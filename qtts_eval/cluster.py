@@ -143,8 +143,9 @@ def run_on_cluster(bench: Bench, cluster: ClusterConfig, progress: bool = True) 
     import ray
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-    todo = collections.deque(groups(bench.todo()))
-    recorded = {record["request_key"] for record in bench.store.iter_records()}
+    unrecorded = bench.todo()
+    todo = collections.deque(groups(unrecorded))
+    recorded = {cell.key for cell in bench.cells} - {cell.key for cell in unrecorded}  # read once, by todo()
     header = bench.store.header()
     names = sorted({cell.pipeline for group in todo for cell in group})
     options: dict[str, Any] = {"num_cpus": cluster.cpus_per_worker, "num_gpus": cluster.gpus_per_worker}
