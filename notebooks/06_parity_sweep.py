@@ -14,14 +14,15 @@
 # %% [markdown]
 # # Browse parity reports: which candidates pass, where the others fail
 #
-# Lists every `qtts-eval parity --out` directory under a folder (one report.json each), with its verdict,
-# the first failing stage and how many free-running codes matched the reference, then opens one of them
-# stage by stage. By default it shows a demo sweep on the tiny checkpoint, run on first use in a scratch
-# directory: the reference against itself (passes) and a planted fault (fails at the talker).
+# Lists every parity report under a folder (a `qtts-eval parity` sweep's `--out`, one report per fixture ×
+# mode × voice, or a folder of single runs), with its request, verdict, the first failing stage and how many
+# free-running codes matched the reference, then opens one of them stage by stage. By default it shows a
+# demo on the tiny checkpoint, run on first use in a scratch directory: the reference against itself
+# (passes) and a planted fault (fails at the talker).
 
 # %% tags=["parameters"]
 RESULTS_ROOT = "../results"  # your results directory (relative to notebooks/); only read
-SWEEP_DIR = ""  # a folder under RESULTS_ROOT of `qtts-eval parity --out` directories; "" = the demo (scratch)
+SWEEP_DIR = ""  # a sweep's --out (or a folder of parity --out directories) under RESULTS_ROOT; "" = the demo
 SHOW = ""  # the report to open, as listed in the table's `report` column ("" = the first that fails)
 
 # %%

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from qtts_eval import compare
 from qtts_eval.bench import Bench, BenchConfig
 from qtts_eval.errors import ResultsError
 from qtts_eval.history import History
@@ -211,14 +212,18 @@ def find_parity_sweep(results_root: str | Path, sweep_dir: str) -> Path:
         return demo_parity_sweep()
     directory = Path(results_root) / sweep_dir
     if not any(directory.rglob(REPORT_FILE)):
-        how = "Fill one with `qtts-eval parity CANDIDATE --out DIR/NAME` per candidate."
+        how = (
+            f"Make one with `qtts-eval parity CANDIDATE --fixture ID --fixture ID --mode icl --mode xvector "
+            f"--out {directory}`."
+        )
         raise _not_found(Path(results_root), sweep_dir, REPORT_FILE, "parity report", how)
     return directory
 
 
 def parity_sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per report.json under ``sweep_dir``: where it is, candidate, verdict, profile, first failing
-    stage, and the free-running codes' exact match and first divergent frame."""
+    """One row per report.json under ``sweep_dir`` (a `qtts-eval parity` sweep, or a folder of single runs):
+    where it is, candidate, request (text, mode, voice), verdict, profile, first failing stage, and the
+    free-running codes' exact match and first divergent frame."""
     root = Path(sweep_dir)
     rows = []
     for path in sorted(root.rglob(REPORT_FILE)):
@@ -234,10 +239,14 @@ def parity_sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
             ),
             {},
         )
+        request = data["reference_meta"]
         rows.append(
             {
                 "report": str(path.parent.relative_to(root)),
                 "candidate": data["candidate"],
+                "text": request["text"],
+                "mode": request["clone_mode"],
+                "voice": request["voice"],
                 "verdict": data["verdict"],
                 "profile": data["profile"]["name"],
                 "first_failing_stage": first.get("key"),
@@ -322,20 +331,10 @@ def parity_table(result: ParityResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-COMPARED_METRICS = (
-    "first_playable_s",
-    "first_byte_s",
-    "rtf",
-    "peak_mem_bytes",
-)  # ratios, candidate/reference
-CELL = ["fixture_id", "voice_id", "mode"]  # what a candidate and the reference are paired on
-
-
 def comparison_table(frame: pd.DataFrame, candidate: str = "", reference: str = "reference") -> pd.DataFrame:
-    """Candidate against reference per fixture, voice and mode of one run: requests and errors on each side,
-    the ratio of medians (candidate / reference; < 1 is better for the candidate) of COMPARED_METRICS, the
-    frames each side generated, and whether the candidate did the same work (same frame counts; codes
-    compared only where the records carry ``codes_match_reference``, else "not recorded").
+    """`qtts-eval compare`'s table for one run (qtts_eval.compare): per fixture and mode, and over all pairs,
+    the median of paired ratios candidate / reference of first playable, first byte, RTF and memory with
+    bootstrap intervals, the share of pairs with the same codes, errors, and the same-work flags.
     ``candidate`` "" is the run's only pipeline other than ``reference``."""
     present = sorted(str(name) for name in frame["pipeline"].unique())
     others = [name for name in present if name != reference]
@@ -349,45 +348,35 @@ def comparison_table(frame: pd.DataFrame, candidate: str = "", reference: str = 
         close = difflib.get_close_matches(candidate, others, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ResultsError(f"no {candidate!r} records in this run{hint} Its pipelines: {', '.join(present)}")
-    rows = []
-    for cell, group in frame[frame["pipeline"].isin([candidate, reference])].groupby(CELL, sort=False):
-        sides = {name: _ok(group[group["pipeline"] == name]) for name in (reference, candidate)}
-        row: dict[str, Any] = dict(zip(CELL, cell, strict=True))
-        row["n_reference"], row["n_candidate"] = len(sides[reference]), len(sides[candidate])
-        row["candidate_errors"] = int((group["pipeline"] == candidate).sum()) - len(sides[candidate])
-        for metric in COMPARED_METRICS:
-            medians = [side[metric].astype(np.float64).median() for side in sides.values()]
-            row[f"{metric}_ratio"] = medians[1] / medians[0] if medians[0] > 0 else np.nan
-        frames = [sorted(side["frames_generated"].dropna().astype(int)) for side in sides.values()]
-        row["frames_reference"], row["frames_candidate"] = frames
-        row["same_frames"] = frames[0] == frames[1]
-        if "codes_match_reference" in group:
-            row["codes_match"] = sides[candidate]["codes_match_reference"].astype(np.float64).min()
-        else:
-            row["codes_match"] = "not recorded"
-        rows.append(row)
-    return pd.DataFrame(rows).assign(candidate=candidate, reference=reference)
+    table = compare.compare(*compare.within_run(frame, candidate, reference))
+    return table.assign(candidate=candidate, reference=reference)
 
 
 def plot_comparison(table: pd.DataFrame) -> Any:
-    """Ratio of medians (candidate / reference) per cell and metric, drawn from 1 on a log axis; left of the
-    line the candidate's value is lower (faster, leaner)."""
+    """The paired ratios (candidate / reference) of each row of ``comparison_table`` with their 95 %
+    intervals, drawn from 1 on a log axis (left of the line the candidate's value is lower: faster, leaner);
+    a row with same-work flags is labelled with them."""
     import matplotlib.pyplot as plt
 
-    labels = [" ".join(str(row[key]) for key in CELL) for _, row in table.iterrows()]
-    fig, ax = plt.subplots(figsize=(8, 0.3 * len(table) * len(COMPARED_METRICS) + 1.5))
-    step = 0.8 / len(COMPARED_METRICS)
-    for index, metric in enumerate(COMPARED_METRICS):
+    labels = [f"{row.fixture_id} {row.mode}" for row in table.itertuples()]
+    metrics = [m for m in compare.RATIO_METRICS if table[f"{m}_ratio"].notna().any()]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(table) * max(len(metrics), 1) + 1.5))
+    step = 0.8 / max(len(metrics), 1)
+    for index, metric in enumerate(metrics):
         positions = np.arange(len(table)) + index * step
         ratios = table[f"{metric}_ratio"].astype(np.float64)
-        ax.hlines(positions, 1.0, ratios, color=f"C{index}")
-        ax.plot(ratios, positions, "o", color=f"C{index}", label=metric)
+        spread = [ratios - table[f"{metric}_low"].astype(np.float64),
+                  table[f"{metric}_high"].astype(np.float64) - ratios]  # fmt: skip
+        ax.errorbar(ratios, positions, xerr=spread, fmt="o", color=f"C{index}", capsize=3, label=metric)
+    for position, flags in enumerate(table["flags"]):
+        if flags:
+            ax.annotate(f"  {flags}", (1.0, position), va="center", fontsize=8, color="C3")
     ax.set_yticks(np.arange(len(table)) + 0.4 - step / 2, labels)
     ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
     ax.set_xscale("log")
     ax.invert_yaxis()
-    ax.set_xlabel(f"{table['candidate'].iloc[0]} / {table['reference'].iloc[0]}, ratio of medians")
-    ax.set_title("Candidate against reference (left of the line: candidate lower)")
+    ax.set_xlabel(f"{table['candidate'].iloc[0]} / {table['reference'].iloc[0]}, median of paired ratios")
+    ax.set_title("Candidate against reference (left of the line: candidate lower; red: flags)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -120,6 +120,31 @@ def test_export_refuses_a_directory_that_is_not_a_checkpoint(tmp_path: Path) -> 
         export_gguf(tmp_path, tmp_path / "out", GgufType.F32)
 
 
+def test_export_cache_is_redone_when_the_tokenizer_changes_under_the_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stale cache once handed the port an earlier tokenizer's vocabulary: same weights, other text ids.
+    import dataclasses
+
+    from qtts_eval.candidates.pipeline import exported_weights
+
+    monkeypatch.setenv("QTTS_EVAL_CACHE", str(tmp_path / "cache"))
+    model = checkpoints.resolve("tiny")
+    copy = tmp_path / "tiny"
+    shutil.copytree(model.path, copy)
+    moved = dataclasses.replace(model, path=copy)
+    first, _ = exported_weights(moved, GgufType.F32)
+    assert exported_weights(moved, GgufType.F32)[0] == first  # same files: the cached export
+    vocab = json.loads((copy / "vocab.json").read_text())
+    token = next(iter(vocab))
+    vocab[token + "x"] = vocab.pop(token)  # one token spelled differently, weights untouched
+    (copy / "vocab.json").write_text(json.dumps(vocab))
+    second, _ = exported_weights(moved, GgufType.F32)
+    assert second != first and checkpoints.weights_hash(copy) == model.weights_hash
+    tokens = gguf.GGUFReader(str(second)).fields["tokenizer.ggml.tokens"]
+    assert token + "x" in {bytes(tokens.parts[i]).decode() for i in tokens.data}
+
+
 def test_registry_names_errors_and_pipeline_classes() -> None:
     from qtts_eval.candidates import pipeline as candidate_pipelines
 

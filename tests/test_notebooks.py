@@ -121,25 +121,29 @@ def _records(pipeline: str, frames: int, first_byte_s: float) -> list[dict[str, 
             "fixture_id": "en_short",
             "voice_id": "slt",
             "mode": "icl",
+            "repeat": repeat,
             "status": "ok",
             "frames_generated": frames,
-            "first_playable_s": 2 * first_byte_s,
-            "first_byte_s": first_byte_s,
+            "first_playable_s": 2 * first_byte_s * (1 + 0.01 * repeat),
+            "first_byte_s": first_byte_s * (1 + 0.01 * repeat),
             "rtf": 1.0,
             "peak_mem_bytes": np.nan,  # an external candidate on CPU has none
         }
-        for _ in range(3)
+        for repeat in range(3)
     ]
 
 
 def test_comparison_flags_a_candidate_that_stops_early_and_says_codes_are_not_recorded() -> None:
     frame = pd.DataFrame(_records("reference", 20, 0.4) + _records("port", 12, 0.2))
-    row = report.comparison_table(frame).iloc[0]
+    table = report.comparison_table(frame)
+    row = table.iloc[0]  # over all pairs
     assert row["candidate"] == "port" and row["first_byte_s_ratio"] == pytest.approx(0.5)
-    assert not row["same_frames"]  # faster, but it did less work: the table says so
-    assert row["codes_match"] == "not recorded"
+    assert row["first_byte_s_low"] <= 0.5 <= row["first_byte_s_high"]  # with its interval
+    assert "stops_earlier" in row["flags"]  # faster, but it did less work: the table says so
+    assert "no_codes" in row["flags"] and np.isnan(row["codes_match"])  # same codes unknown, not assumed
     same = report.comparison_table(pd.DataFrame(_records("reference", 20, 0.4) + _records("port", 20, 0.4)))
-    assert same["same_frames"].iloc[0] and same["first_byte_s_ratio"].iloc[0] == pytest.approx(1.0)
+    assert "stops" not in same["flags"].iloc[0] and same["first_byte_s_ratio"].iloc[0] == pytest.approx(1.0)
+    assert report.plot_comparison(table).axes[0].get_xscale() == "log"
     with pytest.raises(ResultsError, match="did you mean 'port'"):
         report.comparison_table(frame, "prot")
 

@@ -435,3 +435,100 @@ def test_settings_come_from_the_header(ref_dump: StageDump) -> None:
     assert resolve_settings(ref_dump.meta, {"max_frames": 3, "model": None}).max_frames == 3
     with pytest.raises(ParityError, match="--voice"):
         resolve_settings(dataclasses.replace(ref_dump.meta, voice=""), {})
+
+
+# --- sweeps ------------------------------------------------------------------------------------------------
+
+SWEEP_FIXTURES = ("en_short", "en_numbers", "ja_short", "zh_short", "en_question")
+
+
+@pytest.mark.slow
+def test_parity_sweep_over_fixtures_and_modes_writes_one_report(tmp_path: Path) -> None:
+    from qtts_eval import report
+
+    selection = [arg for text_id in SWEEP_FIXTURES for arg in ("--fixture", text_id)]
+    out = tmp_path / "sweep"
+    modes = ["--mode", "icl", "--mode", "xvector"]
+    code = main(["parity", "reference", *selection, *modes, "--frames", "3", "--out", str(out)])
+    assert code == 0
+    data = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+    assert data["passed"] and data["aggregate"]["requests"] == 10
+    assert data["aggregate"]["identical_codes"] == 10 and data["aggregate"]["verdicts"] == {"pass": 10}
+    assert data["aggregate"]["passed_by_mode"] == {"icl": "5/5", "xvector": "5/5"}
+    slugs = [row["request"] for row in data["rows"]]
+    assert slugs[:2] == ["en_short-icl-slt", "en_short-xvector-slt"] and len(set(slugs)) == 10
+    for row in data["rows"]:  # each request has its own full report, linked from the sweep's page
+        report_data = json.loads((out / row["request"] / "report.json").read_text(encoding="utf-8"))
+        assert report_data["reference_meta"]["clone_mode"] == row["mode"]
+        assert report_data["reference_meta"]["text"] == _fixture_text(row["text_id"])
+    assert all(f"href='{slug}/report.html'" in (out / "sweep.html").read_text() for slug in slugs)
+    table = report.parity_sweep_table(out)  # the notebook's view of the same folder
+    assert len(table) == 10 and set(table["verdict"]) == {"pass"} and set(table["mode"]) == {"icl", "xvector"}
+
+
+def _fixture_text(text_id: str) -> str:
+    from qtts_eval import fixtures
+
+    return fixtures.load_fixtures().text(text_id).text
+
+
+class _FaultyAndCrashing(HookedReference):
+    """A candidate with a planted talker fault that also fails outright on one text, as a crashing port
+    would: the sweep must report the crash as that request's error and still judge the others."""
+
+    crash_on = "en_numbers"
+
+    def __init__(self, config: PipelineConfig) -> None:
+        super().__init__(config, fault=FAULTS["talker-weight"]())
+
+    def write_stage_dump(
+        self, request: Request, path: Path, *, forced: ForcedInputs | None = None
+    ) -> StageDump:
+        from qtts_eval.errors import PipelineError
+
+        if request.text == _fixture_text(self.crash_on):
+            raise PipelineError("planted crash: the candidate died on this request")
+        return super().write_stage_dump(request, path, forced=forced)
+
+
+@pytest.mark.slow
+def test_parity_sweep_catches_a_planted_fault_and_survives_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qtts_eval import pipelines
+
+    monkeypatch.setattr(pipelines, "_runtime", {"faulty-port": _FaultyAndCrashing})
+    out = tmp_path / "sweep"
+    selection = ["--fixture", "en_short", "--fixture", "en_numbers", "--mode", "icl", "--mode", "xvector"]
+    code = main(["parity", "faulty-port", *selection, "--frames", "3", "--out", str(out)])
+    assert code == 1
+    data = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+    rows = {row["request"]: row for row in data["rows"]}
+    assert [rows[f"en_numbers-{mode}-slt"]["verdict"] for mode in ("icl", "xvector")] == ["error", "error"]
+    assert "planted crash" in rows["en_numbers-icl-slt"]["note"]
+    for mode in ("icl", "xvector"):  # the fault is caught at its stage in every request that ran
+        row = rows[f"en_short-{mode}-slt"]
+        assert row["verdict"] == "fail" and row["first_failing_group"] == FAULTS["talker-weight"].group
+        assert (out / row["request"] / "report.html").is_file()
+    aggregate = data["aggregate"]
+    assert aggregate["verdicts"] == {"fail": 2, "error": 2}
+    assert "planted crash" in (out / "sweep.md").read_text(encoding="utf-8")
+
+
+def test_sweep_selection_is_checked_before_anything_loads() -> None:
+    from qtts_eval.errors import FixtureError
+    from qtts_eval.parity.session import sweep_requests
+
+    requests = sweep_requests(
+        ["en_short", "en_short", "ja_short"], ["icl", "xvector"], ["slt", "rms"], None, None
+    )
+    assert len(requests) == 8  # duplicates dropped: 2 texts x 2 modes x 2 voices
+    assert requests[0].slug == "en_short-icl-slt" and {r.language for r in requests} == {
+        "english",
+        "japanese",
+    }
+    with pytest.raises(FixtureError, match="en_shrot"):
+        sweep_requests(["en_shrot"], [], [], None, None)
+    with pytest.raises(ParityError, match="either --text or --fixture"):
+        sweep_requests(["en_short"], [], [], "Hello.", None)
+    assert main(["parity", "reference", "--fixture", "en_short", "--fixture", "nope"]) == 2

@@ -14,6 +14,7 @@ do not fit the block size is stored as float16 (conv kernels, which the port loa
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import re
 import struct
@@ -34,6 +35,17 @@ CODEBOOK_INTERNAL_DIM = 256  # codec decoder: codebook vector width before outpu
 BPE_EOS_TOKEN_ID = 151643  # <|endoftext|> of the Qwen2 vocabulary
 # Token types of the GGUF tokenizer convention.
 TOKEN_NORMAL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 4, 5
+# What an export reads besides the two weight files; these and the format version key the export cache, so a
+# checkpoint whose tokenizer or config changed under the same weights is exported again.
+EXPORT_INPUTS = (
+    "config.json",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "speech_tokenizer/config.json",
+)
+EXPORT_FORMAT = 2  # 2: keyed by EXPORT_INPUTS too (1 was keyed by the weights alone and went stale)
 
 
 class GgufType(str, enum.Enum):
@@ -56,6 +68,15 @@ class GgufExport:
     talker: Path  # talker GGUF
     codec: Path  # speech tokenizer GGUF
     storage: GgufType  # how matrices are stored
+
+
+def export_key(checkpoint: Path, weights_hash: str) -> str:
+    """The export cache's key of a checkpoint: its weights hash, every EXPORT_INPUTS file, the format."""
+    digest = hashlib.sha256(f"{EXPORT_FORMAT}|{weights_hash}".encode())
+    for name in EXPORT_INPUTS:
+        path = checkpoint / name
+        digest.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"(absent)"))
+    return digest.hexdigest()[:16]
 
 
 # --- safetensors without torch -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 
 from qtts_eval import checkpoints
 from qtts_eval.candidates import envs
-from qtts_eval.candidates.export import GgufType, export_gguf
+from qtts_eval.candidates.export import GgufType, export_gguf, export_key
 from qtts_eval.candidates.registry import Candidate, WeightFormat, candidate
 from qtts_eval.candidates.shim import REF_AUDIO_FILE, request_fields
 from qtts_eval.errors import PipelineError
@@ -62,8 +62,10 @@ class CandidateOptions(RemoteOptions):
 
 
 def exported_weights(model: checkpoints.ResolvedModel, storage: GgufType) -> tuple[Path, Path]:
-    """Talker and codec GGUF files for a resolved model, exported once per weights hash and storage type."""
-    target = checkpoints.cache_root() / "exports" / f"{model.weights_hash[:16]}-{storage.value}"
+    """Talker and codec GGUF files for a resolved model, exported once per export key (weights, tokenizer and
+    config files) and storage type."""
+    key = export_key(model.path, model.weights_hash)
+    target = checkpoints.cache_root() / "exports" / f"{key}-{storage.value}"
     marker = target / EXPORT_MARKER
     if marker.is_file():
         files = json.loads(marker.read_text())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,15 @@ STAGE_FILES = {
     "talker-input-embed": "talker.prefill.embeds",
     **{f"talker-hidden-prefill-l{i}": f"talker.prefill.layer.{i:02d}" for i in (0, 7, 14, 21, 27)},
     "talker-hidden-prefill-final": "talker.prefill.norm",
+    "audio-input": "inputs.ref_audio",  # the clip as the port encodes it (cut to whole 12 Hz frames)
+}
+# Taps the port stores in another layout than the schema's: stem -> (key, conversion).
+CONVERTED_FILES: dict[str, tuple[str, Callable[[npt.NDArray[np.float32]], npt.NDArray[Any]]]] = {
+    "prompt-ids": ("inputs.text_ids", lambda ids: np.rint(ids).astype(np.int64)),
+    "ref-codes": ("codec_enc.codes", lambda codes: np.rint(codes).astype(np.int64).T),  # [16, F] -> [F, 16]
+    "spk-block3": ("spk.block.03", lambda hidden: hidden.T),  # [F, C] -> [C, F]
+    # The first frame's codebook-0 logits (after prefill): the evidence a frame-0 talker flip is decided on.
+    "talker-logits-prefill": ("talker.logits", lambda logits: logits.reshape(1, -1)),
 }
 CODES_FILE = "codes-full"  # [frames, 16] codes of the whole utterance, as floats
 
@@ -142,6 +151,11 @@ class QwenTtsCppPipeline(PortAdapter):
                 for stem, key in STAGE_FILES.items()
                 if (dump_dir / f"{stem}.bin").is_file()
             }
+            tensors.update(
+                (key, convert(read_tap(dump_dir / f"{stem}.bin")))
+                for stem, (key, convert) in CONVERTED_FILES.items()
+                if (dump_dir / f"{stem}.bin").is_file()
+            )
             codes = read_codes(dump_dir)
         if codes is not None:
             tensors["codes"] = codes

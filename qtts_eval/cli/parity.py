@@ -20,8 +20,10 @@ def add_parser(commands: Any) -> None:
         "worker command line (one quoted string) of a candidate declaring stage_dumps (docs/protocol.md), or "
         "a .safetensors dump written by a port (with --forced-dump for its teacher-forced run). A dump's "
         "header gives the request and the model; the flags below only override it (in-process candidates "
-        "default to tiny, slt, 'Hello there.', icl, 8 frames, seed 0). Exits 0 on PASS, 1 on FAIL, "
-        "UNCLASSIFIED or REPORT-ONLY, 2 on bad input.",
+        "default to tiny, slt, 'Hello there.', icl, 8 frames, seed 0). Several --fixture, --mode or --voice "
+        "make a sweep over every combination: one report per request under --out/<fixture>-<mode>-<voice> "
+        "and the sweep's table and aggregate in --out/sweep.html, .md and .json. Exits 0 on PASS (every "
+        "request of a sweep), 1 on FAIL, UNCLASSIFIED or REPORT-ONLY, 2 on bad input.",
     )
     parser.add_argument("candidate", help="candidate to compare")
     parser.add_argument("--model", default=None, help="model ref of the reference (default: the dump's)")
@@ -38,9 +40,25 @@ def add_parser(commands: Any) -> None:
         "--profile", default=None, help="tolerance profile (default: by the candidate's declared precision)"
     )
     parser.add_argument("--text", default=None, help="text to speak")
+    parser.add_argument(
+        "--fixture",
+        dest="fixtures",
+        action="append",
+        default=[],
+        help="text fixture id to speak, in its language (repeatable: a sweep)",
+    )
     parser.add_argument("--language", default=None, help="language argument")
-    parser.add_argument("--voice", default=None, help="fixture voice to clone")
-    parser.add_argument("--mode", choices=[m.value for m in CloneMode], default=None, help="voice-clone mode")
+    parser.add_argument(
+        "--voice", dest="voices", action="append", default=[], help="fixture voice to clone (repeatable)"
+    )
+    parser.add_argument(
+        "--mode",
+        dest="modes",
+        action="append",
+        default=[],
+        choices=[m.value for m in CloneMode],
+        help="voice-clone mode (repeatable)",
+    )
     parser.add_argument("--frames", type=int, default=None, help="frame budget")
     parser.add_argument("--seed", type=int, default=None, help="torch seed before generation")
     parser.add_argument(
@@ -84,30 +102,41 @@ def _forced_inputs(args: argparse.Namespace) -> tuple[Any, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qtts_eval.parity.session import run_session
+    from qtts_eval.parity.session import run_session, run_sweep, sweep_requests
 
-    overrides = {
+    shared = {
         "model": args.model,
-        "voice": args.voice,
-        "text": args.text,
-        "language": args.language,
-        "mode": args.mode,
         "max_frames": args.frames,
         "seed": args.seed,
         "non_streaming_mode": args.non_streaming_mode,
     }
-    result = run_session(
-        args.candidate,
-        args.out,
-        overrides,
-        profile=args.profile,
-        device=args.device,
-        candidate_dtype=args.candidate_dtype,
-        candidate_codec_dtype=args.candidate_codec_dtype,
-        forced_dump=args.forced_dump,
-        forced_inputs=_forced_inputs(args),
-        candidate_options=parse_options(args.options),
-    )
+    sides = {
+        "profile": args.profile,
+        "device": args.device,
+        "candidate_dtype": args.candidate_dtype,
+        "candidate_codec_dtype": args.candidate_codec_dtype,
+        "forced_inputs": _forced_inputs(args),
+        "candidate_options": parse_options(args.options),
+    }
+    requests = sweep_requests(args.fixtures, args.modes, args.voices, args.text, args.language)
+    if len(requests) > 1:
+        if args.forced_dump is not None:
+            raise ParityError("--forced-dump belongs to one dump; a sweep runs its candidate")
+        sweep = run_sweep(args.candidate, args.out, requests, shared, **sides)
+        print(f"parity sweep {args.candidate} [{sweep.profile}]: {sweep.headline()}")
+        for row in sweep.rows:
+            print(f"  {row.request}: {row.note if row.verdict != 'pass' else 'PASS'}")
+        print(f"report: {args.out / 'sweep.html'}")
+        return 0 if sweep.passed else 1
+    # One request: a dump's header gives what no flag names.
+    overrides = {
+        **shared,
+        "voice": args.voices[0] if args.voices else None,
+        "text": requests[0].text if args.fixtures else args.text,
+        "language": requests[0].language if args.fixtures else args.language,
+        "mode": args.modes[0] if args.modes else None,
+    }
+    result = run_session(args.candidate, args.out, overrides, forced_dump=args.forced_dump, **sides)
     print(f"parity {args.candidate} [{result.profile.name}]: {result.verdict_line()}")
     print(f"report: {args.out / 'report.html'}")
     return 0 if result.passed else 1

@@ -5,19 +5,20 @@ the reference, run or read the candidate, compare, write the dumps and reports. 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qtts_eval import fixtures
-from qtts_eval.errors import ParityError
+from qtts_eval.errors import ParityError, QttsEvalError
 from qtts_eval.parity.capture import HookedReference
 from qtts_eval.parity.dumps import DumpMeta, StageDump, read_dump, write_dump
 from qtts_eval.parity.faults import FAULTS
 from qtts_eval.parity.profiles import Profile, profile_for_precision, profile_named
 from qtts_eval.parity.report import write_reports
 from qtts_eval.parity.run import ParityResult, compare_files, compare_pipeline, reference_dump
+from qtts_eval.parity.sweep import Sweep, SweepRow, write_sweep_reports
 from qtts_eval.pipelines.base import CloneMode, ForcedInput, PipelineConfig, Request, Sampling
 
 REFERENCE_CODEC_DTYPE = "float32"  # HookedReference's codec dtype unless a candidate option says otherwise
@@ -147,6 +148,80 @@ def _candidate_pipeline(
     return pipelines.create(candidate, config), codec_dtype or base.dtype
 
 
+class _Sides:
+    """The reference and a pipeline candidate, loaded once for every request of a session or sweep (the
+    reference's model and prompt layout, and the candidate's precision and profile, are the session's)."""
+
+    def __init__(
+        self,
+        candidate: str,
+        settings: ParitySettings,
+        *,
+        profile: str | None,
+        device: str,
+        candidate_dtype: str,
+        candidate_codec_dtype: str | None,
+        candidate_options: Mapping[str, Any],
+    ) -> None:
+        self.name = candidate
+        self.pipeline, codec_dtype = _candidate_pipeline(  # an unknown candidate fails before any load
+            candidate,
+            PipelineConfig(model=settings.model, device=device, dtype=candidate_dtype),
+            settings,
+            candidate_codec_dtype,
+            candidate_options,
+        )
+        self.reference = _reference(settings, device)
+        self.pipeline.load()
+        try:
+            if codec_dtype is None:  # over the wire: the precision the candidate declares in its hello
+                facts = self.pipeline.describe()
+                dtype = str(facts.get("dtype", candidate_dtype))
+                self.profile = _profile(profile, dtype, str(facts.get("codec_dtype", dtype)))
+            else:
+                self.profile = _profile(profile, candidate_dtype, codec_dtype)
+        except BaseException:
+            self.pipeline.close()
+            raise
+
+    def compare(
+        self, settings: ParitySettings, out: Path, forced_inputs: Collection[ForcedInput]
+    ) -> ParityResult:
+        """One request: capture the reference, run the candidate free and teacher-forced, write reports."""
+        ref_dump = _capture_reference(self.reference, settings, out)
+        result = compare_pipeline(
+            ref_dump,
+            self.pipeline,
+            settings.request(),
+            self.profile,
+            self.name,
+            forced_inputs=forced_inputs,
+            dump_dir=out,
+        )
+        write_reports(result, out)
+        return result
+
+    def close(self) -> None:
+        self.pipeline.close()
+        self.reference.close()
+
+
+def _reference(settings: ParitySettings, device: str) -> HookedReference:
+    options = {"non_streaming_mode": settings.non_streaming_mode}
+    reference = HookedReference(PipelineConfig(model=settings.model, device=device, options=options))
+    reference.load()
+    return reference
+
+
+def _capture_reference(reference: HookedReference, settings: ParitySettings, out: Path) -> StageDump:
+    """The reference's checked-deterministic dump of `settings`' request, written under `out`."""
+    captured = reference_dump(reference, settings.request())
+    ref_dump = StageDump(dataclasses.replace(captured.meta, voice=settings.voice), captured.tensors)
+    out.mkdir(parents=True, exist_ok=True)
+    write_dump(ref_dump, out / REFERENCE_DUMP)
+    return ref_dump
+
+
 def run_session(
     candidate: str,
     out: Path,
@@ -170,45 +245,133 @@ def run_session(
     dump_path = Path(candidate) if _is_dump(candidate) else None
     header = read_dump(dump_path).meta if dump_path is not None else None
     settings = resolve_settings(header, overrides or {}, source=str(dump_path or "parity"))
-    request = settings.request()
-
-    options = {"non_streaming_mode": settings.non_streaming_mode}
-    reference = HookedReference(PipelineConfig(model=settings.model, device=device, options=options))
-    reference.load()
-    captured = reference_dump(reference, request)
-    ref_dump = StageDump(dataclasses.replace(captured.meta, voice=settings.voice), captured.tensors)
-    out.mkdir(parents=True, exist_ok=True)
-    write_dump(ref_dump, out / REFERENCE_DUMP)
-
     if dump_path is not None and header is not None:
+        ref_dump = _capture_reference(_reference(settings, device), settings, out)
         chosen = _profile(profile, header.dtype, header.codec_dtype)
         result = compare_files(ref_dump, dump_path, forced_dump, chosen)
         for written, dump in ((FREE_DUMP, result.free_dump), (FORCED_DUMP, result.forced_dump)):
             if dump is not None:  # kept beside the reference so report.load_parity can recompute
                 write_dump(dump, out / written)
-    else:
-        pipeline, codec_dtype = _candidate_pipeline(
-            candidate,
-            PipelineConfig(model=settings.model, device=device, dtype=candidate_dtype),
-            settings,
-            candidate_codec_dtype,
-            candidate_options or {},
-        )
-        pipeline.load()
-        try:
-            if codec_dtype is None:  # over the wire: the precision the candidate declares in its hello
-                facts = pipeline.describe()
-                dtype = str(facts.get("dtype", candidate_dtype))
-                chosen = _profile(profile, dtype, str(facts.get("codec_dtype", dtype)))
-            else:
-                chosen = _profile(profile, candidate_dtype, codec_dtype)
-            result = compare_pipeline(
-                ref_dump, pipeline, request, chosen, candidate, forced_inputs=forced_inputs, dump_dir=out
-            )
-        finally:
-            pipeline.close()
-    write_reports(result, out)
-    return result
+        write_reports(result, out)
+        return result
+    sides = _Sides(
+        candidate,
+        settings,
+        profile=profile,
+        device=device,
+        candidate_dtype=candidate_dtype,
+        candidate_codec_dtype=candidate_codec_dtype,
+        candidate_options=candidate_options or {},
+    )
+    try:
+        return sides.compare(settings, out, forced_inputs)
+    finally:
+        sides.close()
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """One request of a sweep: a fixture text (or a given text), a mode and a voice."""
+
+    text_id: str  # text fixture id, "" when `text` was given directly
+    text: str  # what is spoken
+    language: str  # its language argument
+    mode: CloneMode
+    voice: str
+
+    @property
+    def slug(self) -> str:
+        """Its report's subdirectory under the sweep's output directory."""
+        return f"{self.text_id or 'text'}-{self.mode.value}-{self.voice}"
+
+
+def sweep_requests(
+    text_ids: Sequence[str],
+    modes: Sequence[str],
+    voices: Sequence[str],
+    text: str | None,
+    language: str | None,
+) -> list[SweepRequest]:
+    """Every fixture text (or the one `text`) × mode × voice; unknown ids fail here, before anything loads."""
+    fixture_set = fixtures.load_fixtures()
+    text_ids, modes, voices = (list(dict.fromkeys(given)) for given in (text_ids, modes, voices))
+    if text is not None and text_ids:
+        raise ParityError("give either --text or --fixture, not both")
+    for voice in voices:
+        fixture_set.voice(voice)  # FixtureError with suggestions
+    texts = [
+        (text_id, fixture.text, language or fixture.language)
+        for text_id in text_ids
+        for fixture in (fixture_set.text(text_id),)
+    ] or [("", text or DEFAULT_SETTINGS.text, language or DEFAULT_SETTINGS.language)]
+    return [
+        SweepRequest(text_id, spoken, lang, _mode(mode, "--mode"), voice)
+        for text_id, spoken, lang in texts
+        for mode in modes or [DEFAULT_SETTINGS.mode.value]
+        for voice in voices or [DEFAULT_SETTINGS.voice]
+    ]
+
+
+def run_sweep(
+    candidate: str,
+    out: Path,
+    requests: Sequence[SweepRequest],
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    profile: str | None = None,
+    device: str = "cpu",
+    candidate_dtype: str = "float32",
+    candidate_codec_dtype: str | None = None,
+    forced_inputs: Collection[ForcedInput] = tuple(ForcedInput),
+    candidate_options: Mapping[str, Any] | None = None,
+) -> Sweep:
+    """Parity of `candidate` (as run_session, but not a dump file) on every request, each report under
+    `out/<request slug>`, and the sweep's summary (sweep.json/.md/.html) in `out`. Both sides load once; a
+    request that raises (a crashed candidate, a refused request) is an `error` row and the sweep goes on.
+    `overrides` (model, frames, seed, prompt layout) apply to every request."""
+    if _is_dump(candidate):
+        raise ParityError(f"{candidate}: a dump holds one request; a sweep needs a candidate that runs")
+    if not requests:
+        raise ParityError("a sweep needs at least one request")
+    settings = [
+        resolve_settings(None, {**(overrides or {}), **_request_fields(request)}) for request in requests
+    ]
+    sides = _Sides(
+        candidate,
+        settings[0],
+        profile=profile,
+        device=device,
+        candidate_dtype=candidate_dtype,
+        candidate_codec_dtype=candidate_codec_dtype,
+        candidate_options=candidate_options or {},
+    )
+    rows = []
+    try:
+        for request, setting in zip(requests, settings, strict=True):
+            try:
+                result = sides.compare(setting, out / request.slug, forced_inputs)
+            except QttsEvalError as exc:
+                rows.append(
+                    SweepRow.failed(
+                        request.slug, request.text_id, request.mode.value, request.voice, str(exc)
+                    )
+                )
+                continue
+            rows.append(SweepRow.of(request.slug, request.text_id, result))
+    finally:
+        sides.close()
+    sweep = Sweep(candidate, sides.profile.name, settings[0].model, tuple(rows))
+    write_sweep_reports(sweep, out)
+    return sweep
+
+
+def _request_fields(request: SweepRequest) -> dict[str, Any]:
+    return {
+        "text": request.text,
+        "language": request.language,
+        "mode": request.mode.value,
+        "voice": request.voice,
+    }
 
 
 def _profile(name: str | None, dtype: str, codec_dtype: str) -> Profile:
