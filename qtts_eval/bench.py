@@ -75,6 +75,10 @@ class BenchConfig:
     max_frames: int | None = (
         None  # frame budget of every request instead of the text-derived one (quick runs)
     )
+    # The talker prompt layout every request asks for, by clone mode: modes listed here ask for the
+    # non_streaming_mode=True layout, the others for the default one; None asks for none (each pipeline its
+    # own, and different layouts show as different codes).
+    non_streaming_modes: tuple[str, ...] | None = None
     speaker_embedder: str | None = (
         "resemblyzer"  # speaker-similarity embedder spec; None = no speaker columns
     )
@@ -97,6 +101,8 @@ class BenchConfig:
         data["sampling"] = Sampling(**data["sampling"])
         for key in ("pipelines", "fixtures", "voices", "modes"):
             data[key] = tuple(data[key])
+        if data.get("non_streaming_modes") is not None:
+            data["non_streaming_modes"] = tuple(data["non_streaming_modes"])
         return cls(**data)
 
 
@@ -142,6 +148,10 @@ def build_matrix(config: BenchConfig, fixtures: FixtureSet) -> list[Cell]:
         raise BenchError(f"max_frames must be at least 1, got {config.max_frames}")
     if config.matrix not in MATRICES:
         raise BenchError(f"matrix {config.matrix!r} is not one of {', '.join(MATRICES)}")
+    known_modes = {mode.value for mode in CloneMode}
+    for mode in config.non_streaming_modes or ():
+        if mode not in known_modes:
+            raise BenchError(f"non_streaming_modes: {mode!r} is not one of {', '.join(sorted(known_modes))}")
     if not config.pipelines:
         raise BenchError("no pipelines given")
     texts = _texts(config, fixtures)
@@ -352,6 +362,9 @@ class Bench:
             max_frames=self.config.max_frames or frame_budget(cell.text.text, cell.text.language, synthetic),
             seed=self.config.seed + cell.repeat,
             sampling=self.config.sampling,
+            non_streaming_mode=None
+            if self.config.non_streaming_modes is None
+            else cell.mode.value in self.config.non_streaming_modes,
         )
 
     def _run_cell(self, pipeline: Pipeline, cell: Cell, machine: dict[str, Any]) -> Record:

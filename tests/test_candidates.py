@@ -182,18 +182,27 @@ def test_installed_candidates_join_the_pipeline_registry(checkpoint_cache: Path)
 
 
 def test_candidate_refuses_a_prompt_layout_it_does_not_implement() -> None:
-    from qtts_eval.candidates.pipeline import QwenttsCppCandidate
+    from qtts_eval.candidates.registry import candidate
 
     voice = fixtures.load_fixtures().voice("slt")
-    request = Request.for_voice(voice, "Hello.", "english", CloneMode.XVECTOR, max_frames=2, seed=0)
-    compared_default = QwenttsCppCandidate(
-        PipelineConfig(model="0.6b-base", options={"non_streaming_mode": False})
-    )
+    port = candidate("qwentts-cpp")
+
+    def request(mode: CloneMode, layout: bool | None) -> Request:
+        return Request.for_voice(voice, "Hello.", "english", mode, 2, seed=0, non_streaming_mode=layout)
+
     with pytest.raises(UnsupportedRequest, match="non_streaming_mode=True layout"):
-        compared_default.check_layout(request)
-    QwenttsCppCandidate(PipelineConfig(options={"non_streaming_mode": True})).check_layout(request)
-    icl = Request.for_voice(voice, "Hello.", "english", CloneMode.ICL, max_frames=2, seed=0)
-    compared_default.check_layout(icl)  # the port's ICL prompt is the default layout
+        port.prompt_layout(request(CloneMode.XVECTOR, False))
+    assert port.prompt_layout(request(CloneMode.XVECTOR, True)) is True
+    assert port.prompt_layout(request(CloneMode.XVECTOR, None)) is True  # none asked: its own
+    assert port.prompt_layout(request(CloneMode.ICL, False)) is False  # its ICL prompt is the default layout
+    with pytest.raises(UnsupportedRequest, match="non_streaming_mode=False layout"):
+        port.prompt_layout(request(CloneMode.ICL, True))
+    selectable = candidate("faster-qwen3-tts")  # takes the layout as a parameter: whatever is asked
+    assert [selectable.prompt_layout(request(CloneMode.ICL, layout)) for layout in (True, False, None)] == [
+        True,
+        False,
+        False,
+    ]
 
 
 def test_port_debug_files_are_read_with_their_shape_and_truncation_is_refused(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -85,10 +86,15 @@ def test_speak_round_trips_every_request_field() -> None:
         max_frames=7,
         seed=42,
         sampling=Sampling(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.0),
+        non_streaming_mode=True,
     )
     parsed = protocol.parse_speak(protocol.speak_message(request, return_codes=True), VOICE, frozenset())
     assert parsed.request == request and parsed.return_codes
     assert parsed.dump_path is None and parsed.forced is None
+    own_layout = dataclasses.replace(request, non_streaming_mode=None)  # no layout asked: the field is absent
+    message = protocol.speak_message(own_layout, return_codes=False)
+    assert "non_streaming_mode" not in message
+    assert protocol.parse_speak(message, VOICE, frozenset()).request.non_streaming_mode is None
 
 
 @pytest.mark.parametrize(
@@ -98,6 +104,8 @@ def test_speak_round_trips_every_request_field() -> None:
         ({"max_frames": 0}, ErrorCode.INVALID_REQUEST),
         ({"max_frames": True}, ErrorCode.INVALID_REQUEST),
         ({"mode": "zero-shot"}, ErrorCode.INVALID_REQUEST),
+        ({"non_streaming_mode": "yes"}, ErrorCode.INVALID_REQUEST),
+        ({"non_streaming_mode": 1}, ErrorCode.INVALID_REQUEST),
         ({"forced_codes": [[0] * 16]}, ErrorCode.UNSUPPORTED),
         ({"dump_path": "a.safetensors"}, ErrorCode.UNSUPPORTED),
     ],

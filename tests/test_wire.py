@@ -496,3 +496,29 @@ def test_compare_shows_same_work_over_the_wire_and_flags_a_served_fault(
     assert "codes_differ" in markdown.read_text(encoding="utf-8")
     assert "codes_differ" in page.read_text(encoding="utf-8")
     assert main(["compare", str(tmp_path / "h2h"), "--candidate", "websocket"]) == 0
+
+
+@pytest.mark.slow
+def test_the_asked_prompt_layout_crosses_the_wire_and_is_honoured(one_thread: None, tmp_path: Path) -> None:
+    from qtts_eval.results import load_run
+
+    worker = shlex.join([*QTTS, "worker", "--pipeline", "reference", "--model", "tiny"])
+    codes = {}
+    for name, layouts in (("whole-text", ("xvector",)), ("default", ())):
+        config = BenchConfig(
+            pipelines=("reference", "worker"),
+            fixtures=("en_short",),
+            modes=("xvector",),
+            warmup=0,
+            max_frames=6,
+            speaker_embedder=None,
+            asr=None,
+            non_streaming_modes=layouts,
+            options={"worker.command": worker},
+        )
+        Bench.create(config, tmp_path, name).run(progress=False)
+        frame = load_run(tmp_path / name).set_index("pipeline")
+        assert (frame["status"] == "ok").all(), frame["error"].dropna().tolist()
+        assert frame.loc["worker", "codes_match_reference"] == 1.0  # both sides laid the prompt out alike
+        codes[name] = frame.loc["worker", "codes_digest"]
+    assert codes["whole-text"] != codes["default"]  # the layout asked for reached the served reference

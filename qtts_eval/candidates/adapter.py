@@ -6,7 +6,7 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
-from qtts_eval.pipelines.base import Pipeline
+from qtts_eval.pipelines.base import Pipeline, Request
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,12 @@ class PortAdapter(Pipeline):
     @abstractmethod
     def implementation(self) -> str:
         """The port and the distribution it came from, with its version."""
+
+    def prompt_layout(self, request: Request) -> bool:
+        """The non_streaming_mode layout `request` runs in (refused when the port cannot build it)."""
+        from qtts_eval.candidates.registry import candidate
+
+        return candidate(self.label).prompt_layout(request)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

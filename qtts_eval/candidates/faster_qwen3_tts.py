@@ -28,7 +28,6 @@ class FasterQwen3TtsOptions(SourceCheckpoint):
 
     checkpoint: str = ""  # checkpoint directory in the released layout
     chunk_frames: int = 4  # codec frames per streamed chunk (the port's chunk_size)
-    non_streaming_mode: bool = False  # talker prompt layout, as the reference's option of that name
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
@@ -82,7 +81,7 @@ class FasterQwen3TtsPipeline(PortAdapter):
                 repetition_penalty=sampling.repetition_penalty,
                 chunk_size=self.options.chunk_frames,
                 xvec_only=request.mode is CloneMode.XVECTOR,
-                non_streaming_mode=self.options.non_streaming_mode,
+                non_streaming_mode=self.prompt_layout(request),
                 append_silence=False,
             ):
                 samples = np.asarray(audio, dtype=np.float32).reshape(-1)

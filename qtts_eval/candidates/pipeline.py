@@ -15,7 +15,6 @@ import json
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +30,6 @@ from qtts_eval.errors import PipelineError
 from qtts_eval.parity.dumps import read_dump
 from qtts_eval.pipelines.base import (
     Capability,
-    Event,
     ForcedInputs,
     PipelineConfig,
     Request,
@@ -49,9 +47,6 @@ class CandidateOptions(RemoteOptions):
 
     storage: str = GgufType.F32.value  # weight storage the port loads: F32, BF16 or Q8_0 (GGUF ports)
     threads: int = 0  # CPU threads the port may use; 0: the port's default
-    # The talker prompt layout the run compares against (the reference's non_streaming_mode); None: the
-    # port's own. A port whose layout for the request's mode differs refuses the request as unsupported.
-    non_streaming_mode: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -114,8 +109,6 @@ class CandidatePipeline(RemotePipeline):
             )
         else:
             adapter_options["checkpoint"] = str(self.model.path)
-        if self.spec.layout_selectable:
-            adapter_options["non_streaming_mode"] = bool(self.options.non_streaming_mode)
         self.adapter_config = {**asdict(self.config), "options": adapter_options}
 
     def load(self) -> None:
@@ -138,22 +131,6 @@ class CandidatePipeline(RemotePipeline):
         """As the user named it: the installed candidate's name (`--pipeline qwentts-cpp`)."""
         return self.spec.name
 
-    def check_layout(self, request: Request) -> None:
-        """Refuse a comparison whose prompt layout the port does not implement (REFERENCE-NOTES)."""
-        wanted = self.options.non_streaming_mode
-        if self.spec.layout_selectable:
-            return  # the layout was passed to the port
-        own = self.spec.non_streaming_layout(request.mode)
-        if wanted is not None and wanted != own:
-            raise UnsupportedRequest(
-                f"{self.spec.name} builds the {request.mode.value} prompt with the "
-                f"non_streaming_mode={own} layout; the run compares against non_streaming_mode={wanted}"
-            )
-
-    def stream(self, request: Request) -> Iterator[Event]:
-        self.check_layout(request)
-        yield from super().stream(request)
-
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(candidate=self.spec.name, storage=self.options.storage)
@@ -171,7 +148,7 @@ class CandidatePipeline(RemotePipeline):
             raise UnsupportedRequest(f"{self.spec.name} cannot be teacher-forced")
         if not self.adapter_config:
             raise PipelineError(f"{self.spec.name}: write_stage_dump() called before load()")
-        self.check_layout(request)
+        self.spec.prompt_layout(request)  # a layout the port cannot build is refused before anything stops
         self.close()
         with tempfile.TemporaryDirectory(prefix="qtts-dump-request-") as scratch:
             request_file = Path(scratch) / "request.json"

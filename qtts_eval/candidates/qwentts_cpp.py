@@ -113,6 +113,7 @@ class QwenTtsCppPipeline(PortAdapter):
         return {**super().describe(), "dtype": self.options.storage}
 
     def _run(self, request: Request, dump_dir: Path) -> Iterator[np.ndarray]:
+        self.prompt_layout(request)  # the port's layout is fixed per mode: refuse another
         sampling = request.sampling
         icl = request.mode is CloneMode.ICL
         for chunk, _rate in self.tts.stream(
@@ -141,7 +142,7 @@ class QwenTtsCppPipeline(PortAdapter):
         info = {"port_native_ms": profile.get("native_synthesize_ms")}
         yield StreamEnd(frames_generated=0 if codes is None else len(codes), codes=codes, info=info)
 
-    def stage_dump(self, request: Request, non_streaming_mode: bool) -> StageDump:
+    def stage_dump(self, request: Request) -> StageDump:
         """Run `request` free and collect the taps the schema has keys for, plus codes and audio."""
         with tempfile.TemporaryDirectory(prefix="qwentts-cpp-") as scratch:
             dump_dir = Path(scratch)
@@ -174,7 +175,7 @@ class QwenTtsCppPipeline(PortAdapter):
             seed=request.seed,
             sampling=dataclasses.asdict(request.sampling),
             clone_mode=request.mode.value,
-            non_streaming_mode=non_streaming_mode,
+            non_streaming_mode=self.prompt_layout(request),
             text=request.text,
             language=request.language,
             max_frames=request.max_frames,

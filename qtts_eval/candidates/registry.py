@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass
 
 from qtts_eval.errors import PipelineError
-from qtts_eval.pipelines.base import CloneMode
+from qtts_eval.pipelines.base import Request, UnsupportedRequest
 
 
 class Device(str, enum.Enum):
@@ -54,9 +54,19 @@ class Candidate:
     non_streaming_modes: tuple[str, ...] = ()
     layout_selectable: bool = False  # the port takes the prompt layout as a parameter (then it is passed)
 
-    def non_streaming_layout(self, mode: CloneMode) -> bool:
-        """Whether the port's prompt for `mode` is the reference's non_streaming_mode=True layout."""
-        return mode.value in self.non_streaming_modes
+    def prompt_layout(self, request: Request) -> bool:
+        """The non_streaming_mode layout the port runs `request` in: the one the request asks for when the
+        port takes it as a parameter or builds that layout anyway; its own when the request asks none.
+        Anything else is refused (UnsupportedRequest: recorded as unsupported, never compared)."""
+        if self.layout_selectable:
+            return bool(request.non_streaming_mode)
+        own = request.mode.value in self.non_streaming_modes
+        if request.non_streaming_mode is not None and request.non_streaming_mode != own:
+            raise UnsupportedRequest(
+                f"{self.name} builds the {request.mode.value} prompt with the non_streaming_mode={own} "
+                f"layout; the request asks for non_streaming_mode={request.non_streaming_mode}"
+            )
+        return own
 
     @property
     def pipeline_class(self) -> str:

@@ -83,7 +83,7 @@ def write_stage_dump(pipeline: Pipeline, name: str, request_path: Path, out: Pat
         raise SystemExit(f"{name}: the adapter writes no stage dumps")
     request = request_from_file(request_path)
     pipeline.load()
-    write_dump(stage_dump(request, candidate(name).non_streaming_layout(request.mode)), out)
+    write_dump(stage_dump(request), out)
     return 0
 
 

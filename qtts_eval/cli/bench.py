@@ -62,8 +62,13 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--repetition-penalty", type=float, default=Sampling.repetition_penalty)
     parser.add_argument(
         "--non-streaming-mode",
-        action="store_true",
-        help="reference prompt layout with the whole text up front",
+        nargs="*",
+        metavar="MODE",
+        default=None,
+        help="every request asks for a talker prompt layout, sent to every pipeline (candidates over the "
+        "wire too): the non_streaming_mode=True layout (whole text up front) in the MODEs listed (icl, "
+        "xvector; none listed: both), the default layout in the others. Without the flag requests ask for "
+        "none and each pipeline uses its own; a port that cannot build the asked layout answers unsupported",
     )
     parser.add_argument(
         "--codec-dtype", choices=("float32", "bfloat16", "float16"), help="reference speech tokenizer dtype"
@@ -131,6 +136,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         warmup=args.warmup,
         seed=args.seed,
         max_frames=args.max_frames,
+        non_streaming_modes=_layouts(args.non_streaming_mode),
         sampling=Sampling(
             do_sample=args.sample,
             temperature=args.temperature,
@@ -146,11 +152,16 @@ def _config(args: argparse.Namespace) -> BenchConfig:
     )
 
 
+def _layouts(listed: list[str] | None) -> tuple[str, ...] | None:
+    """--non-streaming-mode: absent (no layout asked), bare (every mode) or the modes listed."""
+    if listed is None:
+        return None
+    return tuple(listed) or tuple(mode.value for mode in CloneMode)
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     # The reference-only flags are scoped to it, so other pipelines in the same run do not see them.
     options: dict[str, Any] = {}
-    if args.non_streaming_mode:
-        options["reference.non_streaming_mode"] = True
     if args.codec_dtype is not None:
         options["reference.codec_dtype"] = args.codec_dtype
     if args.stream:

@@ -372,7 +372,7 @@ class HookedReference(ReferencePipeline):
                     text=request.text,
                     language=request.language,
                     voice_clone_prompt=[item],
-                    non_streaming_mode=self.options.non_streaming_mode,
+                    non_streaming_mode=self.prompt_layout(request),
                     **generation_kwargs(request),
                 )
             finally:
@@ -418,7 +418,7 @@ class HookedReference(ReferencePipeline):
             seed=request.seed,
             sampling=dataclasses.asdict(sampling),
             clone_mode=request.mode.value,
-            non_streaming_mode=self.options.non_streaming_mode,
+            non_streaming_mode=self.prompt_layout(request),
             text=request.text,
             language=request.language,
             max_frames=request.max_frames,

@@ -51,6 +51,7 @@ class ParitySettings:
             seed=self.seed,
             # Greedy without repetition penalty: the captured logits are exactly what the choice was made on.
             sampling=Sampling(repetition_penalty=1.0),
+            non_streaming_mode=self.non_streaming_mode,  # both sides, in-process or over the wire
         )
 
 
@@ -120,7 +121,6 @@ def _is_dump(candidate: str) -> bool:
 def _candidate_pipeline(
     candidate: str,
     base: PipelineConfig,
-    settings: ParitySettings,
     codec_dtype: str | None,
     extra_options: Mapping[str, Any],
 ) -> tuple[Any, str | None]:
@@ -132,18 +132,16 @@ def _candidate_pipeline(
         return pipelines.create("websocket", PipelineConfig(options={"url": candidate})), None
     if _over_the_wire(candidate):
         return pipelines.create("worker", PipelineConfig(options={"command": candidate})), None
-    options: dict[str, Any] = {"non_streaming_mode": settings.non_streaming_mode}
     if candidate == "reference" or candidate.startswith(FAULT_PREFIX):
         codec = codec_dtype or REFERENCE_CODEC_DTYPE
-        config = dataclasses.replace(base, options={**options, "codec_dtype": codec})
+        config = dataclasses.replace(base, options={"codec_dtype": codec})
         name = candidate.removeprefix(FAULT_PREFIX)
         if candidate == "reference":
             return HookedReference(config), codec
         if name not in FAULTS:
             raise ParityError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
         return HookedReference(config, fault=FAULTS[name]()), codec
-    if codec_dtype is not None:
-        options["codec_dtype"] = codec_dtype
+    options = {} if codec_dtype is None else {"codec_dtype": codec_dtype}
     config = dataclasses.replace(base, options={**options, **extra_options})  # e.g. a port's threads
     return pipelines.create(candidate, config), codec_dtype or base.dtype
 
@@ -167,7 +165,6 @@ class _Sides:
         self.pipeline, codec_dtype = _candidate_pipeline(  # an unknown candidate fails before any load
             candidate,
             PipelineConfig(model=settings.model, device=device, dtype=candidate_dtype),
-            settings,
             candidate_codec_dtype,
             candidate_options,
         )
@@ -207,8 +204,7 @@ class _Sides:
 
 
 def _reference(settings: ParitySettings, device: str) -> HookedReference:
-    options = {"non_streaming_mode": settings.non_streaming_mode}
-    reference = HookedReference(PipelineConfig(model=settings.model, device=device, options=options))
+    reference = HookedReference(PipelineConfig(model=settings.model, device=device))
     reference.load()
     return reference
 

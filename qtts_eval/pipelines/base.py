@@ -76,6 +76,9 @@ class Request:
     max_frames: int  # frame budget: generation stops here if EOS never comes
     seed: int  # seed applied right before generation
     sampling: Sampling = field(default_factory=Sampling)  # decoding settings
+    # The talker prompt layout asked for (the reference's non_streaming_mode: the whole text up front when
+    # True); None: the pipeline's own. A pipeline that cannot lay the prompt out this way refuses the request.
+    non_streaming_mode: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.text.strip():
@@ -105,6 +108,7 @@ class Request:
         max_frames: int,
         seed: int,
         sampling: Sampling | None = None,
+        non_streaming_mode: bool | None = None,
     ) -> Request:
         """The one way to build a request from the fixtures: the voice's reference clip and transcript."""
         return cls(
@@ -116,6 +120,7 @@ class Request:
             max_frames=max_frames,
             seed=seed,
             sampling=sampling or Sampling(),
+            non_streaming_mode=non_streaming_mode,
         )
 
 

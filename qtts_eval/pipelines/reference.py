@@ -199,6 +199,12 @@ class ReferencePipeline(Pipeline):
             self.prompts[key] = prompt
         return prompt
 
+    def prompt_layout(self, request: Request) -> bool:
+        """The non_streaming_mode a request runs with: the one it asks for, else this pipeline's option."""
+        if request.non_streaming_mode is None:
+            return self.options.non_streaming_mode
+        return request.non_streaming_mode
+
     def stream(self, request: Request) -> Iterator[Event]:
         if self.model is None:
             raise PipelineError("reference: stream() called before load()")
@@ -287,7 +293,7 @@ class _Run:
                 text=request.text,
                 language=request.language,
                 voice_clone_prompt=prompt,
-                non_streaming_mode=self.options.non_streaming_mode,
+                non_streaming_mode=self.pipeline.prompt_layout(self.request),
                 **generation_kwargs(request),
             )
         finally:

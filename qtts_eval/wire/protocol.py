@@ -171,6 +171,8 @@ def speak_message(
         },
         "return_codes": return_codes,
     }
+    if request.non_streaming_mode is not None:  # absent: the candidate's own prompt layout
+        message["non_streaming_mode"] = request.non_streaming_mode
     if dump_path is not None:
         message["dump_path"] = dump_path
     if forced is not None:  # each input is forced or left free on its own (docs/parity.md)
@@ -275,6 +277,9 @@ def parse_speak(
         raise InvalidMessage(
             ErrorCode.INVALID_REQUEST, f"speak: mode {message.get('mode')!r} is not icl or xvector"
         ) from None
+    layout = message.get("non_streaming_mode")
+    if layout is not None and not isinstance(layout, bool):
+        raise InvalidMessage(ErrorCode.INVALID_REQUEST, "speak: 'non_streaming_mode' must be true or false")
     forcing = [name for name in FORCED_FIELDS if message.get(name) is not None]
     for name, capability in (
         ("dump_path", Capability.STAGE_DUMPS),
@@ -300,6 +305,7 @@ def parse_speak(
                 top_p=float(sampling.get("top_p", defaults.top_p)),
                 repetition_penalty=float(sampling.get("repetition_penalty", defaults.repetition_penalty)),
             ),
+            non_streaming_mode=layout,
         )
     except RequestError as exc:
         raise InvalidMessage(ErrorCode.INVALID_REQUEST, f"speak: {exc}") from None
