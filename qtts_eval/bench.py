@@ -138,6 +138,11 @@ def _texts(config: BenchConfig, fixtures: FixtureSet) -> list[TextFixture]:
     return list(firsts.values())
 
 
+def _asked_layout(request: Request) -> dict[str, bool]:
+    """The record's non_streaming_mode when the request asked for one (else the pipeline's own, its facts)."""
+    return {} if request.non_streaming_mode is None else {"non_streaming_mode": request.non_streaming_mode}
+
+
 def build_matrix(config: BenchConfig, fixtures: FixtureSet) -> list[Cell]:
     """Every cell, validated up front so a typo fails before any model loads."""
     if config.repeats < 1:
@@ -391,6 +396,7 @@ class Bench:
             env={
                 **machine,
                 **facts,
+                **_asked_layout(request),
                 **{f"sampling_{key}": value for key, value in dataclasses.asdict(request.sampling).items()},
                 "fixtures_version": self.fixtures.version,
                 "fixtures_hash": self.fixtures.content_hash,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from qtts_eval.bench import REFERENCE
 from qtts_eval.errors import ResultsError
 from qtts_eval.metrics.stats import Percentile, format_percentile, percentile_ci
 
@@ -27,7 +28,7 @@ ALL = "(all)"  # the row over every pair
 class Flag(str, enum.Enum):
     """Why a row's speed cannot be read as "the same work, faster or slower"."""
 
-    CODES_DIFFER = "codes_differ"  # some pair produced different codes
+    CODES_DIFFER = "codes_differ"  # some pair produced different codes on frames both sides produced
     STOPS_EARLIER = "stops_earlier"  # the candidate generated fewer frames than the baseline
     STOPS_LATER = "stops_later"  # the candidate generated more frames
     ERRORS = "errors"  # some candidate request failed
@@ -82,13 +83,26 @@ def _ratio(pairs: pd.DataFrame, metric: str) -> Percentile:
 
 
 def _same_codes(pairs: pd.DataFrame) -> pd.Series:
-    """Per pair: True/False when both sides gave codes, NA otherwise (by digest: the candidate's own
-    codes_match_reference is a share of frames, this is all or nothing)."""
-    if "codes_digest" not in pairs or "codes_digest_base" not in pairs:
-        return pd.Series(pd.NA, index=pairs.index, dtype="boolean")
-    known = pairs["codes_digest"].notna() & pairs["codes_digest_base"].notna()
-    same = (pairs["codes_digest"] == pairs["codes_digest_base"]).astype("boolean")
-    return same.where(known, pd.NA)
+    """Per pair: True when the codes are equal on every frame both sides produced, False when not, NA when
+    unknown. Against the same run's reference the candidate's own record says where its codes first left the
+    reference's (first_divergent_frame), so a frame that only one side produced (the frame-budget convention:
+    the stops_earlier / stops_later flags) is not counted as different codes; otherwise by digest, all
+    frames."""
+    same = pd.Series(pd.NA, index=pairs.index, dtype="boolean")
+    if "codes_digest" in pairs and "codes_digest_base" in pairs:
+        known = pairs["codes_digest"].notna() & pairs["codes_digest_base"].notna()
+        same = (pairs["codes_digest"] == pairs["codes_digest_base"]).astype("boolean").where(known, pd.NA)
+    if {"codes_match_reference", "first_divergent_frame", "run_id"} <= set(pairs.columns):
+        against_reference = (
+            (pairs["run_id"] == pairs["run_id_base"])
+            & (pairs["pipeline_base"] == REFERENCE)
+            & pairs["codes_match_reference"].notna()
+        )
+        common = np.minimum(pairs["frames_generated"], pairs["frames_generated_base"])
+        diverged = pairs["first_divergent_frame"]
+        same_common = (diverged.isna() | (diverged >= common)).astype("boolean")
+        same = same_common.where(against_reference, same)
+    return same
 
 
 def _row(fixture: str, mode: str, pairs: pd.DataFrame) -> dict[str, object]:

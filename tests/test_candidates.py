@@ -28,6 +28,7 @@ from qtts_eval.candidates.export import (
 )
 from qtts_eval.candidates.registry import CANDIDATES, Support, candidate
 from qtts_eval.errors import CheckpointError, PipelineError
+from qtts_eval.parity.run import ParityResult
 from qtts_eval.pipelines.base import CloneMode, PipelineConfig, Request, UnsupportedRequest
 from qtts_eval.pipelines.installed import MANIFEST, installed
 
@@ -248,12 +249,14 @@ def test_worker_shim_import_chain_is_torch_free() -> None:
     assert "numpy" in loaded  # the probe really imported the chain
 
 
-# --- the real port (opt-in) --------------------------------------------------------------------------------
+# --- the real port ------------------------------------------------------------------------------------------
 # Needs network once (`qtts-eval candidates install qwentts-cpp`), the 0.6b-base build (~2.4 GB) and its GGUF
-# export (~4.3 GB); on a 2-core CPU shared with other work it takes minutes. It therefore runs only when
-# QTTS_EVAL_PORT_TESTS=1, against the user's own cache (installed environments and exports are reused).
-PORT_TESTS = os.environ.get("QTTS_EVAL_PORT_TESTS") == "1"
-port_test = pytest.mark.skipif(not PORT_TESTS, reason="set QTTS_EVAL_PORT_TESTS=1 to drive the real port")
+# export (~4.3 GB), and ~9 GB of memory for the port beside the reference. CI runs them (CI=true), with small
+# frame budgets, against the machine's cache; elsewhere they run when QTTS_EVAL_PORT_TESTS=1.
+PORT_TESTS = os.environ.get("QTTS_EVAL_PORT_TESTS") == "1" or os.environ.get("CI") == "true"
+port_test = pytest.mark.skipif(
+    not PORT_TESTS, reason="set QTTS_EVAL_PORT_TESTS=1 to drive the real port (CI does)"
+)
 
 
 @pytest.fixture
@@ -277,35 +280,61 @@ def test_qwentts_cpp_passes_conformance(user_cache: Path) -> None:
     assert [r.rule for r in results if not r.passed] == []
 
 
-@pytest.mark.slow
-@port_test
-def test_qwentts_cpp_parity_free_running(user_cache: Path, tmp_path: Path) -> None:
-    """The port's fp32 free-running ICL dump against the reference's, with the outcome docs/ports.md records:
-    its speaker encoder agrees within the fp32 profile, and its talker prompt is one position shorter (it
-    drops the reference clip's last partial frame; the slt clip is 57.7 frames), so the first failing stage
-    is talker.prefill.embeds, by shape."""
+def _port_parity(mode: CloneMode, tmp_path: Path) -> ParityResult:
+    """The port's fp32 free-running dump of a 3-frame greedy request against the reference's, in the port's
+    own prompt layout for `mode` (the request asks for it, so both sides build the same prompt)."""
     from qtts_eval.candidates.pipeline import QwenttsCppCandidate
     from qtts_eval.parity.capture import HookedReference
-    from qtts_eval.parity.compare import Status
     from qtts_eval.parity.profiles import profile_for
     from qtts_eval.parity.run import compare_pipeline, reference_dump
     from qtts_eval.pipelines.base import Sampling
 
     voice = fixtures.load_fixtures().voice("slt")
-    greedy = Sampling(repetition_penalty=1.0)
-    request = Request.for_voice(voice, "Hello there.", "english", CloneMode.ICL, 3, seed=0, sampling=greedy)
+    request = Request.for_voice(
+        voice, "Hello there.", "english", mode, 3, seed=0, sampling=Sampling(repetition_penalty=1.0),
+        non_streaming_mode=mode is CloneMode.XVECTOR,
+    )  # fmt: skip
     reference = HookedReference(PipelineConfig(model="0.6b-base"))
     reference.load()
     ref_dump = reference_dump(reference, request)
     port = QwenttsCppCandidate(PipelineConfig(model="0.6b-base", options={"threads": 1}))
     port.prepare()
-    result = compare_pipeline(
-        ref_dump, port, request, profile_for("float32"), "qwentts-cpp", dump_dir=tmp_path
-    )
+    return compare_pipeline(ref_dump, port, request, profile_for("float32"), "qwentts-cpp", dump_dir=tmp_path)
+
+
+@pytest.mark.slow
+@port_test
+def test_qwentts_cpp_xvector_parity_matches_the_talker_and_codes(user_cache: Path, tmp_path: Path) -> None:
+    """docs/ports.md: in x-vector mode, same prompt layout, every tap from the text ids to the talker's last
+    norm and first logits is within the fp32 profile and the codes equal the reference's on every common
+    frame; what breaks fp32 is the decoded audio (its codec's conv arithmetic), by rel_l2 ~1e-3."""
+    from qtts_eval.parity.compare import Status
+
+    result = _port_parity(CloneMode.XVECTOR, tmp_path)
     assert result.forced is None  # the port cannot be teacher-forced
     stages = {stage.key: stage for stage in result.free.stages}
-    assert stages["spk.mel"].status is Status.PASS
-    assert stages["spk.embedding"].status is Status.PASS
+    passing = ["inputs.text_ids", "spk.mel", "spk.block.03", "spk.embedding", "talker.prefill.embeds"]
+    passing += ["talker.prefill.layer.00", "talker.prefill.layer.27", "talker.prefill.norm", "talker.logits"]
+    assert {key: stages[key].status for key in passing} == dict.fromkeys(passing, Status.PASS)
+    assert stages["codes"].status is Status.PASS and stages["codes"].metrics["exact"] == 1.0
     first = result.free.first_failure
-    assert first is not None and first.key == "talker.prefill.embeds"
-    assert "shape" in first.note
+    assert first is not None and first.key == "output.wav" and first.metrics["rel_l2"] < 1e-2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("QTTS_EVAL_PORT_TESTS") != "1", reason="set QTTS_EVAL_PORT_TESTS=1")
+def test_qwentts_cpp_icl_parity_fails_at_the_clip_codes(user_cache: Path, tmp_path: Path) -> None:
+    """docs/ports.md: in ICL the port encodes the reference clip cut to whole frames (a convention: the
+    overlap is compared) and its codec-encoder codes flip a near tie (reference margin < 1e-3) that fp32
+    requires exact, with no tap to classify it; its text ids and speaker encoder agree. Not in CI: a second
+    0.6b run."""
+    from qtts_eval.parity.compare import Status
+
+    result = _port_parity(CloneMode.ICL, tmp_path)
+    stages = {stage.key: stage for stage in result.free.stages}
+    passing = ["inputs.text_ids", "inputs.ref_audio", "spk.mel", "spk.block.03", "spk.embedding"]
+    assert {key: stages[key].status for key in passing} == dict.fromkeys(passing, Status.PASS)
+    assert "clip rounding" in stages["inputs.ref_audio"].note
+    first = result.free.first_failure
+    assert first is not None and first.key == "codec_enc.codes"
+    assert result.free.divergences[0].kind.value == "unclassified"

@@ -148,6 +148,19 @@ def test_comparison_flags_a_candidate_that_stops_early_and_says_codes_are_not_re
         report.comparison_table(frame, "prot")
 
 
+def test_a_port_returning_the_whole_budget_is_flagged_but_not_called_different_codes() -> None:
+    # The reference returns budget - 1 frames when capped; a port honouring the budget returns one more.
+    reference = _records("reference", 40, 0.4)
+    extra_frame = {"frames_generated": 41, "codes_match_reference": 40 / 41, "first_divergent_frame": 40}
+    same_prefix = [{**r, **extra_frame, "pipeline": "port"} for r in reference]
+    run = pd.DataFrame([{**r, "run_id": "r1"} for r in reference + same_prefix])
+    row = report.comparison_table(run).iloc[0]
+    assert row["codes_match"] == 1.0 and row["flags"] == "stops_later"
+    diverged = [{**r, "first_divergent_frame": 10, "codes_match_reference": 0.25} for r in same_prefix]
+    row = report.comparison_table(pd.DataFrame([{**r, "run_id": "r1"} for r in reference + diverged])).iloc[0]
+    assert row["codes_match"] == 0.0 and row["flags"] == "codes_differ,stops_later"
+
+
 def test_lab_refuses_a_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["lab", "--dir", str(tmp_path / "notebooks")]) == 2
     assert "no such directory" in capsys.readouterr().err

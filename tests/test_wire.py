@@ -520,5 +520,6 @@ def test_the_asked_prompt_layout_crosses_the_wire_and_is_honoured(one_thread: No
         frame = load_run(tmp_path / name).set_index("pipeline")
         assert (frame["status"] == "ok").all(), frame["error"].dropna().tolist()
         assert frame.loc["worker", "codes_match_reference"] == 1.0  # both sides laid the prompt out alike
+        assert set(frame["env_non_streaming_mode"]) == {bool(layouts)}  # recorded as asked, on both sides
         codes[name] = frame.loc["worker", "codes_digest"]
     assert codes["whole-text"] != codes["default"]  # the layout asked for reached the served reference
