@@ -93,9 +93,9 @@ CANDIDATES: tuple[Candidate, ...] = (
             "no codes API: codes come from its debug dump directory (codebook 0 and the 15 predicted codes)",
             "x-vector prompt = the reference's non_streaming_mode=True layout; ICL = the default layout",
             "drops the reference clip's last partial frame before encoding (ICL)",
-            "returns the whole frame budget (the reference returns budget - 1 when capped): one frame more work",
-            "repetition penalty differs from the reference's: with the default 1.05 x-vector codes diverge at "
-            "frame 10, with 1.0 they are equal on all 40 common frames (en_short, 0.6b-base)",
+            "returns the whole frame budget (the reference returns budget - 1 when capped): one frame more",
+            "repetition penalty differs from the reference's: with the default 1.05 x-vector codes diverge "
+            "at frame 10, with 1.0 they are equal on all 40 common frames (en_short, 0.6b-base)",
             "no teacher forcing of generated codes; parity taps: text ids, clip, speaker mel, block 3 and "
             "embedding, clip codes, talker prefill (embeds, layers 0/7/14/21/27, norm), first-frame talker "
             "logits, codes, audio; no code-predictor logits or codec-decoder taps",
