@@ -453,7 +453,8 @@ def test_parity_sweep_over_fixtures_and_modes_writes_one_report(tmp_path: Path) 
     assert code == 0
     data = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
     assert data["passed"] and data["aggregate"]["requests"] == 10
-    assert data["aggregate"]["identical_codes"] == 10 and data["aggregate"]["verdicts"] == {"pass": 10}
+    assert data["aggregate"]["same_codes"] == 10 and data["aggregate"]["verdicts"] == {"pass": 10}
+    assert data["aggregate"]["frames_differ"] == 0
     assert data["aggregate"]["passed_by_mode"] == {"icl": "5/5", "xvector": "5/5"}
     slugs = [row["request"] for row in data["rows"]]
     assert slugs[:2] == ["en_short-icl-slt", "en_short-xvector-slt"] and len(set(slugs)) == 10

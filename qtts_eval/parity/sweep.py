@@ -1,5 +1,5 @@
 """A parity sweep's report: one row per request (fixture × mode × voice), each with its verdict and first
-failing stage, and the aggregate over them: how many requests gave exactly the reference's codes, where the
+failing stage, and the aggregate over them: how many requests gave the reference's codes, where the
 failures and code divergences cluster, and how many divergences are near ties, real or unclassified.
 
 The per-request reports are ordinary parity reports in subdirectories named by `SweepRow.request`; this module
@@ -42,9 +42,14 @@ class SweepRow:
     note: str  # the report's verdict line, or the error
 
     @property
-    def identical_codes(self) -> bool:
-        """Every generated code equal, and as many frames as the reference."""
-        return self.codes_exact == 1.0 and self.frames == self.reference_frames
+    def same_codes(self) -> bool:
+        """Every generated code equal on the frames both produced (a frame-count difference is shown apart:
+        the report says whether it is a convention, such as a port returning the whole budget)."""
+        return self.codes_exact == 1.0
+
+    @property
+    def frames_differ(self) -> bool:
+        return self.frames is not None and self.frames != self.reference_frames
 
     @classmethod
     def of(cls, request: str, text_id: str, result: ParityResult) -> SweepRow:
@@ -94,8 +99,8 @@ class Sweep:
         return bool(self.rows) and all(row.verdict == Verdict.PASS.value for row in self.rows)
 
     def aggregate(self) -> dict[str, Any]:
-        """Counts over the rows: verdicts, identical codes, failing stages, divergence kinds and places, and
-        passes per mode and per voice."""
+        """Counts over the rows: verdicts, same codes, differing frame counts, failing stages, divergence
+        kinds and places, and passes per mode, voice and text."""
         kinds = Counter(kind for row in self.rows for kind in row.divergence_kinds)
         places = Counter(
             "talker (codebook 0)" if row.first_divergence.endswith(f"codebook {TALKER_CODEBOOK}")
@@ -105,7 +110,8 @@ class Sweep:
         return {
             "requests": len(self.rows),
             "verdicts": dict(Counter(row.verdict for row in self.rows)),
-            "identical_codes": sum(row.identical_codes for row in self.rows),
+            "same_codes": sum(row.same_codes for row in self.rows),
+            "frames_differ": sum(row.frames_differ for row in self.rows),
             "first_failing_stages": dict(
                 Counter(row.first_failing_stage for row in self.rows if row.first_failing_stage).most_common()
             ),
@@ -125,7 +131,8 @@ class Sweep:
         verdicts = ", ".join(f"{count} {verdict}" for verdict, count in data["verdicts"].items())
         kinds = data["divergences"]
         return (
-            f"{data['requests']} requests: {verdicts}; codes identical in {data['identical_codes']}; "
+            f"{data['requests']} requests: {verdicts}; codes equal on the common frames in "
+            f"{data['same_codes']}, frame counts differ in {data['frames_differ']}; "
             f"divergences: {kinds['near_tie']} near tie, {kinds['real']} real, "
             f"{kinds['unclassified']} unclassified"
         )
