@@ -182,6 +182,24 @@ def test_installed_candidates_join_the_pipeline_registry(checkpoint_cache: Path)
     assert "qwentts-cpp" not in pipelines.available()
 
 
+def test_an_environment_from_another_checkout_is_repointed_at_this_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cache shared by two checkouts (a CI clone, a working copy): the shim must import the driving suite.
+    monkeypatch.setenv("QTTS_EVAL_CACHE", str(tmp_path))
+    python = envs.env_python("qwentts-cpp")
+    python.parent.mkdir(parents=True)
+    python.touch()
+    link = envs.env_dir("qwentts-cpp") / envs.SUITE_LINK_DIR / "qtts_eval"
+    link.parent.mkdir()
+    (tmp_path / "other-checkout" / "qtts_eval").mkdir(parents=True)
+    link.symlink_to(tmp_path / "other-checkout" / "qtts_eval", target_is_directory=True)
+    assert any("does not point at this checkout" in p for p in envs.missing("qwentts-cpp"))
+    envs.link_suite("qwentts-cpp")
+    assert link.resolve() == Path(envs.__file__).resolve().parent.parent
+    assert not any("does not point" in p for p in envs.missing("qwentts-cpp"))
+
+
 def test_candidate_refuses_a_prompt_layout_it_does_not_implement() -> None:
     from qtts_eval.candidates.registry import candidate
 

@@ -79,10 +79,8 @@ def install(name: str, *, extra_pip_args: tuple[str, ...] = (), log: Any = print
         [str(python), "-m", "pip", "install", "--disable-pip-version-check", *extra_pip_args, *requirements],
         "pip",
     )
-    link_dir = target / SUITE_LINK_DIR
-    link_dir.mkdir()
-    (link_dir / "qtts_eval").symlink_to(Path(__file__).resolve().parent.parent, target_is_directory=True)
-    (_site_packages(python) / "qtts_eval_suite.pth").write_text(f"{link_dir}\n")
+    link_suite(name)
+    (_site_packages(python) / "qtts_eval_suite.pth").write_text(f"{target / SUITE_LINK_DIR}\n")
     manifest = Installed(
         name=name,
         python=str(python),
@@ -114,6 +112,23 @@ def _check_shim_imports(python: Path, spec: Candidate) -> None:
     _run([str(python), "-c", probe], "importing the worker shim in the candidate environment")
 
 
+def _suite_package() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def link_suite(name: str) -> None:
+    """Point the environment's suite link at this checkout's `qtts_eval` (the shim imports it from there), so
+    an environment in a cache shared by several checkouts runs the adapter code of the suite driving it."""
+    link = env_dir(name) / SUITE_LINK_DIR / "qtts_eval"
+    if link.is_symlink() and link.resolve() == _suite_package():
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    staging = link.with_name(f"qtts_eval.tmp{os.getpid()}")
+    staging.unlink(missing_ok=True)
+    staging.symlink_to(_suite_package(), target_is_directory=True)
+    staging.replace(link)  # atomic: a concurrent reader sees the old link or the new one
+
+
 def missing(name: str) -> list[str]:
     """What stands between `name` and `--pipeline name`, in words; empty when it is ready."""
     spec = candidate(name)
@@ -129,8 +144,11 @@ def missing(name: str) -> list[str]:
         problems.append(f"{env_python(name)} is missing: the venv is broken; reinstall")
         return problems
     link = target / SUITE_LINK_DIR / "qtts_eval"
-    if not link.exists():
-        problems.append(f"{link} does not point at the suite's package (moved checkout?); reinstall")
+    if not link.exists() or link.resolve() != _suite_package():
+        problems.append(
+            f"{link} does not point at this checkout's package {_suite_package()}: any run re-points it "
+            f"(or `qtts-eval candidates install {name}`)"
+        )
     if not problems:
         try:
             _check_shim_imports(env_python(name), spec)

@@ -88,6 +88,8 @@ class CandidatePipeline(RemotePipeline):
 
     def prepare(self) -> None:
         """Check the environment, resolve the model and export its weights; no process is started."""
+        if envs.env_python(self.spec.name).exists():
+            envs.link_suite(self.spec.name)  # the environment may have been installed by another checkout
         problems = envs.missing(self.spec.name)
         if problems:
             raise PipelineError(f"candidate {self.spec.name!r} is not ready: " + "; ".join(problems))
