@@ -8,8 +8,6 @@ port kit replays the same files (ports/rust/qtts-port-kit/tests/transcripts.rs).
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,10 +20,10 @@ from qtts_eval.wire import protocol
 from qtts_eval.wire.client import Channel, RemoteSession, Timeouts, collect
 from qtts_eval.wire.protocol import Encoding
 from qtts_eval.wire.transcripts import (
-    SERVER_ARGV,
     SESSIONS,
     Message,
     Sender,
+    ServerProcess,
     Transcript,
     Transport,
     load_transcript,
@@ -36,44 +34,8 @@ from qtts_eval.wire.transcripts import (
 TIMEOUT_S = 60.0  # a server imports torch before its hello; the 2-core CI machine is shared
 
 
-class ServerUnderTest:
-    """A real server process (the recorded one, unless `extra` plants a fault) over one transport."""
-
-    def __init__(self, transport: Transport, extra: tuple[str, ...] = ()) -> None:
-        websocket = transport is Transport.WEBSOCKET
-        self.process = subprocess.Popen(
-            [*SERVER_ARGV, *extra, *(["--websocket"] if websocket else [])],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        self.connection: Any = None
-        self._stack = contextlib.ExitStack()  # websockets' sync client is used as a context manager
-        if websocket:
-            from websockets.sync.client import connect
-
-            assert self.process.stdout is not None
-            url = self.process.stdout.readline().decode().split()[-1]
-            self.connection = self._stack.enter_context(
-                connect(url, open_timeout=TIMEOUT_S, max_size=protocol.MAX_FRAME_BYTES)
-            )
-
-    def send(self, message: Message) -> None:
-        if self.connection is not None:
-            self.connection.send(message.text)
-            return
-        assert self.process.stdin is not None
-        self.process.stdin.write(message.frame())
-        self.process.stdin.flush()
-
-    def receive(self) -> bytes:
-        """The next server message: its stdio frame, or its WebSocket payload."""
-        if self.connection is not None:
-            data = self.connection.recv(timeout=TIMEOUT_S)
-            return data.encode() if isinstance(data, str) else bytes(data)
-        assert self.process.stdout is not None
-        header = self.process.stdout.read(protocol.HEADER.size)
-        length, _ = protocol.parse_header(header)
-        return header + self.process.stdout.read(length)
+class ServerUnderTest(ServerProcess):
+    """The recorded server process, plus the end-of-session check a replay needs."""
 
     def closed(self) -> bool:
         """True once the server has ended the session (EOF on stdout, or a closed socket)."""
@@ -88,18 +50,6 @@ class ServerUnderTest:
         assert self.process.stdout is not None
         return self.process.stdout.read(1) == b""
 
-    def close(self) -> None:
-        if self.connection is not None:
-            self._stack.close()
-            self.process.terminate()
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
 
 def replay_server(transcript: Transcript, extra: tuple[str, ...] = ()) -> str | None:
     """Replay against a fresh server; the first difference, described, or None when every byte agrees."""
@@ -107,19 +57,19 @@ def replay_server(transcript: Transcript, extra: tuple[str, ...] = ()) -> str | 
     try:
         for index, message in enumerate(transcript.messages):
             if message.sender is Sender.CLIENT:
-                server.send(message)
+                server.send(message.text)
                 continue
-            got = server.receive()
+            received = server.receive()
             if transcript.transport is Transport.STDIO:
-                header, recorded = got[: protocol.HEADER.size], message.frame()[: protocol.HEADER.size]
-                got = got[protocol.HEADER.size :]
+                header = received.frame()[: protocol.HEADER.size]
+                recorded = message.frame()[: protocol.HEADER.size]
                 # A hello's length follows its volatile fields (pid, machine); its kind byte must still agree.
                 same = header[-1:] == recorded[-1:] if message.is_hello() else header == recorded
                 if not same:
                     return f"message {index}: frame header {header.hex()}, recorded {recorded.hex()}"
-            received = Message(Sender.SERVER, message.kind, got)
-            if received.comparable() != message.comparable():
-                return f"message {index}: got {got[:120]!r}, recorded {message.payload[:120]!r}"
+            got = Message(Sender.SERVER, message.kind, received.payload)
+            if got.comparable() != message.comparable():
+                return f"message {index}: got {got.payload[:120]!r}, recorded {message.payload[:120]!r}"
         if not server.closed():
             return "the server did not close the session after stopped"
     finally:

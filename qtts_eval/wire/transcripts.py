@@ -224,13 +224,14 @@ def load_transcript(session: str, transport: Transport, root: Path | None = None
 # --- recording ---------------------------------------------------------------------------------------------
 
 
-class _Wire:
-    """The recorder's side of one transport: send a client message, receive the server's next one."""
+class ServerProcess:
+    """The recorded server (plus `extra` arguments, e.g. a planted fault) over one transport, driven as a
+    client: send a client message, receive the server's next one. The recorder and the replay tests use it."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, extra: tuple[str, ...] = ()) -> None:
         self.transport = transport
         self.process = subprocess.Popen(
-            [*SERVER_ARGV, *(["--websocket"] if transport is Transport.WEBSOCKET else [])],
+            [*SERVER_ARGV, *extra, *(["--websocket"] if transport is Transport.WEBSOCKET else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -286,7 +287,7 @@ def _read(stream: IO[bytes], size: int) -> bytes:
 def record(session: str, transport: Transport) -> Transcript:
     """Run one session against a fresh server and keep every message."""
     steps = _sessions()[session]
-    wire = _Wire(transport)
+    wire = ServerProcess(transport)
     try:
         messages = [wire.receive()]  # hello
         for step in steps:
