@@ -9,8 +9,10 @@ share of pairs that produced the same codes; errors; and flags for any sign that
 
 from __future__ import annotations
 
+import difflib
 import enum
 import html
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +43,22 @@ class Side:
 
     label: str  # how tables name it ("websocket", "reference", "baseline run 2026...")
     frame: pd.DataFrame  # its records (qtts_eval.results.load_run), one pipeline only
+
+
+def pick_candidate(names: Collection[str], wanted: str | None, baseline: str | None) -> str:
+    """The pipeline to compare: `wanted` when given (a misspelling gets a suggestion), else the run's only
+    pipeline other than `baseline` (None: the run's only pipeline)."""
+    present = sorted(str(name) for name in names)
+    if wanted:
+        if wanted not in present:
+            close = difflib.get_close_matches(wanted, present, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ResultsError(f"no {wanted!r} records in this run{hint} Its pipelines: {', '.join(present)}")
+        return wanted
+    others = [name for name in present if name != baseline]
+    if len(others) != 1:
+        raise ResultsError(f"name the pipeline to compare (the candidate); this run has {', '.join(others)}")
+    return others[0]
 
 
 def within_run(frame: pd.DataFrame, candidate: str, baseline: str = "reference") -> tuple[Side, Side]:

@@ -336,18 +336,7 @@ def comparison_table(frame: pd.DataFrame, candidate: str = "", reference: str = 
     the median of paired ratios candidate / reference of first playable, first byte, RTF and memory with
     bootstrap intervals, the share of pairs with the same codes, errors, and the same-work flags.
     ``candidate`` "" is the run's only pipeline other than ``reference``."""
-    present = sorted(str(name) for name in frame["pipeline"].unique())
-    others = [name for name in present if name != reference]
-    if reference not in present:
-        raise ResultsError(f"no {reference!r} records in this run; its pipelines: {', '.join(present)}")
-    if not candidate:
-        if len(others) != 1:
-            raise ResultsError(f"set CANDIDATE to one of this run's pipelines: {', '.join(others) or 'none'}")
-        candidate = others[0]
-    if candidate not in present:
-        close = difflib.get_close_matches(candidate, others, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ResultsError(f"no {candidate!r} records in this run{hint} Its pipelines: {', '.join(present)}")
+    candidate = compare.pick_candidate(set(frame["pipeline"]), candidate, reference)
     table = compare.compare(*compare.within_run(frame, candidate, reference))
     return table.assign(candidate=candidate, reference=reference)
 

@@ -31,25 +31,16 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def _candidate(names: set[str], wanted: str | None, baseline: str | None) -> str:
-    if wanted is not None:
-        return wanted
-    others = sorted(names - {baseline}) if baseline else sorted(names)
-    if len(others) != 1:
-        raise ResultsError(f"name the pipeline to compare with --candidate; this run has {', '.join(others)}")
-    return others[0]
-
-
 def run(args: argparse.Namespace) -> int:
     frame = load_run(args.run_dir)
     if frame.empty:
         raise ResultsError(f"{args.run_dir} holds no records")
     names = set(frame["pipeline"])
     if args.baseline_run is None:
-        name = _candidate(names, args.candidate, args.baseline)
+        name = compare.pick_candidate(names, args.candidate, args.baseline)
         candidate, baseline = compare.within_run(frame, name, args.baseline)
     else:
-        name = _candidate(names, args.candidate, None)
+        name = compare.pick_candidate(names, args.candidate, None)
         before = load_run(args.baseline_run)
         candidate = compare.Side(f"{name} ({args.run_dir.name})", frame[frame["pipeline"] == name])
         baseline = compare.Side(f"{name} ({args.baseline_run.name})", before[before["pipeline"] == name])
