@@ -72,3 +72,7 @@ class NoSpeechError(MetricError):
 
 class GateError(QttsEvalError):
     """A gates file, or runs given to gates, that cannot be read or used (unknown key, bad value, no run)."""
+
+
+class StatsError(QttsEvalError):
+    """A statistic or test that cannot be computed as asked: an unknown statistic, too few values."""

@@ -1,10 +1,10 @@
 """Results history: every run under a results directory, in time order, with step detection.
 
-A *series* is the runs of one pipeline on one machine and model: same fixture set, GPU, CPU, device, dtype
-and weights (SERIES_ENV). Step detection runs within a series, never across one, so a new machine or dtype
-is not mistaken for a code change. (Gates are stricter: they compare two runs only when their whole
-environment and work agree, qtts_eval.gates.comparability_problem; a history shows a pipeline's options
-changing as steps within its series.)
+A *series* is the runs of one pipeline that are comparable as gates compare runs (qtts_eval.comparability:
+same machine, software stack, model and weights, settings, candidate identity, work and cells; only the code
+under test changes): its key is ``comparability.series_key``. Step detection runs within a series, never
+across one, so a new machine, setting or candidate is not mistaken for a code change. ``may_differ`` names
+env_ columns that may change within a series on purpose, as a gates file's setting does.
 
 **Step detection.** For a metric, every boundary between consecutive runs of a series is a candidate:
 the per-request values of up to ``window`` runs before it are pooled, as are those of up to ``window`` runs
@@ -17,7 +17,7 @@ kept: the run where the metric changed. Two real steps in adjacent runs in the s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,22 +25,13 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from qtts_eval import comparability
 from qtts_eval.errors import ResultsError
-from qtts_eval.gates import segment_problem
+from qtts_eval.metrics.stats import MIN_PER_SIDE, two_sample_p_value
 from qtts_eval.results import RUN_FILE, RunStore, records_frame
 
 # Columns whose medians the history lists (those present in the records).
 KEY_METRICS = ("first_byte_s", "rtf", "wall_s", "peak_mem_bytes", "speaker_sim")
-# Environment columns whose values define a series.
-SERIES_ENV = (
-    "env_fixtures_hash",
-    "env_gpu_name",
-    "env_cpu",
-    "env_device",
-    "env_dtype",
-    "env_weights_hash",
-)
-MIN_WINDOW_SAMPLES = 4  # per side: fewer and Mann-Whitney cannot reach p < 0.05 (4 vs 4: p = 1/70 one-sided)
 
 
 @dataclass(frozen=True)
@@ -75,22 +66,20 @@ def detect_steps(series: Sequence[npt.ArrayLike], options: StepOptions = StepOpt
     """Steps in a sequence of runs, each given as its per-request values, oldest first."""
     if options.window < 1:
         raise ResultsError(f"step window must be at least 1 run, got {options.window}")
-    from scipy.stats import mannwhitneyu
-
     runs = [np.asarray(values, dtype=np.float64) for values in series]
     runs = [values[np.isfinite(values)] for values in runs]
     candidates: list[Step] = []
     for k in range(1, len(runs)):
         before = np.concatenate(runs[max(0, k - options.window) : k])
         after = np.concatenate(runs[k : k + options.window])
-        if min(before.size, after.size) < MIN_WINDOW_SAMPLES:
+        if min(before.size, after.size) < MIN_PER_SIDE:
             continue
         centre_before, centre_after = float(np.median(before)), float(np.median(after))
         if centre_before == 0:
             continue  # a relative change from 0 is undefined
         change = (centre_after - centre_before) / abs(centre_before)
-        p_value = float(mannwhitneyu(after, before, alternative="two-sided").pvalue)
-        if abs(change) >= options.min_change and p_value < options.alpha:
+        p_value = two_sample_p_value(after, before)
+        if p_value is not None and abs(change) >= options.min_change and p_value < options.alpha:
             candidates.append(Step(k, centre_before, centre_after, change, p_value))
     clusters: list[list[Step]] = []
     for step in candidates:
@@ -108,19 +97,14 @@ def _run_dirs(root: Path) -> list[Path]:
     return sorted(path.parent for path in root.rglob(RUN_FILE))
 
 
-def _machine(frame: pd.DataFrame) -> str:
-    for column in ("env_gpu_name", "env_cpu"):
-        if column in frame and frame[column].notna().any():
-            return str(frame[column].dropna().iloc[0])
-    return "?"
-
-
 def _first(frame: pd.DataFrame, column: str) -> object:
     return frame[column].dropna().iloc[0] if column in frame and frame[column].notna().any() else None
 
 
-def load_history(root: Path) -> History:
-    """Every run directory under ``root`` (recursively), one row per run and pipeline, oldest first."""
+def load_history(root: Path, may_differ: Iterable[str] = ()) -> History:
+    """Every run directory under ``root`` (recursively), one row per run and pipeline, oldest first; runs
+    whose ``may_differ`` env_ columns differ stay in one series."""
+    allowed = frozenset(may_differ)
     rows: list[dict[str, object]] = []
     frames: list[pd.DataFrame] = []
     for directory in _run_dirs(root):
@@ -131,14 +115,14 @@ def load_history(root: Path) -> History:
             continue
         for pipeline, group in records.groupby("pipeline"):
             ok = group[group["status"] == "ok"]
-            series = _series_key(str(pipeline), group)
+            series = comparability.series_key(group, allowed)
             commit = _first(group, "env_git_commit")
             row: dict[str, object] = {
                 "run_id": header.get("run_id", directory.name),
                 "created_at": header.get("created_at", ""),
                 "commit": str(commit)[:10] if commit else None,
                 "dirty": _first(group, "env_git_dirty"),
-                "machine": _machine(group),
+                "machine": comparability.machine(group),
                 "model": _first(group, "env_model_ref"),
                 "synthetic": bool(_first(group, "env_synthetic")),
                 "dtype": _first(group, "env_dtype"),
@@ -146,7 +130,7 @@ def load_history(root: Path) -> History:
                 "n": len(ok),
                 "errors": len(group) - len(ok),
                 # Resumed on another machine or commit: its records are not one segment (gates refuse it).
-                "mixed": segment_problem(group) is not None,
+                "mixed": comparability.segment_difference(group) is not None,
                 "series": series,
                 "path": str(directory),
             }
@@ -159,14 +143,6 @@ def load_history(root: Path) -> History:
         raise ResultsError(f"{root}: no runs with records (a run directory holds {RUN_FILE})")
     runs = pd.DataFrame(rows).sort_values(["created_at", "run_id"], kind="stable").reset_index(drop=True)
     return History(runs=runs, records=pd.concat(frames, ignore_index=True))
-
-
-def _series_key(pipeline: str, frame: pd.DataFrame) -> str:
-    parts = [pipeline]
-    for column in SERIES_ENV:
-        value = _first(frame, column)
-        parts.append("" if value is None else str(value))
-    return "|".join(parts)
 
 
 def history_steps(history: History, metric: str, options: StepOptions = StepOptions()) -> pd.DataFrame:

@@ -12,7 +12,7 @@ PACKAGE = Path(qtts_eval.__file__).parent
 # Lowest first (README "Layout"). Keys are top-level modules or subpackages of qtts_eval.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"units", "errors"}),
-    frozenset({"environment", "budget", "fixtures", "checkpoints"}),
+    frozenset({"environment", "budget", "fixtures", "checkpoints", "comparability"}),
     frozenset({"pipelines"}),
     frozenset({"metrics"}),
     frozenset({"measure", "results", "summary"}),
