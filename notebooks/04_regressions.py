@@ -28,13 +28,16 @@ CURRENT_RUN = ""  # the run to gate ("" = the newest)
 BASELINE_RUNS: tuple[str, ...] = ()  # runs to gate it against (() = the three oldest runs of its series)
 
 # %%
+from dataclasses import replace
 from pathlib import Path
 
 from qtts_eval import report
 from qtts_eval.gates import evaluate, load_gates, load_inputs, results_table
 from qtts_eval.history import history_steps, load_history
 
-history = load_history(report.demo_history() if DEMO else Path(RESULTS_ROOT))
+# The demo's slowdown is planted by changing the calibration pipeline's delays, which its records state.
+MAY_DIFFER = report.DEMO_MAY_DIFFER if DEMO else frozenset()
+history = load_history(report.demo_history() if DEMO else Path(RESULTS_ROOT), MAY_DIFFER)
 history.runs.drop(columns=["series", "path"])
 
 # %%
@@ -51,4 +54,6 @@ fig = report.plot_history(history, METRIC, steps)
 # %%
 current, baselines = report.gate_runs(history, CURRENT_RUN, BASELINE_RUNS)
 print(f"{current.name} against {', '.join(path.name for path in baselines)}")
-results_table(evaluate(load_gates(Path(GATES)), load_inputs(current, baselines)))
+spec = load_gates(Path(GATES))
+spec = replace(spec, may_differ=spec.may_differ | MAY_DIFFER)
+results_table(evaluate(spec, load_inputs(current, baselines)))

@@ -4,7 +4,11 @@ Requests are paired on what they asked for (fixture, voice, mode, repeat), so ev
 like. Per fixture and mode, and over all pairs, it reports the median of the paired ratios candidate /
 baseline of first_playable (the headline: ports ramp their first chunks differently, so first byte alone
 misleads), first byte, RTF and peak memory, each with a bootstrap interval (qtts_eval.metrics.stats); the
-share of pairs that produced the same codes; errors; and flags for any sign that the two did different work.
+share of pairs that produced the same codes; errors on both sides; flags for any sign that the two did
+different work or failed (the command exits 1 on one); and notes for documented conventions that are not
+faults (a port returning the whole frame budget, docs/parity.md). The two sides must be comparable
+(qtts_eval.comparability): the same machine and commit for two pipelines of one run, the same machine, stack,
+model, settings and cells for a baseline run; otherwise the comparison is refused, naming the difference.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from __future__ import annotations
 import difflib
 import enum
 import html
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
+from qtts_eval import comparability
 from qtts_eval.bench import REFERENCE
 from qtts_eval.errors import ResultsError
 from qtts_eval.metrics.stats import Percentile, format_percentile, percentile_ci
@@ -32,9 +38,20 @@ class Flag(str, enum.Enum):
 
     CODES_DIFFER = "codes_differ"  # some pair produced different codes on frames both sides produced
     STOPS_EARLIER = "stops_earlier"  # the candidate generated fewer frames than the baseline
-    STOPS_LATER = "stops_later"  # the candidate generated more frames
+    # More frames than the baseline, beyond the budget convention (Note.WHOLE_BUDGET): a runaway, or a stop
+    # the baseline did not make.
+    STOPS_LATER = "stops_later"
     ERRORS = "errors"  # some candidate request failed
+    BASELINE_ERRORS = "baseline_errors"  # some baseline request failed: its pairs compare nothing
     NO_CODES = "no_codes"  # no codes to compare: same work is unknown, not assumed
+
+
+class Note(str, enum.Enum):
+    """A documented convention a row shows that is not a fault: it never makes the comparison fail."""
+
+    # The frame-budget convention (docs/parity.md): capped at budget N, the reference returns N - 1 frames and
+    # a port that honours the budget literally returns N, one more, with the same codes on the common frames.
+    WHOLE_BUDGET = "whole_budget"
 
 
 @dataclass(frozen=True)
@@ -61,8 +78,11 @@ def pick_candidate(names: Collection[str], wanted: str | None, baseline: str | N
     return others[0]
 
 
-def within_run(frame: pd.DataFrame, candidate: str, baseline: str = "reference") -> tuple[Side, Side]:
-    """Two pipelines of one run; the candidate's records carry same-work columns against the reference."""
+def within_run(
+    frame: pd.DataFrame, candidate: str, baseline: str = "reference", may_differ: Iterable[str] = ()
+) -> tuple[Side, Side]:
+    """Two pipelines of one run; the candidate's records carry same-work columns against the reference.
+    Refused when the two were not measured on one machine and commit (comparability.Scope.PIPELINES)."""
     names = set(frame["pipeline"])
     for name in (candidate, baseline):
         if name not in names:
@@ -71,10 +91,49 @@ def within_run(frame: pd.DataFrame, candidate: str, baseline: str = "reference")
         raise ResultsError(
             "candidate and baseline are the same pipeline; name another, or give --baseline-run"
         )
-    return (
+    sides = (
         Side(candidate, frame[frame["pipeline"] == candidate]),
         Side(baseline, frame[frame["pipeline"] == baseline]),
     )
+    _check(sides, comparability.Scope.PIPELINES, may_differ)
+    return sides
+
+
+def between_runs(
+    current: pd.DataFrame,
+    before: pd.DataFrame,
+    pipeline: str,
+    labels: tuple[str, str] = ("current", "baseline run"),
+    may_differ: Iterable[str] = (),
+) -> tuple[Side, Side]:
+    """One pipeline's records in a run and in a baseline run. Refused when the runs are not comparable
+    (comparability.Scope.RUNS: another machine, GPU, stack, model, setting, candidate or cells) unless
+    ``may_differ`` names the env_ columns that differ on purpose."""
+    if pipeline not in set(before["pipeline"]):
+        present = ", ".join(sorted(map(str, set(before["pipeline"]))))
+        raise ResultsError(f"the baseline run has no {pipeline!r} records; it has {present}")
+    sides = (
+        Side(f"{pipeline} ({labels[0]})", current[current["pipeline"] == pipeline]),
+        Side(f"{pipeline} ({labels[1]})", before[before["pipeline"] == pipeline]),
+    )
+    _check(sides, comparability.Scope.RUNS, may_differ)
+    return sides
+
+
+def _check(sides: tuple[Side, Side], scope: comparability.Scope, may_differ: Iterable[str]) -> None:
+    candidate, baseline = sides
+    found = comparability.difference(
+        baseline.frame, candidate.frame, scope, may_differ, names=(baseline.label, candidate.label)
+    )
+    if found is not None:
+        allow = (
+            f"; to compare anyway, allow it: --may-differ {found.column}"
+            if found.column.startswith("env_")
+            else ""
+        )
+        raise ResultsError(
+            f"{candidate.label} and {baseline.label} are not comparable: {found.message}{allow}"
+        )
 
 
 def compare(candidate: Side, baseline: Side) -> pd.DataFrame:
@@ -123,22 +182,38 @@ def _same_codes(pairs: pd.DataFrame) -> pd.Series:
     return same
 
 
+def _whole_budget(pairs: pd.DataFrame) -> npt.NDArray[np.bool_]:
+    """Per pair: the candidate returned the whole frame budget where the baseline returned budget - 1."""
+    if "frame_budget" not in pairs:
+        return np.zeros(len(pairs), dtype=bool)
+    frames = pairs["frames_generated"].to_numpy(dtype=np.float64, na_value=np.nan)
+    base = pairs["frames_generated_base"].to_numpy(dtype=np.float64, na_value=np.nan)
+    budget = pairs["frame_budget"].to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.asarray((frames == budget) & (base == budget - 1), dtype=bool)
+
+
 def _row(fixture: str, mode: str, pairs: pd.DataFrame) -> dict[str, object]:
     ok = pairs[(pairs["status"] == "ok") & (pairs["status_base"] == "ok")]
     same = _same_codes(ok).dropna()
     frames = ok["frames_generated"].to_numpy(dtype=np.float64) - ok["frames_generated_base"].to_numpy(
         dtype=np.float64
     )
+    convention = _whole_budget(ok)
     errors = int((pairs["status"] != "ok").sum())
-    flags = []
+    errors_base = int((pairs["status_base"] != "ok").sum())
+    flags, notes = [], []
     if len(same) and not bool(same.all()):
         flags.append(Flag.CODES_DIFFER)
     if (frames < 0).any():
         flags.append(Flag.STOPS_EARLIER)
-    if (frames > 0).any():
+    if ((frames > 0) & ~convention).any():
         flags.append(Flag.STOPS_LATER)
+    if (frames > 0).any() and convention.any():
+        notes.append(Note.WHOLE_BUDGET)
     if errors:
         flags.append(Flag.ERRORS)
+    if errors_base:
+        flags.append(Flag.BASELINE_ERRORS)
     if len(ok) and not len(same):
         flags.append(Flag.NO_CODES)
     row: dict[str, object] = {
@@ -146,10 +221,11 @@ def _row(fixture: str, mode: str, pairs: pd.DataFrame) -> dict[str, object]:
         "mode": mode,
         "pairs": len(pairs),
         "errors": errors,
-        "errors_base": int((pairs["status_base"] != "ok").sum()),
+        "errors_base": errors_base,
         "codes_match": float(same.mean()) if len(same) else float("nan"),
         "frames_diff_max": float(np.max(np.abs(frames))) if frames.size else float("nan"),
         "flags": ",".join(flag.value for flag in flags),
+        "notes": ",".join(note.value for note in notes),
     }
     for metric in RATIO_METRICS:
         p = _ratio(pairs, metric)
@@ -165,6 +241,7 @@ def _row(fixture: str, mode: str, pairs: pd.DataFrame) -> dict[str, object]:
 def _display(table: pd.DataFrame) -> pd.DataFrame:
     """The table as text cells: ratios as 'median [low, high]', codes match in percent."""
     shown = table[["fixture_id", "mode", "pairs", "errors"]].copy()
+    shown["baseline errors"] = table["errors_base"]
     for metric in RATIO_METRICS:
         shown[metric.removesuffix("_s").removesuffix("_bytes") + " x"] = [
             format_percentile(
@@ -177,6 +254,7 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
         ]
     shown["codes match"] = ["-" if np.isnan(v) else f"{100 * v:.0f} %" for v in table["codes_match"]]
     shown["flags"] = [flags or "-" for flags in table["flags"]]
+    shown["notes"] = [notes or "-" for notes in table["notes"]]
     return shown
 
 
@@ -205,5 +283,19 @@ def to_html(table: pd.DataFrame, heading: str) -> str:
 
 
 def flagged(table: pd.DataFrame) -> bool:
-    """Any row says the two sides did different work, or the candidate failed."""
+    """Any row says the two sides did different work, or either side failed (notes never count)."""
     return bool((table["flags"] != "").any())
+
+
+def error_lines(candidate: Side, baseline: Side) -> list[str]:
+    """One line per side with failed requests: how many of its requests, and the first error."""
+    lines = []
+    for side in (candidate, baseline):
+        failed = side.frame[side.frame["status"] != "ok"]
+        if len(failed):
+            reasons = failed["error"].dropna() if "error" in failed else pd.Series(dtype=object)
+            first = str(reasons.iloc[0]) if len(reasons) else str(failed["status"].iloc[0])
+            lines.append(
+                f"{side.label}: {len(failed)} of {len(side.frame)} requests failed; first: {first[:200]}"
+            )
+    return lines

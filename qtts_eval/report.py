@@ -49,6 +49,9 @@ DEMO_HISTORY_RUN = BenchConfig(
     options={"first_chunk_ms": 40.0, "gap_ms": 10.0, "chunks": 3},
 )
 DEMO_STEP_FACTOR = 1.3  # the planted slowdown: every delay 30 % longer
+# The calibration pipeline records its delays as env_ facts: the demo's planted slowdown is a change of them,
+# which history and gates must be told to allow (may_differ) to see it as a step of one series.
+DEMO_MAY_DIFFER = frozenset({"env_first_chunk_ms", "env_gap_ms"})
 # The demo comparison: the reference in-process against the same reference served over stdio by
 # `qtts-eval worker` (a real wire candidate), both streamed. Two texts, two repeats, no speaker embedder.
 DEMO_COMPARE_RUN = BenchConfig(

@@ -449,3 +449,69 @@ def test_committed_example_gates_file_parses() -> None:
         isinstance(gate, MetricGate) and gate.statistic == "p95" and gate.max_regression
         for gate in spec.gates
     )
+
+
+# --- the documented recipes are one segment; a machine or commit change mid-run is not ----------------------
+
+
+def _two_pipelines(**candidate: object) -> pd.DataFrame:
+    """The reference and a port in one run, as the error gate sees them: each with its own dtype name."""
+    reference = _frame([1.0] * 4, fixtures=("a", "b")).assign(pipeline="reference")
+    port = _frame([2.0] * 4, fixtures=("a", "b")).assign(pipeline="qwentts-cpp", env_dtype="F32")
+    return pd.concat([reference, port.assign(**candidate)], ignore_index=True)
+
+
+def test_error_gate_accepts_reference_and_port_with_their_own_dtype_names() -> None:
+    result = _one(ErrorGate(), _two_pipelines())
+    assert result.outcome is Outcome.PASS, result.report()
+    assert {g.group.split()[0] for g in result.groups} == {"reference", "qwentts-cpp"}
+
+
+def test_gates_accept_the_per_mode_prompt_layout_of_non_streaming_mode_xvector() -> None:
+    """--non-streaming-mode xvector: x-vector requests ask the whole-text layout, ICL ones the default."""
+
+    def run(values: list[float], **columns: object) -> pd.DataFrame:
+        frame = _frame(values * 2, **columns)
+        frame["mode"] = ["xvector"] * len(values) + ["icl"] * len(values)
+        frame["repeat"] = list(range(len(values))) * 2
+        frame["env_non_streaming_mode"] = frame["mode"] == "xvector"
+        return frame
+
+    baseline, current = run([1.0] * 5), run([2.0] * 5, env_git_commit="c2")
+    assert _one(ErrorGate(), current).outcome is Outcome.PASS
+    result = _one(RTF_GATE, current, baseline)
+    assert result.outcome is Outcome.FAIL and len(result.groups) == 2, result.report()  # compared, per mode
+    other_layout = current.assign(env_non_streaming_mode=False)  # the same cells in another layout
+    refused = _one(RTF_GATE, other_layout, baseline)
+    assert refused.outcome is Outcome.REFUSED and "different requests" in refused.report()
+
+
+def test_gates_accept_a_two_node_ray_run() -> None:
+    """Two loopback Ray nodes on one machine: node id and load average differ per record, nothing else."""
+    nodes = {"env_ray_node_id": ["node-a", "node-b"] * 3, "env_loadavg_1m": [0.5, 1.5] * 3}
+    current = _frame([2.0] * 6, env_git_commit="c2", **nodes)
+    assert _one(ErrorGate(), current).outcome is Outcome.PASS
+    assert _one(RTF_GATE, current, _frame([1.0] * 6, **nodes)).outcome is Outcome.FAIL  # compared
+
+
+@pytest.mark.parametrize(
+    ("planted", "named"),
+    [
+        ({"env_cpu": "cpu-b"}, "env_cpu"),
+        ({"env_gpu_name": "NVIDIA A100"}, "env_gpu_name"),
+        ({"env_git_commit": "c2"}, "env_git_commit"),
+        ({"env_torch": "2.11.0"}, "env_torch"),
+    ],
+)
+def test_a_machine_or_commit_change_mid_run_is_refused(planted: dict[str, object], named: str) -> None:
+    current = _two_pipelines(env_gpu_name="NVIDIA H100", env_torch="2.9.1")
+    later = current.index[current["pipeline"] == "qwentts-cpp"][2:]  # the port's last two requests
+    for column, value in planted.items():
+        current.loc[later, column] = value
+    result = _one(ErrorGate(), current)
+    assert result.outcome is Outcome.REFUSED, result.report()
+    assert f"(qwentts-cpp) mixes segments with different {named}" in result.report()
+    port = current[current["pipeline"] == "qwentts-cpp"]
+    baseline = _two_pipelines(env_gpu_name="NVIDIA H100", env_torch="2.9.1")
+    baseline = baseline[baseline["pipeline"] == "qwentts-cpp"]
+    assert _one(RTF_GATE, port, baseline).outcome is Outcome.REFUSED

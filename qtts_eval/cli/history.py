@@ -41,11 +41,18 @@ def add_parser(commands: Any) -> None:
         "--min-change", type=float, default=_DEFAULTS.min_change, help="relative change a step needs"
     )
     parser.add_argument("--alpha", type=float, default=_DEFAULTS.alpha, help="Mann-Whitney significance")
+    parser.add_argument(
+        "--may-differ",
+        action="append",
+        default=[],
+        metavar="ENV_COLUMN",
+        help="an env_ column that may change within a series on purpose (repeatable), as in gates files",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    history = load_history(args.results)
+    history = load_history(args.results, args.may_differ)
     options = StepOptions(window=args.window, min_change=args.min_change, alpha=args.alpha)
     table = history.runs.copy()
     table["steps"] = ""
