@@ -11,7 +11,7 @@ from qtts_eval.metrics.latency import (
     latency_columns,
     playback_underruns,
 )
-from qtts_eval.metrics.stats import percentile_ci
+from qtts_eval.metrics.stats import format_percentile, min_interval_n, percentile_ci
 from qtts_eval.pipelines.base import CloneMode, PipelineConfig, Request
 from qtts_eval.pipelines.calibration import CalibrationPipeline
 
@@ -40,12 +40,20 @@ def test_latency_columns_split_first_byte() -> None:
 
 def test_percentile_interval_covers_the_value() -> None:
     rng = np.random.default_rng(1)
-    values = rng.normal(100, 10, 200).tolist()
+    values = rng.normal(100, 10, 400).tolist()
     p50 = percentile_ci(values, 50)
-    assert p50.low <= p50.value <= p50.high and p50.n == 200
+    assert p50.low <= p50.value <= p50.high and p50.n == 400
     assert p50.low > 95 and p50.high < 105
     p99 = percentile_ci(values, 99)
     assert p99.high - p99.low > p50.high - p50.low  # tails are less certain
+
+
+def test_too_few_values_give_no_interval() -> None:
+    assert (min_interval_n(50), min_interval_n(95), min_interval_n(99)) == (6, 59, 299)
+    one = percentile_ci([0.27], 50)
+    assert one.value == 0.27 and not one.has_interval
+    assert format_percentile(one, digits=2) == "0.27 (n too small: no interval, n=1)"
+    assert not percentile_ci([1.0] * 200, 99).has_interval and percentile_ci([1.0] * 6, 50).has_interval
 
 
 def test_harness_measures_injected_delays() -> None:
