@@ -1,0 +1,61 @@
+"""compare refuses incomparable sides, shows and flags baseline errors, and notes the budget convention."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from qtts_eval import compare
+from qtts_eval.errors import ResultsError
+
+
+def _records(pipeline: str, frames: int = 40, **columns: object) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "run_id": "r1",
+            "pipeline": pipeline,
+            "fixture_id": "en_short",
+            "voice_id": "slt",
+            "mode": "xvector",
+            "repeat": list(range(6)),
+            "status": "ok",
+            "error": None,
+            "frame_budget": 41,
+            "frames_generated": frames,
+            "first_byte_s": 0.4,
+            "first_playable_s": 0.8,
+            "rtf": 1.0,
+            "codes_digest": "d",
+            "env_gpu_name": "NVIDIA H100",
+            "env_git_commit": "c1",
+            **columns,
+        }
+    )
+
+
+def test_a_baseline_run_on_another_gpu_is_refused() -> None:
+    current, before = _records("port"), _records("port", env_gpu_name="NVIDIA A100", run_id="r0")
+    with pytest.raises(ResultsError, match=r"different gpu_name.*--may-differ env_gpu_name"):
+        compare.between_runs(current, before, "port")
+    allowed = compare.between_runs(current, before, "port", may_differ=["env_gpu_name"])
+    assert not compare.flagged(compare.compare(*allowed))
+
+
+def test_all_reference_errors_are_shown_and_flagged() -> None:
+    failed = _records("reference", status="error", error="RuntimeError: out of memory")
+    frame = pd.concat([failed, _records("port")], ignore_index=True)
+    sides = compare.within_run(frame, "port")
+    table = compare.compare(*sides)
+    assert compare.flagged(table) and "baseline_errors" in table["flags"].iloc[0]
+    assert "baseline errors" in compare.to_text(table)
+    assert any(
+        "6 of 6 requests failed" in line and "out of memory" in line for line in compare.error_lines(*sides)
+    )
+
+
+def test_the_whole_budget_convention_is_a_note_and_a_runaway_a_flag() -> None:
+    honest = pd.concat([_records("reference"), _records("port", frames=41)], ignore_index=True)
+    table = compare.compare(*compare.within_run(honest, "port"))
+    assert table["notes"].iloc[0] == "whole_budget" and not compare.flagged(table)
+    runaway = pd.concat([_records("reference", frames=20), _records("port", frames=41)], ignore_index=True)
+    assert "stops_later" in compare.compare(*compare.within_run(runaway, "port"))["flags"].iloc[0]
