@@ -40,19 +40,27 @@ class Status(str, enum.Enum):
     PASS = "pass"  # within every threshold of the profile
     FAIL = "fail"  # a threshold, shape or exactness requirement broken, or a required stage missing
     UNCLASSIFIED = "unclassified"  # codes diverge and no evidence says whether it is a near tie or real
+    INHERITED = "inherited"  # codes differ after an upstream stage failed: that failure is the cause
     SKIP = "skip"  # not comparable here: an upstream discrete input differs, or no common frames
     MISSING = "missing"  # optional stage the candidate did not dump: counted as not covered
     INFO = "info"  # computed and shown, never gated (report-only profile, reference-only tensors)
 
 
-COMPARED = (Status.PASS, Status.FAIL, Status.UNCLASSIFIED)  # statuses of stages whose numbers were compared
+COMPARED = (
+    Status.PASS,
+    Status.FAIL,
+    Status.UNCLASSIFIED,
+    Status.INHERITED,
+)  # statuses of stages whose numbers were compared
 
 
 class FlipKind(str, enum.Enum):
     """What a code divergence is."""
 
     NEAR_TIE = "near_tie"  # the reference's margin is within what the candidate's error explains
-    REAL = "real"  # positive evidence: the margin is larger than the candidate's measured error at it
+    REAL = "real"  # the candidate's logits reproduce its code and the margin exceeds its error elsewhere
+    DECISION_RULE = "decision_rule"  # its logits pick the reference's code, it emitted another (penalty, ...)
+    INHERITED = "inherited"  # follows an upstream stage's failure (Divergence.inherited_from)
     UNCLASSIFIED = "unclassified"  # no evidence either way (the candidate did not dump what would decide)
 
 
@@ -60,7 +68,8 @@ class Evidence(str, enum.Enum):
     """What a divergence's classification rests on."""
 
     CANDIDATE_LOGITS = "candidate_logits"  # the candidate's own numbers for this decision (logits, RVQ input)
-    FORCED_RUN = "forced_run"  # the teacher-forced run (its logits at this decision, or its verdict after it)
+    FORCED_RUN = "forced_run"  # the teacher-forced run's logits of the same network at this decision
+    UPSTREAM_FAILURE = "upstream_failure"  # a stage upstream of the decision failed (free or forced run)
     MEASURED_ERROR = "measured_error"  # a bound from the candidate's error in another stage it dumped
     NONE = "none"  # nothing decides it
 
@@ -104,6 +113,10 @@ class Divergence:
     kind: FlipKind  # near tie, real, or unclassified
     evidence: Evidence  # what the classification rests on
     evidence_note: str  # the evidence in words, e.g. "2 x max logit error of talker.logits rows 0-2"
+    inherited_from: str = (
+        ""  # the failing upstream stage of an inherited flip, e.g. "talker.prefill.layer.01"
+    )
+    replayed_code: int | None = None  # the code the candidate's logits pick under the requested decision rule
 
 
 @dataclass(frozen=True)
@@ -237,6 +250,10 @@ def _nonfinite_note(side: str, array: npt.NDArray[Any]) -> str | None:
     return (
         f"the {side} holds {bad.size} NaN or infinite values of {array.size} (first at flat index {bad[0]})"
     )
+
+
+# kind, candidate error bound, evidence, evidence note, inherited_from, replayed code (Divergence fields)
+_Found = tuple[FlipKind, float | None, Evidence, str, str, int | None]
 
 
 class _Comparer:
@@ -516,10 +533,14 @@ class _Comparer:
         where = describe_divergence(divergence)
         if key == "codes" and self.meta.forces(ForcedInput.CODES):
             return Status.FAIL, f"teacher-forced codes were not followed at {where}"
+        if divergence.kind is FlipKind.INHERITED:  # the upstream stage fails the run and names the cause
+            return Status.INHERITED, f"inherited from {divergence.inherited_from} at {where}"
         if self.profile.codes_exact(key):
             return Status.FAIL, f"first divergence at {where} ({self.profile.exact_codes_source})"
         if divergence.kind is FlipKind.REAL:
             return Status.FAIL, f"real disagreement at {where}"
+        if divergence.kind is FlipKind.DECISION_RULE:
+            return Status.FAIL, f"decision-rule difference at {where}"
         if divergence.kind is FlipKind.UNCLASSIFIED:
             return Status.UNCLASSIFIED, f"unclassified divergence at {where}"
         return Status.PASS, f"near-tie flip at {where}"
@@ -527,93 +548,165 @@ class _Comparer:
     def classify(self, key: str, frame: int, codebook: int) -> Divergence:
         ref_code, cand_code = int(self.ref[key][frame, codebook]), int(self.cand[key][frame, codebook])
         if key == "codec_enc.codes":
-            margin = (
-                float(self.ref["codec_enc.margin"][frame, codebook])
-                if "codec_enc.margin" in self.ref
-                else 0.0
-            )
-            kind, error, evidence, note = self.classify_encoder(frame, codebook, margin)
+            margins = self.ref.get("codec_enc.margin")
+            margin = 0.0 if margins is None else float(margins[frame, codebook])
+            found = self.classify_encoder(frame, codebook, margin)
         else:
             ref_row = self.ref_decision_logits(frame, codebook)
             top = np.sort(ref_row)[-2:]
             margin = float(top[1] - top[0])
-            kind, error, evidence, note = self.classify_generated(frame, codebook, ref_row, margin)
-        return Divergence(key, frame, codebook, ref_code, cand_code, margin, error, kind, evidence, note)
+            found = self.classify_generated(frame, codebook, ref_row, margin, cand_code)
+        kind, error, evidence, note, inherited_from, replayed = found
+        return Divergence(
+            key, frame, codebook, ref_code, cand_code, margin, error, kind, evidence, note, inherited_from,
+            replayed,
+        )  # fmt: skip
 
-    def classify_encoder(
-        self, frame: int, codebook: int, margin: float
-    ) -> tuple[FlipKind, float | None, Evidence, str]:
+    def classify_encoder(self, frame: int, codebook: int, margin: float) -> _Found:
         name = "codec_enc.rvq_in." + ("semantic" if codebook == 0 else "acoustic")
         if (
             name not in self.ref
             or name not in self.cand
             or self.ref[name].shape[1:] != self.cand[name].shape[1:]
         ):
-            return FlipKind.UNCLASSIFIED, None, Evidence.NONE, f"the candidate did not dump {name}"
+            return FlipKind.UNCLASSIFIED, None, Evidence.NONE, f"the candidate did not dump {name}", "", None
         # Earlier codebooks of this frame agree, so the residuals differ exactly by the input difference;
         # a distance moves by at most that much, a gap by at most twice.
         error = 2.0 * float(np.linalg.norm(self.ref[name][frame] - self.cand[name][frame]))
         note = f"2 x the {name} difference at frame {frame}"
-        return _by_bound(margin, error, self.stage_failed(name)), error, Evidence.CANDIDATE_LOGITS, note
+        upstream = self.upstream_failure()
+        if upstream:
+            return (
+                FlipKind.INHERITED,
+                error,
+                Evidence.UPSTREAM_FAILURE,
+                f"inherited from {upstream}",
+                upstream,
+                None,
+            )
+        kind = FlipKind.NEAR_TIE if margin <= error else FlipKind.REAL
+        return kind, error, Evidence.CANDIDATE_LOGITS, note, "", None
 
     def classify_generated(
-        self, frame: int, codebook: int, ref_row: npt.NDArray[Any], margin: float
-    ) -> tuple[FlipKind, float | None, Evidence, str]:
+        self, frame: int, codebook: int, ref_row: npt.NDArray[Any], margin: float, cand_code: int
+    ) -> _Found:
+        """Logits count only when they reproduce the codes on both sides under the requested decision rule;
+        then an upstream failure makes the flip inherited, else the margin against the candidate's error on
+        the same network's other decisions makes it a near tie or real."""
         stage = "talker.logits" if codebook == 0 else "code_predictor.logits"
-        cand_row = self.cand_decision_logits(self.cand, frame, codebook)
-        if cand_row is not None:
-            # Each of the two competing logits can move by the largest logit error, so the gap by twice it.
-            error = 2.0 * float(np.max(np.abs(ref_row - cand_row)))
-            kind = _by_bound(margin, error, self.stage_failed(stage))
-            return kind, error, Evidence.CANDIDATE_LOGITS, f"2 x max logit error of {stage} at this decision"
-        forced = self.forced_evidence(frame, codebook, ref_row, margin)
-        if forced is not None:
-            return forced
-        for other in ("talker.logits", "code_predictor.logits"):
-            found = self.results.get(other)
-            if found is not None and found.status is Status.PASS and "max_abs" in found.metrics:
-                error = 2.0 * found.metrics["max_abs"]
-                note = f"2 x the candidate's measured max logit error in {other} ({found.note or 'all rows'})"
-                if margin <= error:
-                    return FlipKind.NEAR_TIE, error, Evidence.MEASURED_ERROR, note
-                note += (
-                    ": a larger margin, but measured on other decisions, so not proof of a real disagreement"
-                )
-                return FlipKind.UNCLASSIFIED, error, Evidence.MEASURED_ERROR, note
-        return (
-            FlipKind.UNCLASSIFIED,
-            None,
-            Evidence.NONE,
-            f"the candidate dumped no logits ({stage} would decide)",
-        )
-
-    def forced_evidence(
-        self, frame: int, codebook: int, ref_row: npt.NDArray[Any], margin: float
-    ) -> tuple[FlipKind, float | None, Evidence, str] | None:
-        """Evidence from a teacher-forced run that forced the generated codes: its logits at this decision
-        (the same inputs as the free run's, since every earlier code agreed), else its verdict."""
+        ref_code = int(self.ref["codes"][frame, codebook])
+        if self.replay(ref_row, frame, codebook) != ref_code:
+            note = f"the reference's {stage} do not reproduce its code under {self.rule_words(codebook)}"
+            return FlipKind.UNCLASSIFIED, None, Evidence.NONE, note, "", None
+        sources = [(self.cand, Evidence.CANDIDATE_LOGITS, False)]
         run = self.forced_run
-        if run is None or not run.dump.meta.forces(ForcedInput.CODES):
-            return None
-        cand_row = self.cand_decision_logits(run.dump.tensors, frame, codebook)
-        if cand_row is not None:
-            error = 2.0 * float(np.max(np.abs(ref_row - cand_row)))
-            kind = _by_bound(margin, error, False)
+        if run is not None and run.dump.meta.forces(ForcedInput.CODES):
+            sources.append((run.dump.tensors, Evidence.FORCED_RUN, True))
+        for tensors, evidence, forced in sources:
+            cand_row = self.cand_decision_logits(tensors, frame, codebook)
+            if cand_row is None:
+                continue
+            run_name = "teacher-forced run's" if forced else "candidate's"
+            picked = self.replay(cand_row, frame, codebook)
+            if picked != cand_code:
+                raw = int(np.argmax(cand_row))
+                if ref_code in (picked, raw):
+                    note = (
+                        f"replayed: the {run_name} {stage} pick {picked} under {self.rule_words(codebook)} "
+                        f"(raw argmax {raw}), the reference's code, yet it emitted {cand_code}: its decision "
+                        "rule differs (repetition penalty, suppression or sampling)"
+                    )
+                    return FlipKind.DECISION_RULE, None, evidence, note, "", picked
+                note = (
+                    f"the {run_name} {stage} do not reproduce its code: they pick {picked} under "
+                    f"{self.rule_words(codebook)}, it emitted {cand_code}"
+                )
+                return FlipKind.UNCLASSIFIED, None, evidence, note, "", picked
+            upstream = self.upstream_failure()
+            if upstream:
+                note = f"inherited from {upstream}: the {run_name} {stage} reproduce its code"
+                return FlipKind.INHERITED, None, Evidence.UPSTREAM_FAILURE, note, upstream, picked
+            bound = self.other_decisions_error(tensors, frame, codebook, forced)
+            if bound is None:
+                note = f"the {run_name} {stage} reproduce its code, but no other decision bounds its error"
+                return FlipKind.UNCLASSIFIED, None, evidence, note, "", picked
+            error, where = bound
+            kind = FlipKind.NEAR_TIE if margin <= error else FlipKind.REAL
+            return kind, error, evidence, f"2 x max logit error of the {run_name} {stage} {where}", "", picked
+        upstream = self.upstream_failure()
+        if upstream:
             return (
-                kind,
-                error,
-                Evidence.FORCED_RUN,
-                "2 x max logit error at this decision in the teacher-forced run",
+                FlipKind.INHERITED,
+                None,
+                Evidence.UPSTREAM_FAILURE,
+                f"inherited from {upstream}",
+                upstream,
+                None,
             )
-        first = run.comparison.first_failure
-        if first is not None and first.group in DECISION_UPSTREAM:
-            note = f"the teacher-forced run fails at {first.key}, upstream of this decision"
-            return FlipKind.REAL, None, Evidence.FORCED_RUN, note
-        output = run.comparison.stage("output.wav")
-        if first is None and output is not None and output.status is Status.PASS:
-            note = "the teacher-forced run passes after the flip (same codes in, every stage agrees)"
-            return FlipKind.NEAR_TIE, None, Evidence.FORCED_RUN, note
-        return None
+        found = self.results.get(stage)  # a code-predictor flip is bounded by code-predictor logits only
+        if found is not None and found.status is Status.PASS and "max_abs" in found.metrics:
+            error = 2.0 * found.metrics["max_abs"]
+            note = f"2 x the candidate's measured max logit error in {stage} ({found.note or 'all rows'})"
+            if margin <= error:
+                return FlipKind.NEAR_TIE, error, Evidence.MEASURED_ERROR, note, "", None
+            note += ": a larger margin, but measured on other decisions without this one's logits"
+            return FlipKind.UNCLASSIFIED, error, Evidence.MEASURED_ERROR, note, "", None
+        note = f"no {stage} of this decision in the candidate's dumps (free or teacher-forced)"
+        return FlipKind.UNCLASSIFIED, None, Evidence.NONE, note, "", None
+
+    def replay(self, row: npt.NDArray[Any], frame: int, codebook: int) -> int:
+        """The code the requested greedy rule picks from raw logits: special tokens suppressed (codebook range
+        only) and, for the talker, the repetition penalty on codebook-0 codes already generated (the code
+        predictor has none)."""
+        values = row[: self.codebook_size()].astype(np.float64)
+        penalty = float(self.meta.sampling.get("repetition_penalty", 1.0))
+        if codebook == 0 and penalty != 1.0 and frame:
+            seen = np.unique(self.ref["codes"][:frame, 0])  # earlier codes agree on both sides
+            values[seen] = np.where(values[seen] > 0, values[seen] / penalty, values[seen] * penalty)
+        return int(np.argmax(values))
+
+    def rule_words(self, codebook: int) -> str:
+        penalty = float(self.meta.sampling.get("repetition_penalty", 1.0))
+        if codebook == 0:
+            return f"the requested rule (greedy, repetition penalty {penalty:g}, special tokens suppressed)"
+        return "the requested rule (greedy, no repetition penalty in the code predictor)"
+
+    def upstream_failure(self) -> str:
+        """The first failed stage so far that shapes generated codes ("" if none), then the teacher-forced
+        run's, which shows a stage with the reference's inputs."""
+        for key, found in self.results.items():  # the logits are the decision's own numbers, not upstream
+            if found.status is Status.FAIL and found.group in DECISION_UPSTREAM and found.kind != "logits":
+                return key
+        run = self.forced_run
+        first = None if run is None else run.comparison.first_failure
+        if first is not None and first.group in DECISION_UPSTREAM and first.kind != "logits":
+            return f"{first.key} (teacher-forced)"
+        return ""
+
+    def other_decisions_error(
+        self, tensors: Mapping[str, npt.NDArray[Any]], frame: int, codebook: int, forced: bool
+    ) -> tuple[float, str] | None:
+        """2 x the largest logit error of the same network over its other decisions made on the reference's
+        inputs (free run: the steps before this one; teacher-forced: every other step), with where."""
+        key = "talker.logits" if codebook == 0 else "code_predictor.logits"
+        cand, ref = tensors[key], self.ref[key]
+        rows = min(len(cand), len(ref))
+        if codebook == 0:
+            keep = np.arange(rows) != frame if forced else np.arange(rows) < frame
+            size = self.codebook_size()
+            a, b = ref[:rows, :size][keep], cand[:rows, :size][keep]
+        else:
+            mask = np.ones((rows, ref.shape[1]), dtype=bool)
+            if forced:
+                mask[frame, codebook - 1] = False
+            else:
+                mask[frame:] = False
+                mask[frame, : codebook - 1] = True
+            a, b = ref[:rows][mask], cand[:rows][mask]
+        if a.size == 0:
+            return None
+        where = "on every other decision" if forced else "on the decisions before this one"
+        return 2.0 * float(np.max(np.abs(a.astype(np.float64) - b))), where
 
     def stage_failed(self, key: str) -> bool:
         return key in self.results and self.results[key].status is Status.FAIL
@@ -683,12 +776,6 @@ class _Comparer:
                 x for x in (note, f"{len(cand)} rows, reference {len(ref)}: common rows compared") if x
             )
         self.gated(key, metrics, note=note)
-
-
-def _by_bound(margin: float, error: float, numerics_failed: bool) -> FlipKind:
-    """A near tie when the candidate's error at the decision can explain the margin, else real; a stage
-    whose numerics already fail does not vouch for a near tie."""
-    return FlipKind.NEAR_TIE if margin <= error and not numerics_failed else FlipKind.REAL
 
 
 def describe_divergence(divergence: Divergence) -> str:

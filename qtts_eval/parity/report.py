@@ -235,6 +235,7 @@ _STATUS_COLOURS = {
     Status.PASS: "#d4f4d4",
     Status.FAIL: "#f8d0d0",
     Status.UNCLASSIFIED: "#f8ecc8",
+    Status.INHERITED: "#f8e0d0",
     Status.SKIP: "#eeeeee",
     Status.MISSING: "#f4f4f4",
     Status.INFO: "#dde8f8",
