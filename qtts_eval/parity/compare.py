@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -97,6 +97,7 @@ class StageResult:
     note: str = ""  # why it failed, was skipped or what convention applied, in words
     per_codebook: tuple[float, ...] = ()  # codes stages: exact-match fraction per codebook
     required: bool = False  # in dumps.required_keys: missing fails
+    onset: str = ""  # time-series stages that fail: the first frame or row past the tolerance, in words
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,15 @@ class Comparison:
     @property
     def first_failure(self) -> StageResult | None:
         return next((stage for stage in self.stages if stage.status is Status.FAIL), None)
+
+    @property
+    def group_failures(self) -> tuple[StageResult, ...]:
+        """The first failing stage of each failing group, in pipeline order."""
+        found: dict[str, StageResult] = {}
+        for stage in self.stages:
+            if stage.status is Status.FAIL:
+                found.setdefault(stage.group, stage)
+        return tuple(found.values())
 
     def stage(self, key: str) -> StageResult | None:
         return next((stage for stage in self.stages if stage.key == key), None)
@@ -328,7 +338,9 @@ class _Comparer:
         self.results[key] = found
         return found
 
-    def gated(self, key: str, metrics: dict[str, float], note: str = "", failed_already: str = "") -> None:
+    def gated(
+        self, key: str, metrics: dict[str, float], note: str = "", failed_already: str = ""
+    ) -> StageResult:
         """Apply the profile's rules to `metrics`; `failed_already` fails the stage whatever the numbers."""
         checks = []
         for metric, value in metrics.items():
@@ -340,7 +352,7 @@ class _Comparer:
         reasons += [f"{c.metric} {c.value:.3g} breaks {c.rule.bound} {c.rule.limit:g}" for c in failed]
         status = Status.FAIL if reasons else Status.PASS
         text = "; ".join(part for part in (*reasons, note) if part)
-        self.result(key, status, metrics=metrics, checks=tuple(checks), note=text)
+        return self.result(key, status, metrics=metrics, checks=tuple(checks), note=text)
 
     def compare_numbers(
         self, key: str, a: npt.NDArray[Any], b: npt.NDArray[Any], note: str = "", failed_already: str = ""
@@ -355,7 +367,47 @@ class _Comparer:
             self.result(key, Status.SKIP, note=note or "no common values to compare")
             return
         metrics = audio_metrics(a, b) if stage_of(key).kind == "audio" else tensor_metrics(a, b)
-        self.gated(key, metrics, note=note, failed_already=failed_already)
+        found = self.gated(key, metrics, note=note, failed_already=failed_already)
+        if found.status is Status.FAIL:
+            self.mark_onset(found, self.frame_onset(key, a, b))
+
+    def mark_onset(self, found: StageResult, onset: str) -> None:
+        if onset:
+            self.results[found.key] = replace(found, onset=onset, note=f"from {onset}; {found.note}")
+
+    def frame_onset(self, key: str, a: npt.NDArray[Any], b: npt.NDArray[Any]) -> str:
+        """The first frame whose error passes the profile's tolerance ("decoder frame 72"), or "": each
+        frame's error relative to its share of the whole reference's norm, so quiet frames do not dominate."""
+        axis = time_axis(key)
+        limit = self.relative_limit(key)
+        if axis is None or limit is None or a.shape != b.shape or a.ndim == 0:
+            return ""
+        a64 = np.moveaxis(a.astype(np.float64), axis, 0)
+        diff = a64 - np.moveaxis(b.astype(np.float64), axis, 0)
+        per_frame = self.samples_per_frame(key, a64.shape[0])
+        frames = a64.shape[0] // per_frame
+        if frames == 0:
+            return ""
+        cut = frames * per_frame
+        error = np.sqrt((diff[:cut].reshape(frames, -1) ** 2).sum(1))
+        share = float(np.linalg.norm(a64)) * math.sqrt(1.0 / frames)
+        past = np.flatnonzero(error > limit * share) if share > 0 else np.flatnonzero(error > 0)
+        return f"{frame_unit(key)} {int(past[0])}" if past.size else ""
+
+    def relative_limit(self, key: str) -> float | None:
+        """The profile's tolerance as a relative L2 error: rel_l2, for audio the tighter of it and snr_db."""
+        limits = [rule.limit] if (rule := self.profile.rule(key, "rel_l2")) is not None else []
+        if stage_of(key).kind == "audio" and (snr := self.profile.rule(key, "snr_db")) is not None:
+            limits.append(float(10.0 ** (-snr.limit / 20.0)))
+        return min(limits) if limits else None
+
+    def samples_per_frame(self, key: str, length: int) -> int:
+        """Entries per codec frame along `key`'s time axis (1 for stages indexed by frame)."""
+        if key in ("codec_dec.wav", "output.wav", "inputs.ref_audio", "codec_enc.input"):
+            return SAMPLES_PER_FRAME
+        if stage_of(key).group == "codec_decoder" and "codec_dec.codes" in self.ref:
+            return max(length // max(int(self.ref["codec_dec.codes"].shape[-1]), 1), 1)
+        return 1
 
     # -- the walk -----------------------------------------------------------------------------------------
 
@@ -747,6 +799,7 @@ class _Comparer:
         found = None
         if "codes" in self.ref and "codes" in self.cand and not self.meta.forces(ForcedInput.CODES):
             found = _first_divergence(self.ref["codes"], self.cand["codes"])
+        mask = None
         if key == "talker.logits":
             if found is not None:
                 rows = min(rows, found[0] + 1)
@@ -775,7 +828,26 @@ class _Comparer:
             note = "; ".join(
                 x for x in (note, f"{len(cand)} rows, reference {len(ref)}: common rows compared") if x
             )
-        self.gated(key, metrics, note=note)
+        gated = self.gated(key, metrics, note=note)
+        rule = self.profile.rule(key, "kl")
+        if gated.status is Status.FAIL and rule is not None:
+            rows_kl = np.array([logits_metrics(x[None], y[None])["kl"] for x, y in zip(a, b, strict=True)])
+            past = np.flatnonzero(rows_kl > rule.limit)
+            if past.size:  # talker rows are steps; code-predictor rows run frame by frame, then step
+                frame = int(past[0]) if mask is None else int(np.argwhere(mask)[past[0]][0])
+                self.mark_onset(gated, f"{frame_unit(key)} {frame}")
+
+
+def frame_unit(key: str) -> str:
+    """What a frame index of `key` counts: the decoder's input frames include an ICL clip's."""
+    group = stage_of(key).group
+    if group == "codec_decoder":
+        return "decoder frame"
+    if key == "talker.logits":
+        return "talker step"
+    if group in CLIP_GROUPS:
+        return "clip frame"
+    return "output frame" if group == "output" else "frame"
 
 
 def describe_divergence(divergence: Divergence) -> str:

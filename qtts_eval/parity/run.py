@@ -122,12 +122,18 @@ class ParityResult:
         return self.verdict is Verdict.PASS
 
     def verdict_line(self) -> str:
-        """One line: the verdict, where it failed, and how much was compared."""
+        """One line: the verdict, where it failed first, every failing group of each run (free, forced) with
+        its first failing stage and onset, and how much was compared."""
         coverage = self.coverage
         counted = f"{len(coverage.compared)} of {coverage.total} stages"
         verdict = self.verdict
         if verdict is Verdict.FAIL and (first := self.first_failure) is not None:
-            head = f"FAIL at {first.key} ({first.group}); compared {counted}"
+            failing = ", ".join(
+                f"{c.mode} {stage.group} at {stage.key}" + (f" (from {stage.onset})" if stage.onset else "")
+                for c in self.comparisons
+                for stage in c.group_failures
+            )
+            head = f"FAIL at {first.key} ({first.group}); failing: {failing}; compared {counted}"
         elif verdict is Verdict.UNCLASSIFIED:
             head = f"UNCLASSIFIED on {counted}: {self.undecided[0]}"
         else:

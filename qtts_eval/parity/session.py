@@ -62,7 +62,7 @@ DEFAULT_SETTINGS = ParitySettings(
     text="Hello there.",
     language="english",
     mode=CloneMode.ICL,
-    max_frames=8,
+    max_frames=32,  # with the 58-frame clip the decoder sees 89 frames, past its 72-frame attention window
     seed=0,
     non_streaming_mode=False,
 )
