@@ -151,6 +151,8 @@ def test_default_icl_parity_finds_a_decoder_without_its_sliding_window(tmp_path:
     assert report["first_failing_stage"]["group"] == "codec_decoder"
     assert "from decoder frame 72" in report["verdict_line"], report["verdict_line"]
     assert "from decoder frame 72" in (tmp_path / "report.md").read_text()
+    assert "sliding attention window" in report["check_next"]["codec_decoder"]  # the hint names the cause
+    assert "codec decoder first" in report["check_next"]["output"]  # not the ICL cut: the decoder differs
 
 
 @pytest.mark.slow
@@ -233,6 +235,17 @@ def test_forced_run_without_logits_leaves_a_flip_unclassified(
     (divergence,) = result.free.divergences
     assert divergence.kind is FlipKind.UNCLASSIFIED and divergence.evidence is Evidence.NONE
     assert result.verdict is Verdict.UNCLASSIFIED, result.verdict_line()
+    assert "code_predictor.logits" in result.missing_taps()  # absent from both runs
+    with_logits = port_dump(forced_self, taps=(*PORT_TAPS, *LOGITS), dtype="BF16")
+    evidenced = compare("port", profile_named("bf16"), ref_dump, port, with_logits)
+    assert "code_predictor.logits" not in evidenced.missing_taps()  # the forced run dumped it
+
+
+def test_xvector_coverage_counts_only_the_stages_it_uses(ref_dump: StageDump) -> None:
+    xvector = StageDump(dataclasses.replace(ref_dump.meta, clone_mode="xvector"), ref_dump.tensors)
+    coverage = compare("port", profile_named("fp32"), xvector, port_dump(xvector), None).coverage
+    assert not [k for k in (*coverage.compared, *coverage.not_covered) if k.startswith("codec_enc.")]
+    assert "inputs.ref_text_ids" not in coverage.not_covered
 
 
 def test_near_tie_is_classified_by_the_forced_runs_logits(
