@@ -30,6 +30,9 @@ from qtts_eval.units import SAMPLES_PER_FRAME
 DISCRETE_INPUTS = ("inputs.text_ids", "inputs.ref_text_ids", "codec_enc.codes")  # gate everything downstream
 DOWNSTREAM_GROUPS = ("talker", "code_predictor", "codec_decoder", "output")  # what a discrete input feeds
 CLIP_GROUPS = ("inputs", "codec_encoder")  # stages that see the reference clip frame by frame
+# The reference's offline decode (chunked_decode) works in chunks of this many frames with 25 frames of left
+# context: a convention a port decoding in one piece differs from on long requests.
+REFERENCE_CHUNK_FRAMES = 300
 # Groups whose numbers shape a generated code: a teacher-forced failure there is evidence about a flip.
 DECISION_UPSTREAM = ("inputs", "speaker_encoder", "codec_encoder", "talker", "code_predictor")
 
@@ -392,7 +395,14 @@ class _Comparer:
         error = np.sqrt((diff[:cut].reshape(frames, -1) ** 2).sum(1))
         share = float(np.linalg.norm(a64)) * math.sqrt(1.0 / frames)
         past = np.flatnonzero(error > limit * share) if share > 0 else np.flatnonzero(error > 0)
-        return f"{frame_unit(key)} {int(past[0])}" if past.size else ""
+        if not past.size:
+            return ""
+        onset = f"{frame_unit(key)} {int(past[0])}"
+        if stage_of(key).group == "codec_decoder" and past[0] >= REFERENCE_CHUNK_FRAMES:
+            onset += (
+                f" (past {REFERENCE_CHUNK_FRAMES}: the reference's chunked decode convention, docs/parity.md)"
+            )
+        return onset
 
     def relative_limit(self, key: str) -> float | None:
         """The profile's tolerance as a relative L2 error: rel_l2, for audio the tighter of it and snr_db."""
