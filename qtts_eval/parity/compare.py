@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,9 @@ from qtts_eval.units import SAMPLES_PER_FRAME
 DISCRETE_INPUTS = ("inputs.text_ids", "inputs.ref_text_ids", "codec_enc.codes")  # gate everything downstream
 DOWNSTREAM_GROUPS = ("talker", "code_predictor", "codec_decoder", "output")  # what a discrete input feeds
 CLIP_GROUPS = ("inputs", "codec_encoder")  # stages that see the reference clip frame by frame
+# The reference's offline decode (chunked_decode) works in chunks of this many frames with 25 frames of left
+# context: a convention a port decoding in one piece differs from on long requests.
+REFERENCE_CHUNK_FRAMES = 300
 # Groups whose numbers shape a generated code: a teacher-forced failure there is evidence about a flip.
 DECISION_UPSTREAM = ("inputs", "speaker_encoder", "codec_encoder", "talker", "code_predictor")
 
@@ -40,19 +43,27 @@ class Status(str, enum.Enum):
     PASS = "pass"  # within every threshold of the profile
     FAIL = "fail"  # a threshold, shape or exactness requirement broken, or a required stage missing
     UNCLASSIFIED = "unclassified"  # codes diverge and no evidence says whether it is a near tie or real
+    INHERITED = "inherited"  # codes differ after an upstream stage failed: that failure is the cause
     SKIP = "skip"  # not comparable here: an upstream discrete input differs, or no common frames
     MISSING = "missing"  # optional stage the candidate did not dump: counted as not covered
     INFO = "info"  # computed and shown, never gated (report-only profile, reference-only tensors)
 
 
-COMPARED = (Status.PASS, Status.FAIL, Status.UNCLASSIFIED)  # statuses of stages whose numbers were compared
+COMPARED = (
+    Status.PASS,
+    Status.FAIL,
+    Status.UNCLASSIFIED,
+    Status.INHERITED,
+)  # statuses of stages whose numbers were compared
 
 
 class FlipKind(str, enum.Enum):
     """What a code divergence is."""
 
     NEAR_TIE = "near_tie"  # the reference's margin is within what the candidate's error explains
-    REAL = "real"  # positive evidence: the margin is larger than the candidate's measured error at it
+    REAL = "real"  # the candidate's logits reproduce its code and the margin exceeds its error elsewhere
+    DECISION_RULE = "decision_rule"  # its logits pick the reference's code, it emitted another (penalty, ...)
+    INHERITED = "inherited"  # follows an upstream stage's failure (Divergence.inherited_from)
     UNCLASSIFIED = "unclassified"  # no evidence either way (the candidate did not dump what would decide)
 
 
@@ -60,7 +71,8 @@ class Evidence(str, enum.Enum):
     """What a divergence's classification rests on."""
 
     CANDIDATE_LOGITS = "candidate_logits"  # the candidate's own numbers for this decision (logits, RVQ input)
-    FORCED_RUN = "forced_run"  # the teacher-forced run (its logits at this decision, or its verdict after it)
+    FORCED_RUN = "forced_run"  # the teacher-forced run's logits of the same network at this decision
+    UPSTREAM_FAILURE = "upstream_failure"  # a stage upstream of the decision failed (free or forced run)
     MEASURED_ERROR = "measured_error"  # a bound from the candidate's error in another stage it dumped
     NONE = "none"  # nothing decides it
 
@@ -88,6 +100,7 @@ class StageResult:
     note: str = ""  # why it failed, was skipped or what convention applied, in words
     per_codebook: tuple[float, ...] = ()  # codes stages: exact-match fraction per codebook
     required: bool = False  # in dumps.required_keys: missing fails
+    onset: str = ""  # time-series stages that fail: the first frame or row past the tolerance, in words
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,10 @@ class Divergence:
     kind: FlipKind  # near tie, real, or unclassified
     evidence: Evidence  # what the classification rests on
     evidence_note: str  # the evidence in words, e.g. "2 x max logit error of talker.logits rows 0-2"
+    inherited_from: str = (
+        ""  # the failing upstream stage of an inherited flip, e.g. "talker.prefill.layer.01"
+    )
+    replayed_code: int | None = None  # the code the candidate's logits pick under the requested decision rule
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,15 @@ class Comparison:
     @property
     def first_failure(self) -> StageResult | None:
         return next((stage for stage in self.stages if stage.status is Status.FAIL), None)
+
+    @property
+    def group_failures(self) -> tuple[StageResult, ...]:
+        """The first failing stage of each failing group, in pipeline order."""
+        found: dict[str, StageResult] = {}
+        for stage in self.stages:
+            if stage.status is Status.FAIL:
+                found.setdefault(stage.group, stage)
+        return tuple(found.values())
 
     def stage(self, key: str) -> StageResult | None:
         return next((stage for stage in self.stages if stage.key == key), None)
@@ -239,6 +265,10 @@ def _nonfinite_note(side: str, array: npt.NDArray[Any]) -> str | None:
     )
 
 
+# kind, candidate error bound, evidence, evidence note, inherited_from, replayed code (Divergence fields)
+_Found = tuple[FlipKind, float | None, Evidence, str, str, int | None]
+
+
 class _Comparer:
     def __init__(
         self, reference: StageDump, candidate: StageDump, profile: Profile, forced_run: ForcedRun | None
@@ -311,7 +341,9 @@ class _Comparer:
         self.results[key] = found
         return found
 
-    def gated(self, key: str, metrics: dict[str, float], note: str = "", failed_already: str = "") -> None:
+    def gated(
+        self, key: str, metrics: dict[str, float], note: str = "", failed_already: str = ""
+    ) -> StageResult:
         """Apply the profile's rules to `metrics`; `failed_already` fails the stage whatever the numbers."""
         checks = []
         for metric, value in metrics.items():
@@ -323,7 +355,7 @@ class _Comparer:
         reasons += [f"{c.metric} {c.value:.3g} breaks {c.rule.bound} {c.rule.limit:g}" for c in failed]
         status = Status.FAIL if reasons else Status.PASS
         text = "; ".join(part for part in (*reasons, note) if part)
-        self.result(key, status, metrics=metrics, checks=tuple(checks), note=text)
+        return self.result(key, status, metrics=metrics, checks=tuple(checks), note=text)
 
     def compare_numbers(
         self, key: str, a: npt.NDArray[Any], b: npt.NDArray[Any], note: str = "", failed_already: str = ""
@@ -338,7 +370,54 @@ class _Comparer:
             self.result(key, Status.SKIP, note=note or "no common values to compare")
             return
         metrics = audio_metrics(a, b) if stage_of(key).kind == "audio" else tensor_metrics(a, b)
-        self.gated(key, metrics, note=note, failed_already=failed_already)
+        found = self.gated(key, metrics, note=note, failed_already=failed_already)
+        if found.status is Status.FAIL:
+            self.mark_onset(found, self.frame_onset(key, a, b))
+
+    def mark_onset(self, found: StageResult, onset: str) -> None:
+        if onset:
+            self.results[found.key] = replace(found, onset=onset, note=f"from {onset}; {found.note}")
+
+    def frame_onset(self, key: str, a: npt.NDArray[Any], b: npt.NDArray[Any]) -> str:
+        """The first frame whose error passes the profile's tolerance ("decoder frame 72"), or "": each
+        frame's error relative to its share of the whole reference's norm, so quiet frames do not dominate."""
+        axis = time_axis(key)
+        limit = self.relative_limit(key)
+        if axis is None or limit is None or a.shape != b.shape or a.ndim == 0:
+            return ""
+        a64 = np.moveaxis(a.astype(np.float64), axis, 0)
+        diff = a64 - np.moveaxis(b.astype(np.float64), axis, 0)
+        per_frame = self.samples_per_frame(key, a64.shape[0])
+        frames = a64.shape[0] // per_frame
+        if frames == 0:
+            return ""
+        cut = frames * per_frame
+        error = np.sqrt((diff[:cut].reshape(frames, -1) ** 2).sum(1))
+        share = float(np.linalg.norm(a64)) * math.sqrt(1.0 / frames)
+        past = np.flatnonzero(error > limit * share) if share > 0 else np.flatnonzero(error > 0)
+        if not past.size:
+            return ""
+        onset = f"{frame_unit(key)} {int(past[0])}"
+        if stage_of(key).group == "codec_decoder" and past[0] >= REFERENCE_CHUNK_FRAMES:
+            onset += (
+                f" (past {REFERENCE_CHUNK_FRAMES}: the reference's chunked decode convention, docs/parity.md)"
+            )
+        return onset
+
+    def relative_limit(self, key: str) -> float | None:
+        """The profile's tolerance as a relative L2 error: rel_l2, for audio the tighter of it and snr_db."""
+        limits = [rule.limit] if (rule := self.profile.rule(key, "rel_l2")) is not None else []
+        if stage_of(key).kind == "audio" and (snr := self.profile.rule(key, "snr_db")) is not None:
+            limits.append(float(10.0 ** (-snr.limit / 20.0)))
+        return min(limits) if limits else None
+
+    def samples_per_frame(self, key: str, length: int) -> int:
+        """Entries per codec frame along `key`'s time axis (1 for stages indexed by frame)."""
+        if key in ("codec_dec.wav", "output.wav", "inputs.ref_audio", "codec_enc.input"):
+            return SAMPLES_PER_FRAME
+        if stage_of(key).group == "codec_decoder" and "codec_dec.codes" in self.ref:
+            return max(length // max(int(self.ref["codec_dec.codes"].shape[-1]), 1), 1)
+        return 1
 
     # -- the walk -----------------------------------------------------------------------------------------
 
@@ -516,10 +595,14 @@ class _Comparer:
         where = describe_divergence(divergence)
         if key == "codes" and self.meta.forces(ForcedInput.CODES):
             return Status.FAIL, f"teacher-forced codes were not followed at {where}"
+        if divergence.kind is FlipKind.INHERITED:  # the upstream stage fails the run and names the cause
+            return Status.INHERITED, f"inherited from {divergence.inherited_from} at {where}"
         if self.profile.codes_exact(key):
             return Status.FAIL, f"first divergence at {where} ({self.profile.exact_codes_source})"
         if divergence.kind is FlipKind.REAL:
             return Status.FAIL, f"real disagreement at {where}"
+        if divergence.kind is FlipKind.DECISION_RULE:
+            return Status.FAIL, f"decision-rule difference at {where}"
         if divergence.kind is FlipKind.UNCLASSIFIED:
             return Status.UNCLASSIFIED, f"unclassified divergence at {where}"
         return Status.PASS, f"near-tie flip at {where}"
@@ -527,93 +610,165 @@ class _Comparer:
     def classify(self, key: str, frame: int, codebook: int) -> Divergence:
         ref_code, cand_code = int(self.ref[key][frame, codebook]), int(self.cand[key][frame, codebook])
         if key == "codec_enc.codes":
-            margin = (
-                float(self.ref["codec_enc.margin"][frame, codebook])
-                if "codec_enc.margin" in self.ref
-                else 0.0
-            )
-            kind, error, evidence, note = self.classify_encoder(frame, codebook, margin)
+            margins = self.ref.get("codec_enc.margin")
+            margin = 0.0 if margins is None else float(margins[frame, codebook])
+            found = self.classify_encoder(frame, codebook, margin)
         else:
             ref_row = self.ref_decision_logits(frame, codebook)
             top = np.sort(ref_row)[-2:]
             margin = float(top[1] - top[0])
-            kind, error, evidence, note = self.classify_generated(frame, codebook, ref_row, margin)
-        return Divergence(key, frame, codebook, ref_code, cand_code, margin, error, kind, evidence, note)
+            found = self.classify_generated(frame, codebook, ref_row, margin, cand_code)
+        kind, error, evidence, note, inherited_from, replayed = found
+        return Divergence(
+            key, frame, codebook, ref_code, cand_code, margin, error, kind, evidence, note, inherited_from,
+            replayed,
+        )  # fmt: skip
 
-    def classify_encoder(
-        self, frame: int, codebook: int, margin: float
-    ) -> tuple[FlipKind, float | None, Evidence, str]:
+    def classify_encoder(self, frame: int, codebook: int, margin: float) -> _Found:
         name = "codec_enc.rvq_in." + ("semantic" if codebook == 0 else "acoustic")
         if (
             name not in self.ref
             or name not in self.cand
             or self.ref[name].shape[1:] != self.cand[name].shape[1:]
         ):
-            return FlipKind.UNCLASSIFIED, None, Evidence.NONE, f"the candidate did not dump {name}"
+            return FlipKind.UNCLASSIFIED, None, Evidence.NONE, f"the candidate did not dump {name}", "", None
         # Earlier codebooks of this frame agree, so the residuals differ exactly by the input difference;
         # a distance moves by at most that much, a gap by at most twice.
         error = 2.0 * float(np.linalg.norm(self.ref[name][frame] - self.cand[name][frame]))
         note = f"2 x the {name} difference at frame {frame}"
-        return _by_bound(margin, error, self.stage_failed(name)), error, Evidence.CANDIDATE_LOGITS, note
+        upstream = self.upstream_failure()
+        if upstream:
+            return (
+                FlipKind.INHERITED,
+                error,
+                Evidence.UPSTREAM_FAILURE,
+                f"inherited from {upstream}",
+                upstream,
+                None,
+            )
+        kind = FlipKind.NEAR_TIE if margin <= error else FlipKind.REAL
+        return kind, error, Evidence.CANDIDATE_LOGITS, note, "", None
 
     def classify_generated(
-        self, frame: int, codebook: int, ref_row: npt.NDArray[Any], margin: float
-    ) -> tuple[FlipKind, float | None, Evidence, str]:
+        self, frame: int, codebook: int, ref_row: npt.NDArray[Any], margin: float, cand_code: int
+    ) -> _Found:
+        """Logits count only when they reproduce the codes on both sides under the requested decision rule;
+        then an upstream failure makes the flip inherited, else the margin against the candidate's error on
+        the same network's other decisions makes it a near tie or real."""
         stage = "talker.logits" if codebook == 0 else "code_predictor.logits"
-        cand_row = self.cand_decision_logits(self.cand, frame, codebook)
-        if cand_row is not None:
-            # Each of the two competing logits can move by the largest logit error, so the gap by twice it.
-            error = 2.0 * float(np.max(np.abs(ref_row - cand_row)))
-            kind = _by_bound(margin, error, self.stage_failed(stage))
-            return kind, error, Evidence.CANDIDATE_LOGITS, f"2 x max logit error of {stage} at this decision"
-        forced = self.forced_evidence(frame, codebook, ref_row, margin)
-        if forced is not None:
-            return forced
-        for other in ("talker.logits", "code_predictor.logits"):
-            found = self.results.get(other)
-            if found is not None and found.status is Status.PASS and "max_abs" in found.metrics:
-                error = 2.0 * found.metrics["max_abs"]
-                note = f"2 x the candidate's measured max logit error in {other} ({found.note or 'all rows'})"
-                if margin <= error:
-                    return FlipKind.NEAR_TIE, error, Evidence.MEASURED_ERROR, note
-                note += (
-                    ": a larger margin, but measured on other decisions, so not proof of a real disagreement"
-                )
-                return FlipKind.UNCLASSIFIED, error, Evidence.MEASURED_ERROR, note
-        return (
-            FlipKind.UNCLASSIFIED,
-            None,
-            Evidence.NONE,
-            f"the candidate dumped no logits ({stage} would decide)",
-        )
-
-    def forced_evidence(
-        self, frame: int, codebook: int, ref_row: npt.NDArray[Any], margin: float
-    ) -> tuple[FlipKind, float | None, Evidence, str] | None:
-        """Evidence from a teacher-forced run that forced the generated codes: its logits at this decision
-        (the same inputs as the free run's, since every earlier code agreed), else its verdict."""
+        ref_code = int(self.ref["codes"][frame, codebook])
+        if self.replay(ref_row, frame, codebook) != ref_code:
+            note = f"the reference's {stage} do not reproduce its code under {self.rule_words(codebook)}"
+            return FlipKind.UNCLASSIFIED, None, Evidence.NONE, note, "", None
+        sources = [(self.cand, Evidence.CANDIDATE_LOGITS, False)]
         run = self.forced_run
-        if run is None or not run.dump.meta.forces(ForcedInput.CODES):
-            return None
-        cand_row = self.cand_decision_logits(run.dump.tensors, frame, codebook)
-        if cand_row is not None:
-            error = 2.0 * float(np.max(np.abs(ref_row - cand_row)))
-            kind = _by_bound(margin, error, False)
+        if run is not None and run.dump.meta.forces(ForcedInput.CODES):
+            sources.append((run.dump.tensors, Evidence.FORCED_RUN, True))
+        for tensors, evidence, forced in sources:
+            cand_row = self.cand_decision_logits(tensors, frame, codebook)
+            if cand_row is None:
+                continue
+            run_name = "teacher-forced run's" if forced else "candidate's"
+            picked = self.replay(cand_row, frame, codebook)
+            if picked != cand_code:
+                raw = int(np.argmax(cand_row))
+                if ref_code in (picked, raw):
+                    note = (
+                        f"replayed: the {run_name} {stage} pick {picked} under {self.rule_words(codebook)} "
+                        f"(raw argmax {raw}), the reference's code, yet it emitted {cand_code}: its decision "
+                        "rule differs (repetition penalty, suppression or sampling)"
+                    )
+                    return FlipKind.DECISION_RULE, None, evidence, note, "", picked
+                note = (
+                    f"the {run_name} {stage} do not reproduce its code: they pick {picked} under "
+                    f"{self.rule_words(codebook)}, it emitted {cand_code}"
+                )
+                return FlipKind.UNCLASSIFIED, None, evidence, note, "", picked
+            upstream = self.upstream_failure()
+            if upstream:
+                note = f"inherited from {upstream}: the {run_name} {stage} reproduce its code"
+                return FlipKind.INHERITED, None, Evidence.UPSTREAM_FAILURE, note, upstream, picked
+            bound = self.other_decisions_error(tensors, frame, codebook, forced)
+            if bound is None:
+                note = f"the {run_name} {stage} reproduce its code, but no other decision bounds its error"
+                return FlipKind.UNCLASSIFIED, None, evidence, note, "", picked
+            error, where = bound
+            kind = FlipKind.NEAR_TIE if margin <= error else FlipKind.REAL
+            return kind, error, evidence, f"2 x max logit error of the {run_name} {stage} {where}", "", picked
+        upstream = self.upstream_failure()
+        if upstream:
             return (
-                kind,
-                error,
-                Evidence.FORCED_RUN,
-                "2 x max logit error at this decision in the teacher-forced run",
+                FlipKind.INHERITED,
+                None,
+                Evidence.UPSTREAM_FAILURE,
+                f"inherited from {upstream}",
+                upstream,
+                None,
             )
-        first = run.comparison.first_failure
-        if first is not None and first.group in DECISION_UPSTREAM:
-            note = f"the teacher-forced run fails at {first.key}, upstream of this decision"
-            return FlipKind.REAL, None, Evidence.FORCED_RUN, note
-        output = run.comparison.stage("output.wav")
-        if first is None and output is not None and output.status is Status.PASS:
-            note = "the teacher-forced run passes after the flip (same codes in, every stage agrees)"
-            return FlipKind.NEAR_TIE, None, Evidence.FORCED_RUN, note
-        return None
+        found = self.results.get(stage)  # a code-predictor flip is bounded by code-predictor logits only
+        if found is not None and found.status is Status.PASS and "max_abs" in found.metrics:
+            error = 2.0 * found.metrics["max_abs"]
+            note = f"2 x the candidate's measured max logit error in {stage} ({found.note or 'all rows'})"
+            if margin <= error:
+                return FlipKind.NEAR_TIE, error, Evidence.MEASURED_ERROR, note, "", None
+            note += ": a larger margin, but measured on other decisions without this one's logits"
+            return FlipKind.UNCLASSIFIED, error, Evidence.MEASURED_ERROR, note, "", None
+        note = f"no {stage} of this decision in the candidate's dumps (free or teacher-forced)"
+        return FlipKind.UNCLASSIFIED, None, Evidence.NONE, note, "", None
+
+    def replay(self, row: npt.NDArray[Any], frame: int, codebook: int) -> int:
+        """The code the requested greedy rule picks from raw logits: special tokens suppressed (codebook range
+        only) and, for the talker, the repetition penalty on codebook-0 codes already generated (the code
+        predictor has none)."""
+        values = row[: self.codebook_size()].astype(np.float64)
+        penalty = float(self.meta.sampling.get("repetition_penalty", 1.0))
+        if codebook == 0 and penalty != 1.0 and frame:
+            seen = np.unique(self.ref["codes"][:frame, 0])  # earlier codes agree on both sides
+            values[seen] = np.where(values[seen] > 0, values[seen] / penalty, values[seen] * penalty)
+        return int(np.argmax(values))
+
+    def rule_words(self, codebook: int) -> str:
+        penalty = float(self.meta.sampling.get("repetition_penalty", 1.0))
+        if codebook == 0:
+            return f"the requested rule (greedy, repetition penalty {penalty:g}, special tokens suppressed)"
+        return "the requested rule (greedy, no repetition penalty in the code predictor)"
+
+    def upstream_failure(self) -> str:
+        """The first failed stage so far that shapes generated codes ("" if none), then the teacher-forced
+        run's, which shows a stage with the reference's inputs."""
+        for key, found in self.results.items():  # the logits are the decision's own numbers, not upstream
+            if found.status is Status.FAIL and found.group in DECISION_UPSTREAM and found.kind != "logits":
+                return key
+        run = self.forced_run
+        first = None if run is None else run.comparison.first_failure
+        if first is not None and first.group in DECISION_UPSTREAM and first.kind != "logits":
+            return f"{first.key} (teacher-forced)"
+        return ""
+
+    def other_decisions_error(
+        self, tensors: Mapping[str, npt.NDArray[Any]], frame: int, codebook: int, forced: bool
+    ) -> tuple[float, str] | None:
+        """2 x the largest logit error of the same network over its other decisions made on the reference's
+        inputs (free run: the steps before this one; teacher-forced: every other step), with where."""
+        key = "talker.logits" if codebook == 0 else "code_predictor.logits"
+        cand, ref = tensors[key], self.ref[key]
+        rows = min(len(cand), len(ref))
+        if codebook == 0:
+            keep = np.arange(rows) != frame if forced else np.arange(rows) < frame
+            size = self.codebook_size()
+            a, b = ref[:rows, :size][keep], cand[:rows, :size][keep]
+        else:
+            mask = np.ones((rows, ref.shape[1]), dtype=bool)
+            if forced:
+                mask[frame, codebook - 1] = False
+            else:
+                mask[frame:] = False
+                mask[frame, : codebook - 1] = True
+            a, b = ref[:rows][mask], cand[:rows][mask]
+        if a.size == 0:
+            return None
+        where = "on every other decision" if forced else "on the decisions before this one"
+        return 2.0 * float(np.max(np.abs(a.astype(np.float64) - b))), where
 
     def stage_failed(self, key: str) -> bool:
         return key in self.results and self.results[key].status is Status.FAIL
@@ -654,6 +809,7 @@ class _Comparer:
         found = None
         if "codes" in self.ref and "codes" in self.cand and not self.meta.forces(ForcedInput.CODES):
             found = _first_divergence(self.ref["codes"], self.cand["codes"])
+        mask = None
         if key == "talker.logits":
             if found is not None:
                 rows = min(rows, found[0] + 1)
@@ -682,13 +838,26 @@ class _Comparer:
             note = "; ".join(
                 x for x in (note, f"{len(cand)} rows, reference {len(ref)}: common rows compared") if x
             )
-        self.gated(key, metrics, note=note)
+        gated = self.gated(key, metrics, note=note)
+        rule = self.profile.rule(key, "kl")
+        if gated.status is Status.FAIL and rule is not None:
+            rows_kl = np.array([logits_metrics(x[None], y[None])["kl"] for x, y in zip(a, b, strict=True)])
+            past = np.flatnonzero(rows_kl > rule.limit)
+            if past.size:  # talker rows are steps; code-predictor rows run frame by frame, then step
+                frame = int(past[0]) if mask is None else int(np.argwhere(mask)[past[0]][0])
+                self.mark_onset(gated, f"{frame_unit(key)} {frame}")
 
 
-def _by_bound(margin: float, error: float, numerics_failed: bool) -> FlipKind:
-    """A near tie when the candidate's error at the decision can explain the margin, else real; a stage
-    whose numerics already fail does not vouch for a near tie."""
-    return FlipKind.NEAR_TIE if margin <= error and not numerics_failed else FlipKind.REAL
+def frame_unit(key: str) -> str:
+    """What a frame index of `key` counts: the decoder's input frames include an ICL clip's."""
+    group = stage_of(key).group
+    if group == "codec_decoder":
+        return "decoder frame"
+    if key == "talker.logits":
+        return "talker step"
+    if group in CLIP_GROUPS:
+        return "clip frame"
+    return "output frame" if group == "output" else "frame"
 
 
 def describe_divergence(divergence: Divergence) -> str:

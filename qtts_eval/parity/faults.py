@@ -24,6 +24,7 @@ WRONG_FMAX_HZ = 8_000  # speaker-encoder mel upper edge instead of the official 
 WEIGHT_DELTA = 0.5  # added to one talker MLP weight; tiny's weights are ~0.02, so this is a large local error
 WRONG_ROPE_THETA = 10_000.0  # instead of the official 1e6
 SMALL_CHUNK_FRAMES = 4  # decoder chunk without left context, as a naive streaming port would decode
+UNBOUNDED_WINDOW = 1 << 20  # decoder attention window that reaches every frame of any request
 
 
 class NoResample(Fault):
@@ -141,6 +142,29 @@ class DecoderNoContext(Fault):
             del decoder.chunked_decode
 
 
+class DecoderNoWindow(Fault):
+    """The codec decoder's transformer attends to all earlier frames, without the official 72-frame sliding
+    window (config.sliding_window): identical up to decoder frame 71, different from frame 72 on."""
+
+    name: ClassVar[str] = "decoder-no-window"
+    group: ClassVar[str] = "codec_decoder"
+    description: ClassVar[str] = "codec decoder attention over all frames instead of the 72-frame window"
+
+    @contextlib.contextmanager
+    def installed(self, model: Any) -> Iterator[None]:
+        transformer = model.model.speech_tokenizer.model.decoder.pre_transformer
+        # The mask is built from the config per call; each attention also keeps its own copy.
+        holders = [transformer.config, *(layer.self_attn for layer in transformer.layers)]
+        saved = [holder.sliding_window for holder in holders]
+        for holder in holders:
+            holder.sliding_window = UNBOUNDED_WINDOW
+        try:
+            yield
+        finally:
+            for holder, window in zip(holders, saved, strict=True):
+                holder.sliding_window = window
+
+
 FAULTS: dict[str, type[Fault]] = {
     fault.name: fault
     for fault in (
@@ -150,5 +174,6 @@ FAULTS: dict[str, type[Fault]] = {
         WrongRopeTheta,
         CodePredictorOrder,
         DecoderNoContext,
+        DecoderNoWindow,
     )
 }

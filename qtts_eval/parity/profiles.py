@@ -3,9 +3,10 @@
 A rule applies to the dump keys matching its fnmatch pattern and bounds one metric (see compare.py).
 The first matching rule for a (key, metric) wins, so specific patterns come before "*".
 
-A profile is chosen by the user (``--profile``) or from the candidate's declared precision through
-`DEFAULT_PROFILES`, an explicit table of (talker, codec) precisions. Quantised precisions have no default:
-a header must never be able to choose a report-only profile for itself.
+A profile is chosen by the user (``--profile``) or from the precision the suite asked for (the candidate
+dtype flags, or the reference's for a dump) through `DEFAULT_PROFILES`, an explicit table of (talker, codec)
+precisions; never from the candidate's own declaration, so a header cannot loosen its limits. Quantised
+precisions have no default: a report-only profile is always the user's choice.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def precision_of(name: str) -> Precision:
     )
 
 
-# The explicit mapping from a candidate's declared (talker, codec) precision to its default profile.
+# The explicit mapping from an asked-for (talker, codec) precision to its default profile.
 # Quantised precisions are absent on purpose: their profile must be chosen by the user.
 DEFAULT_PROFILES: Mapping[tuple[Precision, Precision], str] = MappingProxyType(
     {
@@ -151,7 +152,7 @@ def profile_named(name: str, path: Path = PROFILES_PATH) -> Profile:
 
 
 def profile_for_precision(dtype: str, codec_dtype: str, path: Path = PROFILES_PATH) -> Profile:
-    """The default profile of a declared (talker, codec) precision, through `DEFAULT_PROFILES`."""
+    """The default profile of an asked-for (talker, codec) precision, through `DEFAULT_PROFILES`."""
     key = (precision_of(dtype), precision_of(codec_dtype or dtype))
     if key not in DEFAULT_PROFILES:
         known = ", ".join(sorted(load_profiles(path)))

@@ -15,28 +15,84 @@ import numpy as np
 import numpy.typing as npt
 
 from qtts_eval.parity.compare import Comparison, StageResult, Status, describe_divergence
+from qtts_eval.parity.dumps import time_axis
 from qtts_eval.parity.run import ParityResult
 from qtts_eval.units import SAMPLE_RATE_HZ
 
 PLOT_DPI = 80  # keeps the embedded PNGs small
 FLOOR_REL_L2 = 1e-12  # plotted in place of an exact 0 on the log axis
 
-# What to check next when a group fails: the usual causes in ports, from the planted faults (faults.py) and
-# from driving a real ggml port (REFERENCE-NOTES).
-CHECK_NEXT = {
-    "inputs": "the reference clip's sample rate (24 kHz, resampled before both encoders) and the prompt "
-    "template and tokenizer",
-    "speaker_encoder": "the speaker encoder's mel front end (128 bins, n_fft 1024, hop 256, fmax 12 kHz) and "
-    "the dtype of its convolutions",
-    "codec_encoder": "the clip's framing (the last partial frame), Mimi's causal padding, and the encoder "
-    "kernels' dtype (f16 kernels move near-tie codebook choices)",
-    "talker": "RoPE (interleaved multimodal sections, rope_theta), the attention mask and the prompt layout "
-    "(non_streaming_mode); the first failing layer localises it",
-    "code_predictor": "the order of the code predictor's lm_head per step and its codec embeddings",
-    "codec_decoder": "the decoder kernels' dtype (f16 convolutions cost SNR: a decoder near 60 dB points "
-    "there), chunked decoding's left context, and SnakeBeta",
-    "output": "the cut of the reference part in ICL and the output sample format",
-}
+# What to check next at the first failure of a group: the usual causes in ports, from the planted faults
+# (faults.py) and from driving real ports (REFERENCE-NOTES), chosen by what the report knows (`check_next`).
+DECODER_WINDOW_FRAME = 72  # the codec decoder's sliding attention window (speech tokenizer config)
+
+
+def _hint(stage: StageResult, result: ParityResult, comparison: Comparison) -> str:
+    """The hint for `stage`, its group's first failure, given the mode, what passed and how it differs."""
+    icl = result.reference.meta.clone_mode == "icl"
+    passed = {s.key for s in comparison.stages if s.status is Status.PASS}
+    group = stage.group
+    if group == "inputs":
+        if stage.key.startswith("inputs.") and stage.key.endswith("text_ids"):
+            return "the chat template and tokenizer: text ids are the full chat-template ids of the prompt"
+        return "the reference clip's sample rate (24 kHz, resampled before both encoders)"
+    if group == "speaker_encoder":
+        if "spk.mel" in passed:
+            return (
+                "the speaker encoder after its mel input (which matches): block kernels, attentive pooling "
+                "and its epsilon, the dtype of its convolutions"
+            )
+        return "the speaker encoder's mel front end (128 bins, n_fft 1024, hop 256, fmax 12 kHz)"
+    if group == "codec_encoder":
+        return (
+            "the clip's framing (the last partial frame), Mimi's causal padding, and the encoder kernels' "
+            "dtype (f16 kernels move near-tie codebook choices)"
+        )
+    if group == "talker":
+        return (
+            "RoPE (interleaved multimodal sections, rope_theta), the attention mask and the prompt layout "
+            "(non_streaming_mode); the first failing layer localises it"
+        )
+    if group == "code_predictor":
+        return (
+            "the code predictor's attention mask, the order of its lm_head per step and its codec embeddings"
+        )
+    if group == "codec_decoder":
+        if stage.onset == f"decoder frame {DECODER_WINDOW_FRAME}":
+            return (
+                f"the decoder transformer's {DECODER_WINDOW_FRAME}-frame sliding attention window: the "
+                f"error starts exactly where a frame can no longer see frame 0"
+            )
+        if _off_by_stride(stage, result, comparison):
+            return "a transposed convolution's trim: the length differs by exactly one upsampling stride"
+        if stage.onset:
+            return f"what changes at {stage.onset} (chunked decoding's chunk edges and left context)"
+        return (
+            "the decoder kernels' dtype (f16 convolutions cost SNR: a decoder near 60 dB points there) and "
+            "SnakeBeta"
+        )
+    if group == "output":
+        decoded = comparison.stage("codec_dec.wav")
+        if decoded is None or decoded.status is Status.MISSING:
+            return "the codec decoder, which was not dumped: dump codec_dec.* to localise"
+        if decoded.status is Status.FAIL:
+            return "the codec decoder first: its audio already differs (codec_dec.wav)"
+        if icl:
+            return "the cut of the reference part in ICL (the decoder's audio matches) and the sample format"
+        return "the output sample format and length (the decoder's audio matches)"
+    return ""
+
+
+def _off_by_stride(stage: StageResult, result: ParityResult, comparison: Comparison) -> bool:
+    """True when the candidate's length along the time axis differs by exactly one frame's share of it."""
+    dump = result.forced_dump if comparison.forced and result.forced_dump is not None else result.free_dump
+    ref, cand = result.reference.tensors.get(stage.key), dump.tensors.get(stage.key)
+    axis = time_axis(stage.key)
+    codes = result.reference.tensors.get("codec_dec.codes")
+    if ref is None or cand is None or axis is None or codes is None or ref.ndim != cand.ndim:
+        return False
+    stride = int(ref.shape[axis]) // max(int(codes.shape[-1]), 1)
+    return stride > 1 and abs(int(ref.shape[axis]) - int(cand.shape[axis])) == stride
 
 
 def _png(figure: Any) -> str:
@@ -141,9 +197,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def check_next(result: ParityResult) -> dict[str, str]:
-    """For each failing group, in pipeline order: what to check next."""
-    failing = [s.group for c in _comparisons(result) for s in c.stages if s.status is Status.FAIL]
-    return {group: CHECK_NEXT[group] for group in dict.fromkeys(failing) if group in CHECK_NEXT}
+    """What to check next at the first failure of each failing group, free run first; a group's hint is
+    chosen by the request's mode, the stages that passed and the kind of difference (shape, onset)."""
+    hints: dict[str, str] = {}
+    for comparison in _comparisons(result):
+        for stage in comparison.group_failures:
+            if stage.group not in hints and (hint := _hint(stage, result, comparison)):
+                hints[stage.group] = f"{stage.key}: {hint}"
+    return hints
 
 
 def to_json(result: ParityResult) -> dict[str, Any]:
@@ -235,6 +296,7 @@ _STATUS_COLOURS = {
     Status.PASS: "#d4f4d4",
     Status.FAIL: "#f8d0d0",
     Status.UNCLASSIFIED: "#f8ecc8",
+    Status.INHERITED: "#f8e0d0",
     Status.SKIP: "#eeeeee",
     Status.MISSING: "#f4f4f4",
     Status.INFO: "#dde8f8",

@@ -83,12 +83,18 @@ class ParityResult:
 
     @property
     def coverage(self) -> Coverage:
-        keys = [k for k in self.reference.keys_in_order() if stage_of(k).kind != "margin"]
+        keys = [k for k in self.reference.keys_in_order() if self.used(k) and stage_of(k).kind != "margin"]
         compared = {s.key for c in self.comparisons for s in c.stages if s.status in COMPARED}
         return Coverage(
             compared=tuple(k for k in keys if k in compared),
             not_covered=tuple(k for k in keys if k not in compared),
         )
+
+    def used(self, key: str) -> bool:
+        """Whether the request's mode uses `key`: x-vector prompts take no clip codes or transcript."""
+        if self.reference.meta.clone_mode == "icl":
+            return True
+        return stage_of(key).group != "codec_encoder" and key != "inputs.ref_text_ids"
 
     @property
     def undecided(self) -> tuple[str, ...]:
@@ -122,12 +128,18 @@ class ParityResult:
         return self.verdict is Verdict.PASS
 
     def verdict_line(self) -> str:
-        """One line: the verdict, where it failed, and how much was compared."""
+        """One line: the verdict, where it failed first, every failing group of each run (free, forced) with
+        its first failing stage and onset, and how much was compared."""
         coverage = self.coverage
         counted = f"{len(coverage.compared)} of {coverage.total} stages"
         verdict = self.verdict
         if verdict is Verdict.FAIL and (first := self.first_failure) is not None:
-            head = f"FAIL at {first.key} ({first.group}); compared {counted}"
+            failing = ", ".join(
+                f"{c.mode} {stage.group} at {stage.key}" + (f" (from {stage.onset})" if stage.onset else "")
+                for c in self.comparisons
+                for stage in c.group_failures
+            )
+            head = f"FAIL at {first.key} ({first.group}); failing: {failing}; compared {counted}"
         elif verdict is Verdict.UNCLASSIFIED:
             head = f"UNCLASSIFIED on {counted}: {self.undecided[0]}"
         else:
@@ -135,8 +147,8 @@ class ParityResult:
         return head + (f"; not covered: {coverage.summary()}" if coverage.not_covered else "")
 
     def missing_taps(self) -> tuple[str, ...]:
-        """Schema entries the candidate did not dump at or upstream of the first failing (or undecided)
-        stage: the taps that would localise it further."""
+        """Schema entries absent from every candidate run, used by the mode, and at or upstream of the first
+        failing (or undecided) stage: the taps that would localise it further."""
         first = self.first_failure
         if first is None:
             divergent = [
@@ -146,11 +158,14 @@ class ParityResult:
                 return ()
             first = next(s for c in self.comparisons if (s := c.stage(divergent[0])) is not None)
         limit = STAGES.index(stage_of(first.key))
-        missing = {s.key for c in self.comparisons for s in c.stages if s.status is Status.MISSING}
+        dumped = {
+            k for c in self.comparisons for s in c.stages if s.status is not Status.MISSING for k in [s.key]
+        }
+        missing = {s.key for c in self.comparisons for s in c.stages if s.status is Status.MISSING} - dumped
         return tuple(
             stage.pattern
             for stage in STAGES[: limit + 1]
-            if any(fnmatch.fnmatchcase(key, stage.pattern) for key in missing)
+            if any(fnmatch.fnmatchcase(key, stage.pattern) and self.used(key) for key in missing)
         )
 
 

@@ -1,6 +1,6 @@
 """A parity sweep's report: one row per request (fixture × mode × voice), each with its verdict and first
 failing stage, and the aggregate over them: how many requests gave the reference's codes, where the
-failures and code divergences cluster, and how many divergences are near ties, real or unclassified.
+failures and code divergences cluster, and how many divergences fall in each class (compare.FlipKind).
 
 The per-request reports are ordinary parity reports in subdirectories named by `SweepRow.request`; this module
 only summarises them (sweep.json, sweep.md, sweep.html beside them)."""
@@ -133,8 +133,7 @@ class Sweep:
         return (
             f"{data['requests']} requests: {verdicts}; codes equal on the common frames in "
             f"{data['same_codes']}, frame counts differ in {data['frames_differ']}; "
-            f"divergences: {kinds['near_tie']} near tie, {kinds['real']} real, "
-            f"{kinds['unclassified']} unclassified"
+            "divergences: " + ", ".join(f"{kinds[k.value]} {k.value.replace('_', ' ')}" for k in FlipKind)
         )
 
 
