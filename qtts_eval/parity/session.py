@@ -131,7 +131,9 @@ def _candidate_pipeline(
     if candidate.startswith(("ws://", "wss://")):
         return pipelines.create("websocket", PipelineConfig(options={"url": candidate})), None
     if _over_the_wire(candidate):
-        return pipelines.create("worker", PipelineConfig(options={"command": candidate})), None
+        # `{model_dir}` in the command is the reference's checkpoint: both sides start from the same weights.
+        config = PipelineConfig(model=base.model, options={"command": candidate})
+        return pipelines.create("worker", config), None
     if candidate == "reference" or candidate.startswith(FAULT_PREFIX):
         codec = codec_dtype or REFERENCE_CODEC_DTYPE
         config = dataclasses.replace(base, options={"codec_dtype": codec})

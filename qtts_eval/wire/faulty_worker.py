@@ -20,6 +20,8 @@ codec of that checkpoint (a candidate whose codes and audio agree), otherwise a 
   nondeterministic  every utterance's codes and audio are shifted by its index: the same request differs
   codes-mismatch the codes returned are not the codes the audio was decoded from (use with --codec)
   no-busy        a speak during an utterance is ignored instead of refused with BUSY
+  slow-cancel    the whole utterance is computed before its first frame is sent (a library that returns
+                 whole utterances), so a cancel is honoured only once the work is done
 
 ``--after N`` serves N utterances correctly before the fault strikes; with ``--recurring`` it strikes again
 after every further N correct ones (a crashed worker restarted by the harness counts from zero again).
@@ -79,6 +81,7 @@ class Fault(str, enum.Enum):
     NONDETERMINISTIC = "nondeterministic"
     CODES_MISMATCH = "codes-mismatch"
     NO_BUSY = "no-busy"
+    SLOW_CANCEL = "slow-cancel"
 
 
 class TonePipeline(Pipeline):
@@ -136,8 +139,11 @@ class TonePipeline(Pipeline):
         codes = pattern % CODEBOOK_SIZE
         decoded = self.codec.decode(codes) if self.codec else None
         length = SHORT_FRAME_SAMPLES if fault is Fault.WRONG_SAMPLES else SAMPLES_PER_FRAME
+        if fault is Fault.SLOW_CANCEL:
+            time.sleep(self.frame_delay_s * frames)  # every frame's work first, nothing to interrupt
         for index in range(frames):
-            time.sleep(self.frame_delay_s)
+            if fault is not Fault.SLOW_CANCEL:
+                time.sleep(self.frame_delay_s)
             if decoded is not None:
                 samples = decoded[index * SAMPLES_PER_FRAME : (index + 1) * SAMPLES_PER_FRAME].copy()
             else:
