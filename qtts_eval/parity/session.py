@@ -187,6 +187,7 @@ class _Sides:
         self, settings: ParitySettings, out: Path, forced_inputs: Collection[ForcedInput]
     ) -> ParityResult:
         """One request: capture the reference, run the candidate free and teacher-forced, write reports."""
+        _check_layout(self.pipeline.describe().get("layouts"), settings)  # before either side runs
         ref_dump = _capture_reference(self.reference, settings, out)
         result = compare_pipeline(
             ref_dump,
@@ -203,6 +204,22 @@ class _Sides:
     def close(self) -> None:
         self.pipeline.close()
         self.reference.close()
+
+
+def _check_layout(layouts: object, settings: ParitySettings) -> None:
+    """A candidate that declares its prompt layout per mode (hello.implementation.layouts, docs/protocol.md)
+    must build the one this request asks for; otherwise parity would compare two different prompts."""
+    if not isinstance(layouts, dict):
+        return
+    mode = settings.mode.value
+    if mode not in layouts:
+        raise ParityError(f"the candidate serves no {mode} mode (its layouts: {layouts}); pass --mode")
+    if layouts[mode] != settings.non_streaming_mode:
+        flag = "--non-streaming-mode" if layouts[mode] else "--no-non-streaming-mode"
+        raise ParityError(
+            f"in {mode} mode the candidate builds only the non_streaming_mode {layouts[mode]} prompt layout, "
+            f"the request asks for {settings.non_streaming_mode}; pass {flag} to compare that layout"
+        )
 
 
 def _reference(settings: ParitySettings, device: str) -> HookedReference:

@@ -342,6 +342,7 @@ def _busy(check: Checker) -> str:
             continue
         message = protocol.loads(raw)
         if message["type"] == "error" and message.get("code") == ErrorCode.UNSUPPORTED.value:
+            check.reset()  # the second speak's refusal is still on its way: the next rule starts clean
             raise UnsupportedRequest(str(message.get("message", "")))
         if message["type"] == "error" and message.get("code") == ErrorCode.BUSY.value and not refused:
             refused = True
