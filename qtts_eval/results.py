@@ -221,7 +221,7 @@ class RunStore:
                 yield _migrate(raw, where)
 
     def write_parquet(self) -> Path:
-        frame = records_frame(self.iter_records())
+        frame = _one_type_per_column(records_frame(self.iter_records()))
         path = self.directory / PARQUET_FILE
         tmp = path.with_suffix(".parquet.tmp")
         frame.to_parquet(tmp, index=False)
@@ -261,6 +261,23 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row.update({f"info_{key}": value for key, value in record.get("info", {}).items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _one_type_per_column(frame: pd.DataFrame) -> pd.DataFrame:
+    """Parquet columns hold one type; records need not (a port's hello may say `left_context: 72` where the
+    reference records "exact"). Such a column is written as JSON text, so the columnar copy of measured
+    records is always written; records.jsonl keeps every value as sent."""
+    for column in frame.columns:
+        values = frame[column].dropna()
+        kinds = {type(value) for value in values}
+        if frame[column].dtype == object and (len(kinds) > 1 or kinds & {dict, list}):
+            frame[column] = [
+                json.dumps(_jsonable(value), ensure_ascii=False)
+                if isinstance(value, (dict, list)) or not pd.isna(value)
+                else None
+                for value in frame[column]
+            ]
+    return frame
 
 
 def load_run(directory: str | Path) -> pd.DataFrame:

@@ -9,6 +9,7 @@ Needs cargo: a Rust toolchain is a prerequisite of the README's test command (do
 from __future__ import annotations
 
 import base64
+import dataclasses
 import shlex
 import shutil
 import subprocess
@@ -191,3 +192,24 @@ def test_parity_cli_over_the_wire(
         assert code == (0 if perturb is None else 1), verdict + captured.err
         if perturb is not None:
             assert f"FAIL at {perturb}" in verdict
+
+
+def test_replay_refuses_a_layout_or_mode_it_does_not_build(replay: Path, xvector_reference: Path) -> None:
+    from qtts_eval import pipelines
+    from qtts_eval.pipelines.base import UnsupportedRequest
+    from qtts_eval.wire.conformance import CheckOptions, Verdict
+
+    command = shlex.join([str(replay), "--dump", str(xvector_reference), "--synthetic"])
+    results = {r.rule: r for r in check_target(command, CheckOptions(mode=CloneMode.ICL))}
+    assert results["audio-f32"].verdict is Verdict.NOT_APPLICABLE
+    assert results["audio-f32"].detail.startswith("(unsupported:")
+    assert not any(r.failed for r in results.values()), results
+    worker = pipelines.create("worker", PipelineConfig(options={"command": command}))
+    worker.load()
+    try:
+        assert worker.describe()["layouts"] == {"xvector": False}
+        other_layout = dataclasses.replace(make_request(CloneMode.XVECTOR), non_streaming_mode=True)
+        with pytest.raises(UnsupportedRequest, match="builds only"):  # the bench records `unsupported`
+            collect(worker.stream(other_layout))
+    finally:
+        worker.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -46,6 +47,18 @@ def test_records_round_trip_with_env_columns(tmp_path: Path) -> None:
     frame = load_run(tmp_path / "run")
     assert list(frame["request_key"]) == ["a", "b"]
     assert list(frame["env_cpu"]) == ["x", "x"]
+
+
+def test_parquet_is_written_when_records_disagree_on_a_column_type(tmp_path: Path) -> None:
+    # A port's hello said `left_context: 72` where the reference records "exact": one column, two types.
+    store = RunStore(tmp_path / "run")
+    store.create({"run_id": "run"})
+    for key, value in (("ref", "exact"), ("port", 72), ("other", None)):
+        record = _record(key)
+        store.append(dataclasses.replace(record, env={**record.env, "left_context": value}))
+    frame = pd.read_parquet(store.write_parquet())
+    assert list(frame["env_left_context"][:2]) == ['"exact"', "72"] and pd.isna(frame["env_left_context"][2])
+    assert list(load_run(tmp_path / "run")["env_left_context"][:2]) == ["exact", 72]  # the JSONL as sent
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

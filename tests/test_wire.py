@@ -523,3 +523,36 @@ def test_the_asked_prompt_layout_crosses_the_wire_and_is_honoured(one_thread: No
         assert set(frame["env_non_streaming_mode"]) == {bool(layouts)}  # recorded as asked, on both sides
         codes[name] = frame.loc["worker", "codes_digest"]
     assert codes["whole-text"] != codes["default"]  # the layout asked for reached the served reference
+
+
+def test_conformance_times_the_cancel_and_fails_a_port_that_cannot_be_interrupted() -> None:
+    from qtts_eval.wire.client import Timeouts
+
+    # 60 ms frames: the whole 16-frame cancelled utterance (~1 s) is far over the bound (half of it).
+    options = CheckOptions(frames=FRAMES, timeouts=Timeouts(start_s=60, message_s=TIMEOUT_S))
+    slow = [*FAULTY, "--frame-delay-ms", "60"]
+    healthy = {r.rule: r for r in check_target(" ".join(slow), options)}
+    assert healthy["cancel"].verdict is Verdict.PASS and "ms after the cancel" in healthy["cancel"].detail
+    results = check_target(" ".join([*slow, "--fault", "slow-cancel"]), options)
+    assert [r.rule for r in results if r.failed] == ["cancel"], format_table(results)
+    assert "finished the work before honouring it" in next(r for r in results if r.failed).detail
+
+
+def test_conformance_stops_after_a_candidate_that_cannot_start() -> None:
+    failing = "import sys; print('no weights here', file=sys.stderr); sys.exit(4)"
+    command = shlex.join([sys.executable, "-c", failing])
+    results = check_target(command, CheckOptions(frames=FRAMES))
+    assert [r.verdict for r in results][:1] == [Verdict.FAIL] and "no weights here" in results[0].detail
+    assert {r.verdict for r in results[1:]} == {Verdict.NOT_APPLICABLE}
+    assert all("did not start" in r.detail for r in results[1:])
+
+
+def test_model_dir_is_the_model_asked_for(tiny_checkpoint: str) -> None:
+    from qtts_eval import checkpoints
+    from qtts_eval.wire.client import hand_over
+
+    with pytest.raises(PipelineError, match="pass --model"):
+        hand_over("port --weights {model_dir}", None)
+    argv, handed = hand_over("port --weights {model_dir}", tiny_checkpoint)
+    assert handed is not None and argv == ["port", "--weights", str(checkpoints.resolve("tiny").path)]
+    assert hand_over(["port", "--fast"], None) == (["port", "--fast"], None)

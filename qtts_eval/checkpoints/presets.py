@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,17 @@ PRESETS: dict[str, Preset] = {
         encoder={},  # the real encoder is the default Mimi configuration
     ),
 }
+# The released widths of every module (a port may hard-code any of them: speaker encoder, codec encoder and
+# decoder, talker, code predictor, the 2048-wide text embedding) with one layer wherever the config says how
+# many, so a full-width port loads it and runs a parity request far faster than on 0.6b-base (docs/ports.md).
+PRESETS["0.6b-shallow"] = dataclasses.replace(
+    PRESETS["0.6b-base"],
+    name="0.6b-shallow",
+    talker_layers=1,
+    predictor_layers=1,
+    decoder_layers=1,
+    encoder={"num_hidden_layers": 1},
+)
 
 
 def preset_by_name(name: str) -> Preset:

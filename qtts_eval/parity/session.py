@@ -131,7 +131,9 @@ def _candidate_pipeline(
     if candidate.startswith(("ws://", "wss://")):
         return pipelines.create("websocket", PipelineConfig(options={"url": candidate})), None
     if _over_the_wire(candidate):
-        return pipelines.create("worker", PipelineConfig(options={"command": candidate})), None
+        # `{model_dir}` in the command is the reference's checkpoint: both sides start from the same weights.
+        config = PipelineConfig(model=base.model, options={"command": candidate})
+        return pipelines.create("worker", config), None
     if candidate == "reference" or candidate.startswith(FAULT_PREFIX):
         codec = codec_dtype or REFERENCE_CODEC_DTYPE
         config = dataclasses.replace(base, options={"codec_dtype": codec})
@@ -181,6 +183,7 @@ class _Sides:
         self, settings: ParitySettings, out: Path, forced_inputs: Collection[ForcedInput]
     ) -> ParityResult:
         """One request: capture the reference, run the candidate free and teacher-forced, write reports."""
+        _check_layout(self.pipeline.describe().get("layouts"), settings)  # before either side runs
         ref_dump = _capture_reference(self.reference, settings, out)
         result = compare_pipeline(
             ref_dump,
@@ -191,12 +194,40 @@ class _Sides:
             forced_inputs=forced_inputs,
             dump_dir=out,
         )
+        if not _over_the_wire(self.name):  # the suite wrote these: complete them for a bare `parity DUMP`
+            for name in (FREE_DUMP, FORCED_DUMP):
+                _name_voice(out / name, settings.voice)
         write_reports(result, out)
         return result
 
     def close(self) -> None:
         self.pipeline.close()
         self.reference.close()
+
+
+def _name_voice(path: Path, voice: str) -> None:
+    """Write the fixture voice into a dump header that names none (the request carries only its audio)."""
+    if not path.is_file():
+        return
+    dump = read_dump(path)
+    if not dump.meta.voice:
+        write_dump(StageDump(dataclasses.replace(dump.meta, voice=voice), dump.tensors), path)
+
+
+def _check_layout(layouts: object, settings: ParitySettings) -> None:
+    """A candidate that declares its prompt layout per mode (hello.implementation.layouts, docs/protocol.md)
+    must build the one this request asks for; otherwise parity would compare two different prompts."""
+    if not isinstance(layouts, dict):
+        return
+    mode = settings.mode.value
+    if mode not in layouts:
+        raise ParityError(f"the candidate serves no {mode} mode (its layouts: {layouts}); pass --mode")
+    if layouts[mode] != settings.non_streaming_mode:
+        flag = "--non-streaming-mode" if layouts[mode] else "--no-non-streaming-mode"
+        raise ParityError(
+            f"in {mode} mode the candidate builds only the non_streaming_mode {layouts[mode]} prompt layout, "
+            f"the request asks for {settings.non_streaming_mode}; pass {flag} to compare that layout"
+        )
 
 
 def _reference(settings: ParitySettings, device: str) -> HookedReference:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from qtts_eval import checkpoints
 from qtts_eval.errors import CandidateTimeout, PipelineError, ProtocolError, RemoteError
 from qtts_eval.pipelines.base import (
     AudioChunk,
@@ -37,6 +38,7 @@ from qtts_eval.wire.protocol import Encoding, ErrorCode
 
 STDERR_TAIL_LINES = 20  # worker stderr lines quoted when it dies
 EXIT_GRACE_S = 2.0  # a worker asked to stop gets this long before it is terminated
+MODEL_DIR = "{model_dir}"  # in a worker command: replaced by the checkpoint directory the suite hands over
 
 
 @dataclass(frozen=True)
@@ -188,11 +190,26 @@ class WorkerChannel(Channel):
                 self.process.wait()
 
 
-def open_channel(target: str, timeouts: Timeouts) -> Channel:
-    """A ws:// URL opens a WebSocket; anything else is a worker command line."""
+def hand_over(
+    command: str | Sequence[str], model: str | None
+) -> tuple[list[str], checkpoints.ResolvedModel | None]:
+    """A worker command's argv with every MODEL_DIR replaced by the directory of `model` (a preset, path or
+    hub id) and that checkpoint; (argv, None) when the command names no MODEL_DIR. Every command that starts
+    a worker goes through here, so `{model_dir}` always means the model the user asked for."""
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    if not any(MODEL_DIR in arg for arg in argv):
+        return argv, None
+    if not model:
+        raise PipelineError(f"the worker command has {MODEL_DIR}: pass --model to say which checkpoint")
+    resolved = checkpoints.resolve(model)
+    return [arg.replace(MODEL_DIR, str(resolved.path)) for arg in argv], resolved
+
+
+def open_channel(target: str, timeouts: Timeouts, model: str | None = None) -> Channel:
+    """A ws:// URL opens a WebSocket; anything else is a worker command line (MODEL_DIR: `model`'s)."""
     if target.startswith(("ws://", "wss://")):
         return WebSocketChannel(target, timeouts.start_s)
-    return WorkerChannel(target)
+    return WorkerChannel(hand_over(target, model)[0])
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from qtts_eval.errors import CandidateTimeout, ProtocolError, QttsEvalError, RemoteError
 from qtts_eval.fixtures import load_fixtures
-from qtts_eval.pipelines.base import CloneMode, Request
+from qtts_eval.pipelines.base import CloneMode, Request, UnsupportedRequest
 from qtts_eval.pipelines.codec import ReferenceCodec
 from qtts_eval.units import SAMPLES_PER_FRAME
 from qtts_eval.wire import protocol
@@ -34,6 +35,11 @@ REPEAT_TOLERANCE = PCM16_TOLERANCE
 # (docs: REFERENCE-NOTES streaming facts); audio unrelated to the codes, at equal power, scores about 1.4.
 DECODE_TOLERANCE = 0.1
 CANCEL_BUDGET_FACTOR = 4  # the cancelled (and the busy) utterance asks for this many times the normal budget
+# A cancel sent right after speak must end the utterance in under this share of the time the whole utterance
+# would take (estimated from the audio-f32 request, a quarter of its budget): a port that finishes the work
+# first and only then reports `cancelled` cannot be interrupted. The floor absorbs the noise of a shared host.
+CANCEL_SHARE = 0.5
+CANCEL_FLOOR_S = 0.25
 # hello.implementation fields the bench relies on: frame budget and quality verdict (synthetic), same-weights
 # checks (weights_hash), and the candidate's identity in every record and comparison (name, version).
 REQUIRED_IMPLEMENTATION: dict[str, type] = {
@@ -50,6 +56,9 @@ class Verdict(str, enum.Enum):
     PASS = "pass"  # the candidate did what the rule expects, and the kit compared it
     FAIL = "FAIL"  # it did not
     NOT_APPLICABLE = "n/a"  # nothing to compare (no codes returned, an earlier rule failed): not a pass
+
+
+NOT_STARTED = "not run: the candidate did not start (see the failed rule above)"
 
 
 class RuleFailure(Exception):
@@ -96,13 +105,20 @@ class Checker:
         self._channel: Channel | None = None
         self._codec: ReferenceCodec | None = None
         self.f32: Utterance | None = None  # the f32 utterance, repeated and compared against pcm16
+        self.f32_wall_s: float | None = None  # seconds from its speak to its complete
+        self.load_failure: str | None = None  # why the candidate could not be started; no rule runs after
         self.repeat_diff: float | None = None  # largest sample difference of two identical requests
 
     @property
     def session(self) -> RemoteSession:
         if self._session is None:
-            self._channel = open_channel(self.target, self.options.timeouts)
-            self._session = RemoteSession(self._channel, self.options.timeouts)
+            try:
+                self._channel = open_channel(self.target, self.options.timeouts, self.options.model)
+                self._session = RemoteSession(self._channel, self.options.timeouts)
+            except QttsEvalError as exc:
+                # A candidate that cannot start (load error, no hello) will not start for the next rule.
+                self.load_failure = f"{type(exc).__name__}: {exc}"
+                raise
         return self._session
 
     def codec(self) -> ReferenceCodec:
@@ -196,7 +212,9 @@ def _start(check: Checker) -> str:
 
 def _audio_f32(check: Checker) -> str:
     check.start()
+    began = time.monotonic()
     utterance = collect(check.session.speak(check.request()))
+    check.f32_wall_s = time.monotonic() - began
     if utterance.end.frames_generated < 1 or not utterance.chunks:
         raise RuleFailure(
             f"no audio: {utterance.end.frames_generated} frames, {len(utterance.chunks)} chunks"
@@ -323,6 +341,9 @@ def _busy(check: Checker) -> str:
                 raise RuleFailure("a speak sent during an utterance was served instead of refused with BUSY")
             continue
         message = protocol.loads(raw)
+        if message["type"] == "error" and message.get("code") == ErrorCode.UNSUPPORTED.value:
+            check.reset()  # the second speak's refusal is still on its way: the next rule starts clean
+            raise UnsupportedRequest(str(message.get("message", "")))
         if message["type"] == "error" and message.get("code") == ErrorCode.BUSY.value and not refused:
             refused = True
         elif message["type"] == "complete" and not completed:
@@ -368,15 +389,29 @@ def _cancel(check: Checker) -> str:
     frames = check.options.frames * CANCEL_BUDGET_FACTOR
     session.channel.send(protocol.speak_message(check.request(frames), return_codes=False))
     session.cancel()
+    began = time.monotonic()
     utterance = collect(session.receive_utterance())
+    took_s = time.monotonic() - began
     if not utterance.cancelled:
         raise RuleFailure(
             f"cancel sent right after speak, but the {frames}-frame utterance completed uncancelled"
         )
+    timing = "not timed against a bound (no audio-f32 run to estimate the utterance from)"
+    if check.f32_wall_s is not None:
+        whole_s = check.f32_wall_s * CANCEL_BUDGET_FACTOR  # the uncancelled utterance, estimated
+        bound_s = max(CANCEL_FLOOR_S, CANCEL_SHARE * whole_s)
+        if took_s > bound_s:
+            raise RuleFailure(
+                f"the cancel took {took_s:.2f} s to end the utterance, over the {bound_s:.2f} s allowed "
+                f"({CANCEL_SHARE:g} of the ~{whole_s:.2f} s the whole {frames}-frame utterance takes): "
+                "the port finished the work before honouring it; check for a cancel between frames"
+            )
+        timing = f"within {bound_s:.2f} s"
     after = collect(session.speak(check.request()))
     return (
-        f"complete(cancelled) after {sum(c.samples.shape[0] for c in utterance.chunks)} samples; "
-        f"next speak gave {after.end.frames_generated} frames"
+        f"complete(cancelled) {took_s * 1000:.0f} ms after the cancel ({timing}), after "
+        f"{sum(c.samples.shape[0] for c in utterance.chunks)} samples; next speak gave "
+        f"{after.end.frames_generated} frames"
     )
 
 
@@ -424,10 +459,15 @@ def check_target(target: str, options: CheckOptions | None = None) -> list[RuleR
     results: list[RuleResult] = []
     try:
         for rule in RULES:
+            if checker.load_failure is not None:
+                results.append(RuleResult(rule.name, Verdict.NOT_APPLICABLE, NOT_STARTED))
+                continue
             try:
                 detail = rule.check(checker)
             except NotApplicable as exc:
                 results.append(RuleResult(rule.name, Verdict.NOT_APPLICABLE, str(exc)))
+            except UnsupportedRequest as exc:  # a valid request the candidate says it cannot do
+                results.append(RuleResult(rule.name, Verdict.NOT_APPLICABLE, f"(unsupported: {exc})"))
             except (RuleFailure, QttsEvalError, RemoteError) as exc:
                 results.append(RuleResult(rule.name, Verdict.FAIL, f"{type(exc).__name__}: {exc}"))
                 checker.reset()  # whatever state the candidate is in, the next rule starts clean

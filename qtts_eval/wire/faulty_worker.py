@@ -20,6 +20,8 @@ codec of that checkpoint (a candidate whose codes and audio agree), otherwise a 
   nondeterministic  every utterance's codes and audio are shifted by its index: the same request differs
   codes-mismatch the codes returned are not the codes the audio was decoded from (use with --codec)
   no-busy        a speak during an utterance is ignored instead of refused with BUSY
+  slow-cancel    a cancel is honoured only once 90 % of the utterance's frames are done (a port that checks
+                 for it at the end)
 
 ``--after N`` serves N utterances correctly before the fault strikes; with ``--recurring`` it strikes again
 after every further N correct ones (a crashed worker restarted by the harness counts from zero again).
@@ -63,6 +65,7 @@ from qtts_eval.wire.server import (
 CRASH_EXIT_CODE = 3
 SHORT_FRAME_SAMPLES = 1900  # the wrong-samples fault's frame length (20 short of SAMPLES_PER_FRAME)
 CODEBOOK_SIZE = 2048  # codes per codebook of the 12 Hz codec (every preset): the worker's codes stay in range
+SLOW_CANCEL_SHARE = 0.9  # the slow-cancel fault lets this share of the utterance's frames pass first
 TONE_SHIFT_SAMPLES = 100  # the nondeterministic fault starts each utterance's tone this much later
 
 
@@ -79,6 +82,7 @@ class Fault(str, enum.Enum):
     NONDETERMINISTIC = "nondeterministic"
     CODES_MISMATCH = "codes-mismatch"
     NO_BUSY = "no-busy"
+    SLOW_CANCEL = "slow-cancel"
 
 
 class TonePipeline(Pipeline):
@@ -104,6 +108,7 @@ class TonePipeline(Pipeline):
         self.codec_model = codec_model  # checkpoint whose reference codec turns the codes into audio
         self.codec: ReferenceCodec | None = None
         self.utterances = 0  # served so far (the nondeterministic fault shifts each by its index)
+        self.last_frames = 0  # frame budget of the latest utterance (the slow-cancel fault waits it out)
 
     def load(self) -> None:
         if self.codec_model is not None:
@@ -136,6 +141,7 @@ class TonePipeline(Pipeline):
         codes = pattern % CODEBOOK_SIZE
         decoded = self.codec.decode(codes) if self.codec else None
         length = SHORT_FRAME_SAMPLES if fault is Fault.WRONG_SAMPLES else SAMPLES_PER_FRAME
+        self.last_frames = frames
         for index in range(frames):
             time.sleep(self.frame_delay_s)
             if decoded is not None:
@@ -164,7 +170,11 @@ class FaultyTransport(Transport):
         self.fault = pipeline.fault
 
     async def receive(self) -> str | bytes | None:
-        return await self.inner.receive()
+        message = await self.inner.receive()
+        if self.fault is Fault.SLOW_CANCEL and isinstance(message, str) and '"cancel"' in message:
+            # Honoured only once most of the work is done, as a port that checks for a cancel at the end.
+            await asyncio.sleep(SLOW_CANCEL_SHARE * self.pipeline.frame_delay_s * self.pipeline.last_frames)
+        return message
 
     async def send_text(self, text: str) -> None:
         if self.fault is Fault.NO_BUSY and protocol.loads(text).get("code") == ErrorCode.BUSY.value:

@@ -28,11 +28,17 @@ from qtts_eval.pipelines.base import (
     StreamEnd,
     UnsupportedRequest,
 )
-from qtts_eval.wire.client import Channel, RemoteSession, Timeouts, WebSocketChannel, WorkerChannel
+from qtts_eval.wire.client import (
+    Channel,
+    RemoteSession,
+    Timeouts,
+    WebSocketChannel,
+    WorkerChannel,
+    hand_over,
+)
 from qtts_eval.wire.protocol import DUMP_SUFFIX, Encoding
 
 RESTARTS_KEY = "candidate_restarts"  # StreamEnd.info: times the candidate was restarted so far in this run
-MODEL_DIR = "{model_dir}"  # in a worker command: replaced by the checkpoint directory the suite hands over
 IDENTITY_KEYS = ("name", "version", "commit")  # hello.implementation keys recorded as implementation_<key>
 
 
@@ -234,13 +240,9 @@ class WorkerPipeline(RemotePipeline):
         return command if isinstance(command, str) else shlex.join(command)
 
     def open_channel(self) -> Channel:
-        command = self.options.command
-        argv = shlex.split(command) if isinstance(command, str) else list(command)
-        if any(MODEL_DIR in arg for arg in argv):
-            # The suite hands the candidate its own source checkpoint (config.model) and records its hash,
-            # so reference and candidate provably start from the same weights.
-            self.handed_over = checkpoints.resolve(self.config.model)
-            argv = [arg.replace(MODEL_DIR, str(self.handed_over.path)) for arg in argv]
+        # The suite hands the candidate its own source checkpoint (config.model) and records its hash,
+        # so reference and candidate provably start from the same weights.
+        argv, self.handed_over = hand_over(self.options.command, self.config.model)
         return WorkerChannel(argv)
 
     def describe(self) -> dict[str, Any]:

@@ -19,7 +19,8 @@
 //! Any speak gets the dump's audio, cut at the request's frame budget; a parity request (`dump_path`) must be
 //! the request the dump recorded, and a forced one may force any of the dump's own codes, reference codes and
 //! speaker embedding (its header then lists those), but nothing else, or it is refused as UNSUPPORTED: the
-//! replay cannot compute anything else.
+//! replay cannot compute anything else. It declares one prompt layout (`Worker::layouts`), the dump's mode and
+//! `non_streaming_mode`: a speak of the other mode or layout is refused as UNSUPPORTED by the kit.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,8 +31,8 @@ use qtts_port_kit::dump::{
 };
 use qtts_port_kit::protocol::{Forced, CODEBOOKS, SAMPLES_PER_FRAME};
 use qtts_port_kit::{
-    serve_stdio, Capability, MarkStage, ServeOptions, SpeakError, SpeakRequest, Spoken, Utterance, Voice,
-    Worker,
+    serve_stdio, Capability, Layouts, MarkStage, ServeOptions, SpeakError, SpeakRequest, Spoken, Utterance,
+    Voice, Worker,
 };
 use serde_json::json;
 
@@ -165,6 +166,21 @@ impl Replay {
 impl Worker for Replay {
     fn capabilities(&self) -> Vec<Capability> {
         vec![Capability::StageDumps, Capability::ForcedCodes]
+    }
+
+    /// The replay builds one prompt: the dump's mode and layout; anything else is UNSUPPORTED.
+    fn layouts(&self) -> Option<Layouts> {
+        let layout = Some(self.dump.meta.non_streaming_mode);
+        Some(match self.dump.meta.clone_mode.as_str() {
+            "icl" => Layouts {
+                icl: layout,
+                xvector: None,
+            },
+            _ => Layouts {
+                icl: None,
+                xvector: layout,
+            },
+        })
     }
 
     fn implementation(&self) -> serde_json::Value {

@@ -572,6 +572,7 @@ mod tests {
             seed: 0,
             sampling: Default::default(),
             return_codes: true,
+            non_streaming_mode: None,
             dump_path: None,
             forced: None,
         };
@@ -612,6 +613,7 @@ mod tests {
             seed: 0,
             sampling: Default::default(),
             return_codes: false,
+            non_streaming_mode: None,
             dump_path: Some("d.safetensors".into()),
             forced,
         }

@@ -22,8 +22,11 @@ pub mod websocket;
 
 pub use audio::Encoding;
 pub use dump::{DumpMeta, DumpWriter};
-pub use protocol::{Capability, CloneMode, ErrorCode, MarkStage, SpeakRequest, Voice, SAMPLES_PER_FRAME};
+pub use protocol::{
+    Capability, CloneMode, ErrorCode, Layouts, MarkStage, SpeakRequest, Voice, SAMPLES_PER_FRAME,
+};
 pub use server::{serve_stdio, Cancelled, ServeOptions, SpeakError, Spoken, Utterance, Worker};
+pub use voice_id::weights_hash;
 #[cfg(feature = "websocket")]
 pub use websocket::serve_websocket;
 

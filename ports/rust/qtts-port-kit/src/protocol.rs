@@ -130,6 +130,69 @@ impl CloneMode {
     }
 }
 
+/// The talker prompt layout a port builds in each clone mode: the `non_streaming_mode` value it implements
+/// (false: the reference's default layout, true: the whole text up front), None for a mode it does not serve.
+/// Announced in `hello.implementation.layouts` ({"icl": false, "xvector": true}); the kit refuses any other
+/// layout or mode as UNSUPPORTED before the worker sees the request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Layouts {
+    pub icl: Option<bool>,
+    pub xvector: Option<bool>,
+}
+
+impl Layouts {
+    /// The same layout in both modes.
+    pub fn both(non_streaming_mode: bool) -> Self {
+        Layouts {
+            icl: Some(non_streaming_mode),
+            xvector: Some(non_streaming_mode),
+        }
+    }
+
+    /// The layout built in `mode`, if the mode is served.
+    pub fn of(&self, mode: CloneMode) -> Option<bool> {
+        match mode {
+            CloneMode::Icl => self.icl,
+            CloneMode::Xvector => self.xvector,
+        }
+    }
+
+    /// `hello.implementation.layouts`: served modes only.
+    pub fn to_json(&self) -> Value {
+        let mut map = Map::new();
+        for mode in [CloneMode::Icl, CloneMode::Xvector] {
+            if let Some(layout) = self.of(mode) {
+                map.insert(mode.as_str().to_owned(), Value::Bool(layout));
+            }
+        }
+        Value::Object(map)
+    }
+
+    /// Check `request` against the declared layouts; fills in the declared layout when none was asked for.
+    pub fn admit(&self, request: &mut SpeakRequest) -> Result<(), ProtocolError> {
+        let mode = request.mode.as_str();
+        let Some(built) = self.of(request.mode) else {
+            return Err(ProtocolError::new(
+                ErrorCode::Unsupported,
+                format!("speak: this port does not serve {mode} mode (hello.implementation.layouts)"),
+            ));
+        };
+        match request.non_streaming_mode {
+            Some(asked) if asked != built => Err(ProtocolError::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "speak: non_streaming_mode {asked} asked, but in {mode} mode this port builds only the \
+                     non_streaming_mode {built} prompt layout (hello.implementation.layouts)"
+                ),
+            )),
+            _ => {
+                request.non_streaming_mode = Some(built);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A client message the server answers with an `error`; `fatal` ends the session.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProtocolError {
@@ -224,6 +287,10 @@ pub struct SpeakRequest {
     pub sampling: Sampling,
     /// Whether `complete` should carry the generated codes.
     pub return_codes: bool,
+    /// The talker prompt layout asked for (the reference's `non_streaming_mode`: the whole text up front when
+    /// true); None: the port's own. With `Worker::layouts` declared, the kit refuses a layout the port does not
+    /// build and fills in the declared one when none was asked for.
+    pub non_streaming_mode: Option<bool>,
     /// A parity request: the stage dump's name under the dump directory (validated by `parse_dump_path`).
     pub dump_path: Option<String>,
     /// Teacher forcing (parity requests only, `forced_codes` capability).
@@ -438,6 +505,11 @@ pub fn parse_speak(
             "speak: ICL mode needs the reference transcript, and ref_text is empty",
         ));
     }
+    let non_streaming_mode = match message.get("non_streaming_mode") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(layout)) => Some(*layout),
+        Some(_) => return Err(invalid("speak: 'non_streaming_mode' must be true or false")),
+    };
     let dump_path = match message.get("dump_path") {
         None | Some(Value::Null) => None,
         Some(value) => Some(parse_dump_path(value)?),
@@ -462,6 +534,7 @@ pub fn parse_speak(
         seed,
         sampling,
         return_codes: message.get("return_codes").map_or(Ok(false), truthy)?,
+        non_streaming_mode,
         dump_path,
         forced,
     })

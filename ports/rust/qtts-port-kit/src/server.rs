@@ -14,9 +14,9 @@ use serde_json::Value;
 use crate::audio::{encode_audio, Encoding};
 use crate::framing::{read_frame, write_frame, Frame, FrameError};
 use crate::protocol::{
-    parse_client_message, parse_speak, Capability, ClientMessage, ErrorCode, MarkStage, ProtocolError,
-    ServerMessage, SpeakRequest, StartVoice, Voice, CODEBOOKS, PROTOCOL_VERSION, SAMPLES_PER_FRAME,
-    SAMPLE_RATE_HZ,
+    parse_client_message, parse_speak, Capability, ClientMessage, ErrorCode, Layouts, MarkStage,
+    ProtocolError, ServerMessage, SpeakRequest, StartVoice, Voice, CODEBOOKS, PROTOCOL_VERSION,
+    SAMPLES_PER_FRAME, SAMPLE_RATE_HZ,
 };
 use crate::voice_id::voice_id;
 
@@ -71,7 +71,16 @@ pub trait Worker {
     }
 
     /// `hello.implementation`: who this is (name, version, model_ref, weights_hash, synthetic, dtype, device...).
+    /// Keep values scalars (strings, numbers, booleans): each becomes a column of every record.
     fn implementation(&self) -> Value;
+
+    /// The prompt layout built in each mode (`Layouts`). Declared, the kit announces it in
+    /// `hello.implementation.layouts`, refuses other layouts and modes as UNSUPPORTED, and hands `speak` and
+    /// `write_dump` requests whose `non_streaming_mode` is always the declared one. None (the default): the port
+    /// reads `request.non_streaming_mode` itself and must refuse what it cannot build.
+    fn layouts(&self) -> Option<Layouts> {
+        None
+    }
 
     /// Synthesise one utterance with the session's voice. Send audio (whole frames, 1920 samples each, as they
     /// exist) and optional marks through `out`; call `out.check()` during long stretches without audio so a
@@ -163,6 +172,7 @@ pub struct Host<W> {
     dumps_written: AtomicUsize,
     capabilities: Vec<Capability>,
     implementation: Value,
+    layouts: Option<Layouts>,
 }
 
 impl<W: Worker> Host<W> {
@@ -183,7 +193,11 @@ impl<W: Worker> Host<W> {
         if dump_dir.is_none() {
             capabilities.retain(|c| !matches!(c, Capability::StageDumps | Capability::ForcedCodes));
         }
-        let implementation = worker.implementation();
+        let layouts = worker.layouts();
+        let mut implementation = worker.implementation();
+        if let (Some(layouts), Value::Object(facts)) = (layouts, &mut implementation) {
+            facts.insert("layouts".into(), layouts.to_json());
+        }
         Host {
             worker: Mutex::new(worker),
             voices: Mutex::new(VoiceCache::default()),
@@ -191,6 +205,7 @@ impl<W: Worker> Host<W> {
             dumps_written: AtomicUsize::new(0),
             capabilities,
             implementation,
+            layouts,
         }
     }
 
@@ -322,7 +337,10 @@ impl<W: Worker> Session<'_, W> {
                         "speak before start: open a session first",
                     ));
                 };
-                let request = parse_speak(&message, &voice, &self.host.capabilities)?;
+                let mut request = parse_speak(&message, &voice, &self.host.capabilities)?;
+                if let Some(layouts) = &self.host.layouts {
+                    layouts.admit(&mut request)?;
+                }
                 if let Some(name) = &request.dump_path {
                     let target = self.host.dump_target(name)?;
                     let dumped = self.dump(&request, &voice, &target, name)?;
@@ -765,6 +783,70 @@ mod tests {
             other => other.to_owned(),
         };
         client.replies.iter().map(kind).collect()
+    }
+
+    /// Builds only the whole-text layout, in x-vector mode; remembers the layout each speak was handed.
+    struct OneLayout {
+        handed: std::rc::Rc<std::cell::RefCell<Vec<Option<bool>>>>,
+    }
+
+    impl Worker for OneLayout {
+        fn implementation(&self) -> Value {
+            json!({"name": "one-layout"})
+        }
+
+        fn layouts(&self) -> Option<Layouts> {
+            Some(Layouts {
+                icl: None,
+                xvector: Some(true),
+            })
+        }
+
+        fn speak(
+            &mut self,
+            request: &SpeakRequest,
+            _: &Voice,
+            _: &mut Utterance<'_>,
+        ) -> Result<Spoken, SpeakError> {
+            self.handed.borrow_mut().push(request.non_streaming_mode);
+            Ok(Spoken::default())
+        }
+    }
+
+    #[test]
+    fn a_layout_or_mode_the_port_does_not_build_is_unsupported() {
+        let handed = std::rc::Rc::default();
+        let inbox = vec![
+            start(),
+            speak(json!({"non_streaming_mode": false})),
+            speak(json!({"mode": "icl"})),
+            speak(json!({"non_streaming_mode": true})),
+            speak(json!({})),
+        ];
+        let worker = OneLayout {
+            handed: std::rc::Rc::clone(&handed),
+        };
+        let client = run(worker, inbox, vec![], ServeOptions::default());
+        assert_eq!(
+            kinds(&client),
+            [
+                "hello",
+                "ready",
+                "error:UNSUPPORTED",
+                "error:UNSUPPORTED",
+                "complete",
+                "complete"
+            ]
+        );
+        assert_eq!(
+            client.replies[0]["implementation"]["layouts"],
+            json!({"xvector": true})
+        );
+        assert!(client.replies[2]["message"]
+            .as_str()
+            .unwrap()
+            .contains("builds only"));
+        assert_eq!(*handed.borrow(), [Some(true), Some(true)]); // an unasked layout is the declared one
     }
 
     #[test]

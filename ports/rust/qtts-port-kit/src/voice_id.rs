@@ -31,53 +31,125 @@ const INITIAL: [u32; 8] = [
 
 /// SHA-256 of a message held in memory.
 pub fn sha256(message: &[u8]) -> [u8; 32] {
-    let mut padded = message.to_vec();
-    padded.push(0x80);
-    while padded.len() % 64 != 56 {
-        padded.push(0);
-    }
-    padded.extend_from_slice(&((message.len() as u64) * 8).to_be_bytes());
-    let mut state = INITIAL;
-    for block in padded.chunks_exact(64) {
-        let mut w = [0u32; 64];
-        for (i, word) in block.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..64 {
-            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
-            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = state;
-        for i in 0..64 {
-            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-            let choose = (e & f) ^ (!e & g);
-            let t1 = h
-                .wrapping_add(s1)
-                .wrapping_add(choose)
-                .wrapping_add(ROUND[i])
-                .wrapping_add(w[i]);
-            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-            let majority = (a & b) ^ (a & c) ^ (b & c);
-            let t2 = s0.wrapping_add(majority);
-            h = g;
-            g = f;
-            f = e;
-            e = d.wrapping_add(t1);
-            d = c;
-            c = b;
-            b = a;
-            a = t1.wrapping_add(t2);
-        }
-        for (slot, value) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
-            *slot = slot.wrapping_add(value);
+    let mut hasher = Sha256::default();
+    hasher.update(message);
+    hasher.finish()
+}
+
+/// Streaming SHA-256: `update` with any number of pieces, then `finish`.
+#[derive(Clone)]
+pub struct Sha256 {
+    state: [u32; 8],
+    pending: Vec<u8>,
+    length: u64,
+}
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Sha256 {
+            state: INITIAL,
+            pending: Vec::with_capacity(64),
+            length: 0,
         }
     }
-    let mut digest = [0u8; 32];
-    for (out, word) in digest.chunks_exact_mut(4).zip(state) {
-        out.copy_from_slice(&word.to_be_bytes());
+}
+
+impl Sha256 {
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.length += data.len() as u64;
+        if !self.pending.is_empty() {
+            let take = (64 - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.pending.len() == 64 {
+                let block: [u8; 64] = self.pending[..].try_into().unwrap_or([0; 64]);
+                compress(&mut self.state, &block);
+                self.pending.clear();
+            }
+        }
+        let mut blocks = data.chunks_exact(64);
+        for block in &mut blocks {
+            compress(&mut self.state, block.try_into().unwrap_or(&[0; 64]));
+        }
+        self.pending.extend_from_slice(blocks.remainder());
     }
-    digest
+
+    pub fn finish(mut self) -> [u8; 32] {
+        let bits = self.length.wrapping_mul(8);
+        let mut tail = std::mem::take(&mut self.pending);
+        tail.push(0x80);
+        while tail.len() % 64 != 56 {
+            tail.push(0);
+        }
+        tail.extend_from_slice(&bits.to_be_bytes());
+        for block in tail.chunks_exact(64) {
+            compress(&mut self.state, block.try_into().unwrap_or(&[0; 64]));
+        }
+        let mut digest = [0u8; 32];
+        for (out, word) in digest.chunks_exact_mut(4).zip(self.state) {
+            out.copy_from_slice(&word.to_be_bytes());
+        }
+        digest
+    }
+}
+
+fn compress(state: &mut [u32; 8], block: &[u8; 64]) {
+    let mut w = [0u32; 64];
+    for (i, word) in block.chunks_exact(4).enumerate() {
+        w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+    }
+    for i in 16..64 {
+        let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+        let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
+    }
+    let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
+    for i in 0..64 {
+        let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+        let choose = (e & f) ^ (!e & g);
+        let t1 = h
+            .wrapping_add(s1)
+            .wrapping_add(choose)
+            .wrapping_add(ROUND[i])
+            .wrapping_add(w[i]);
+        let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+        let majority = (a & b) ^ (a & c) ^ (b & c);
+        let t2 = s0.wrapping_add(majority);
+        h = g;
+        g = f;
+        f = e;
+        e = d.wrapping_add(t1);
+        d = c;
+        c = b;
+        b = a;
+        a = t1.wrapping_add(t2);
+    }
+    for (slot, value) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
+        *slot = slot.wrapping_add(value);
+    }
+}
+
+/// Files of a checkpoint the suite's weights hash covers, in its order (qtts_eval.checkpoints.weights_hash).
+pub const WEIGHTS_FILES: [&str; 2] = ["model.safetensors", "speech_tokenizer/model.safetensors"];
+
+/// `hello.implementation.weights_hash` of a checkpoint directory, as the suite computes it: SHA-256 over, for
+/// each of `WEIGHTS_FILES` in order, its relative path (UTF-8) then its bytes; lowercase hex.
+pub fn weights_hash(directory: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut hasher = Sha256::default();
+    let mut buffer = vec![0u8; 1 << 20];
+    for relative in WEIGHTS_FILES {
+        hasher.update(relative.as_bytes());
+        let mut file = std::fs::File::open(directory.join(relative))?;
+        loop {
+            let read = file.read(&mut buffer)?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+        }
+    }
+    Ok(hasher.finish().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
@@ -103,5 +175,28 @@ mod tests {
             hex(sha256(two_blocks)),
             "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
         );
+        let mut pieces = Sha256::default(); // split across blocks: the streaming path
+        for piece in two_blocks.chunks(7) {
+            pieces.update(piece);
+        }
+        assert_eq!(hex(pieces.finish()), hex(sha256(two_blocks)));
+    }
+
+    /// qtts_eval.checkpoints.weights_hash of the test's two files.
+    const PYTHON_HASH: &str = "1b11590c78fea4168bc3bd1161a8fdd5182e364c3308e15c44266f21ee63cc20";
+
+    #[test]
+    fn weights_hash_follows_the_suites_scheme() {
+        // Value from qtts_eval.checkpoints.weights_hash on files holding b"talker" and b"codec".
+        let dir = std::env::temp_dir().join(format!("qtts-port-kit-hash-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("speech_tokenizer")).unwrap();
+        std::fs::write(dir.join("model.safetensors"), b"talker").unwrap();
+        std::fs::write(dir.join("speech_tokenizer/model.safetensors"), b"codec").unwrap();
+        let expected = hex(sha256(
+            b"model.safetensorstalkerspeech_tokenizer/model.safetensorscodec",
+        ));
+        assert_eq!(weights_hash(&dir).unwrap(), expected);
+        assert_eq!(weights_hash(&dir).unwrap(), PYTHON_HASH);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
