@@ -18,7 +18,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"measure", "results", "summary"}),
     frozenset({"wire"}),
     frozenset({"bench", "cluster"}),
-    frozenset({"parity", "candidates"}),
+    frozenset({"parity", "candidates", "caches"}),
     frozenset({"gates", "history", "pytest_plugin", "report", "compare"}),
     frozenset({"cli", "__main__"}),
 )

@@ -117,6 +117,23 @@ def test_capture_covers_every_stage_and_logits_explain_codes(ref_dump: StageDump
     assert len(tensors["codec_enc.codes"]) == -(-clip // SAMPLES_PER_FRAME)
 
 
+def test_reference_side_loads_the_checkpoint_itself_without_a_copy(reference: HookedReference) -> None:
+    # A parity session's reference side once copied the whole checkpoint (2.4 GB on 0.6b-base) before asking
+    # the fault whether it edits anything. No fault, or one that edits no file, loads the checkpoint in place.
+    from qtts_eval.parity.capture import fault_copy_dir
+
+    assert reference.resolved is not None
+    source = reference.resolved.path
+    assert reference.checkpoint_dir(source) == source
+    for name, fault in FAULTS.items():
+        if not fault.edits_checkpoint:
+            assert HookedReference(PipelineConfig(model="tiny"), fault()).checkpoint_dir(source) == source
+            assert not fault_copy_dir(source, name).exists()
+    assert not fault_copy_dir(source, "none").exists()
+    editing = {name for name, fault in FAULTS.items() if fault.edits_checkpoint}
+    assert editing == {"talker-weight", "rope-theta"}
+
+
 def test_reference_against_itself_passes_with_zero_difference(
     reference: HookedReference, ref_dump: StageDump, request_: Request
 ) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from qtts_eval.environment import package_version
 from qtts_eval.errors import CheckpointError
 
 TALKER_ARCH = "qwen3-tts"  # general.architecture the port checks for the talker file
@@ -35,8 +36,8 @@ CODEBOOK_INTERNAL_DIM = 256  # codec decoder: codebook vector width before outpu
 BPE_EOS_TOKEN_ID = 151643  # <|endoftext|> of the Qwen2 vocabulary
 # Token types of the GGUF tokenizer convention.
 TOKEN_NORMAL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 4, 5
-# What an export reads besides the two weight files; these and the format version key the export cache, so a
-# checkpoint whose tokenizer or config changed under the same weights is exported again.
+# What an export reads besides the two weight files; these and the exporter's version key the export cache, so
+# a checkpoint whose tokenizer or config changed under the same weights is exported again.
 EXPORT_INPUTS = (
     "config.json",
     "generation_config.json",
@@ -45,7 +46,12 @@ EXPORT_INPUTS = (
     "tokenizer_config.json",
     "speech_tokenizer/config.json",
 )
-EXPORT_FORMAT = 2  # 2: keyed by EXPORT_INPUTS too (1 was keyed by the weights alone and went stale)
+# The exporter's own version, derived rather than hand-bumped: this module's source and the GGUF writer's
+# release. Any change to the code that writes the files re-exports (a forgotten bump once served a stale
+# vocabulary).
+EXPORTER_VERSION = hashlib.sha256(
+    Path(__file__).read_bytes() + f"|gguf {package_version('gguf')}".encode()
+).hexdigest()[:16]
 
 
 class GgufType(str, enum.Enum):
@@ -71,8 +77,8 @@ class GgufExport:
 
 
 def export_key(checkpoint: Path, weights_hash: str) -> str:
-    """The export cache's key of a checkpoint: its weights hash, every EXPORT_INPUTS file, the format."""
-    digest = hashlib.sha256(f"{EXPORT_FORMAT}|{weights_hash}".encode())
+    """The export cache's key of a checkpoint: its weights hash, every EXPORT_INPUTS file, the exporter."""
+    digest = hashlib.sha256(f"{EXPORTER_VERSION}|{weights_hash}".encode())
     for name in EXPORT_INPUTS:
         path = checkpoint / name
         digest.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"(absent)"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
@@ -38,7 +39,7 @@ from qtts_eval.pipelines.base import (
 from qtts_eval.wire.client import Channel, WorkerChannel
 from qtts_eval.wire.pipelines import RemoteOptions, RemotePipeline
 
-EXPORT_MARKER = "export.json"  # written after both GGUF files: an interrupted export is redone
+EXPORT_MARKER = "export.json"  # written last, in the staging directory renamed into place
 
 
 @dataclass(frozen=True)
@@ -59,17 +60,29 @@ class CandidateOptions(RemoteOptions):
 def exported_weights(model: checkpoints.ResolvedModel, storage: GgufType) -> tuple[Path, Path]:
     """Talker and codec GGUF files for a resolved model, exported once per export key (weights, tokenizer and
     config files) and storage type."""
-    key = export_key(model.path, model.weights_hash)
-    target = checkpoints.cache_root() / "exports" / f"{key}-{storage.value}"
+    target = export_dir(export_key(model.path, model.weights_hash), storage)
     marker = target / EXPORT_MARKER
-    if marker.is_file():
-        files = json.loads(marker.read_text())
-        return Path(files["talker"]), Path(files["codec"])
-    done = export_gguf(model.path, target, storage)
-    marker.write_text(
-        json.dumps({"talker": str(done.talker), "codec": str(done.codec), "source": str(model.path)})
-    )
-    return done.talker, done.codec
+    if not marker.is_file():
+        staging = checkpoints.staging_dir(target)
+        try:
+            done = export_gguf(model.path, staging, storage)
+            (staging / EXPORT_MARKER).write_text(
+                json.dumps({"talker": done.talker.name, "codec": done.codec.name, "source": str(model.path)})
+            )
+            try:
+                staging.rename(target)
+            except OSError:
+                if not marker.is_file():  # lost a race to a concurrent export: theirs is fine
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    files = json.loads(marker.read_text())
+    return target / files["talker"], target / files["codec"]
+
+
+def export_dir(key: str, storage: GgufType) -> Path:
+    """Where the export cache keeps the files of one export key and storage type."""
+    return checkpoints.cache_root() / "exports" / f"{key}-{storage.value}"
 
 
 class CandidatePipeline(RemotePipeline):

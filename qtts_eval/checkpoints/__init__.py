@@ -19,6 +19,8 @@ from qtts_eval.checkpoints.cache import (
     ResolvedModel,
     cache_root,
     resolve,
+    staging_dir,
+    staging_owner,
     synthetic_checkpoint,
 )
 from qtts_eval.checkpoints.configs import model_config, speech_tokenizer_config
@@ -38,6 +40,8 @@ __all__ = [
     "model_config",
     "resolve",
     "speech_tokenizer_config",
+    "staging_dir",
+    "staging_owner",
     "synthetic_checkpoint",
     "tokenizer_source",
     "weights_hash",

@@ -54,6 +54,23 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "qtts-eval"
 
 
+# A directory being written is named after its target plus ".tmp<pid>" (and, from mkdtemp, a random tail),
+# then renamed into place: `qtts-eval cache prune` removes one whose process is gone.
+_STAGING = re.compile(r"\.tmp(?P<pid>\d+)(?:-[^/]*)?$")
+
+
+def staging_dir(target: Path) -> Path:
+    """A fresh, empty staging directory beside `target`, named for this process."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp{os.getpid()}-", dir=target.parent))
+
+
+def staging_owner(path: Path) -> int | None:
+    """The process id a staging directory's name records, or None when `path` is no staging directory."""
+    match = _STAGING.search(path.name)
+    return int(match["pid"]) if match else None
+
+
 def cache_key(preset_name: str, seed: int) -> str:
     preset = preset_by_name(preset_name)
     spec = json.dumps(
@@ -74,8 +91,7 @@ def synthetic_checkpoint(preset_name: str, seed: int = DEFAULT_SEED) -> Path:
     target = cache_root() / "checkpoints" / cache_key(preset_name, seed)
     if (target / MARKER_FILE).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    staging = staging_dir(target)
     try:
         build_checkpoint(preset_name, seed, staging)
         try:

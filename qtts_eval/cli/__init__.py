@@ -13,6 +13,7 @@ from qtts_eval.errors import QttsEvalError
 SUBCOMMANDS = (
     "asr",
     "bench",
+    "cache",
     "candidates",
     "check_worker",
     "checkpoint",

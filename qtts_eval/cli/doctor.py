@@ -1,4 +1,5 @@
-"""`qtts-eval doctor [NAME ...]`: explain what stands between each candidate and `--pipeline NAME`."""
+"""`qtts-eval doctor [NAME ...]`: explain what stands between each candidate and `--pipeline NAME`, and what
+the suite's cache holds."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from qtts_eval import caches
     from qtts_eval.candidates import envs
     from qtts_eval.candidates.registry import CANDIDATES, Support, candidate
+    from qtts_eval.checkpoints import cache_root
 
     specs = [candidate(n) for n in args.names] or [c for c in CANDIDATES if c.support is Support.ADAPTER]
     ready = True
@@ -24,4 +27,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{spec.name}: {'ready' if not problems else 'not ready'}")
         for problem in problems:
             print(f"  - {problem}")
+    found = caches.entries()
+    total = caches.human_size(sum(e.size_bytes for e in found))
+    prunable = caches.human_size(sum(e.size_bytes for e in found if e.state.prunable))
+    print(
+        f"cache {cache_root()}: {total} in {len(found)} entries, "
+        f"{prunable} stale or orphaned (`qtts-eval cache list`, `qtts-eval cache prune`)"
+    )
     return 0 if ready else 1

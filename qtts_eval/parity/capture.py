@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,10 +54,12 @@ class Fault:
     name: ClassVar[str] = "none"  # CLI name, e.g. "no-resample"
     group: ClassVar[str] = ""  # the dumps.Stage.group at which the comparison must fail
     description: ClassVar[str] = "no fault"  # one line for reports
+    # Whether edit_checkpoint changes files: declared up front, so a fault that edits nothing costs no copy
+    # of the checkpoint (2.4 GB for 0.6b-base).
+    edits_checkpoint: ClassVar[bool] = False
 
-    def edit_checkpoint(self, directory: Path) -> bool:
-        """Modify a private copy of the checkpoint in place; return False when no copy is needed."""
-        return False
+    def edit_checkpoint(self, directory: Path) -> None:
+        """Modify a private copy of the checkpoint in place (only called when edits_checkpoint is set)."""
 
     def ref_audio(self, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """The reference clip as this implementation hands it to the encoders (labelled 24 kHz)."""
@@ -72,6 +73,12 @@ class Fault:
     def installed(self, model: Any) -> Iterator[None]:
         """Apply run-time modifications to the loaded model for the duration of one run."""
         yield
+
+
+def fault_copy_dir(source: Path, fault: str) -> Path:
+    """Where the cache keeps the copy of checkpoint `source` edited by the fault named `fault`."""
+    tag = hashlib.sha256(f"{source}|{fault}".encode()).hexdigest()[:12]
+    return checkpoints.cache_root() / "parity-faults" / f"{fault}-{tag}"
 
 
 def _np(tensor: Any) -> npt.NDArray[Any]:
@@ -303,16 +310,14 @@ class HookedReference(ReferencePipeline):
 
     def _faulted_copy(self, source: Path) -> Path:
         """A private modified copy of the checkpoint when the fault edits files (cached by source, fault)."""
-        tag = hashlib.sha256(f"{source}|{self.fault.name}".encode()).hexdigest()[:12]
-        target = checkpoints.cache_root() / "parity-faults" / f"{self.fault.name}-{tag}"
+        if not self.fault.edits_checkpoint:
+            return source
+        target = fault_copy_dir(source, self.fault.name)
         if target.is_dir():
             return target
-        staging = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging)
-        if not self.fault.edit_checkpoint(staging):
-            shutil.rmtree(staging)
-            return source
+        staging = checkpoints.staging_dir(target)
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        self.fault.edit_checkpoint(staging)
         staging.rename(target)
         return target
 

@@ -76,8 +76,9 @@ class TalkerWeight(Fault):
     group: ClassVar[str] = "talker"
     description: ClassVar[str] = f"talker.model.layers.1.mlp.down_proj.weight[0, 0] += {WEIGHT_DELTA}"
     tensor: ClassVar[str] = "talker.model.layers.1.mlp.down_proj.weight"
+    edits_checkpoint: ClassVar[bool] = True
 
-    def edit_checkpoint(self, directory: Path) -> bool:
+    def edit_checkpoint(self, directory: Path) -> None:
         from safetensors import safe_open
         from safetensors.torch import save_file
 
@@ -87,7 +88,6 @@ class TalkerWeight(Fault):
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
         tensors[self.tensor][0, 0] += WEIGHT_DELTA
         save_file(tensors, str(path), metadata=metadata)
-        return True
 
 
 class WrongRopeTheta(Fault):
@@ -96,13 +96,13 @@ class WrongRopeTheta(Fault):
     name: ClassVar[str] = "rope-theta"
     group: ClassVar[str] = "talker"
     description: ClassVar[str] = f"talker rope_theta {WRONG_ROPE_THETA:g} instead of the checkpoint's"
+    edits_checkpoint: ClassVar[bool] = True
 
-    def edit_checkpoint(self, directory: Path) -> bool:
+    def edit_checkpoint(self, directory: Path) -> None:
         path = directory / "config.json"
         config = json.loads(path.read_text(encoding="utf-8"))
         config["talker_config"]["rope_theta"] = WRONG_ROPE_THETA
         path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-        return True
 
 
 class CodePredictorOrder(Fault):
