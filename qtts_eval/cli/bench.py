@@ -73,7 +73,13 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--codec-dtype", choices=("float32", "bfloat16", "float16"), help="reference speech tokenizer dtype"
     )
-    parser.add_argument("--stream", action="store_true", help="stream the reference in packets (latency)")
+    parser.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stream the reference in packets, so first byte and first playable are latencies (default); "
+        "--no-stream: whole utterances, first byte = wall time",
+    )
     parser.add_argument("--packet-frames", type=int, help="with --stream: frames per packet (default 4)")
     parser.add_argument("--left-context", help="with --stream: decoder left context in frames, or 'exact'")
     parser.add_argument(
@@ -186,6 +192,19 @@ def _latency_text(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _next_steps(run_dir: Path, pipelines: list[str]) -> str:
+    """What a newcomer runs next on this run: a head-to-head, a gate, the notebooks."""
+    lines = ["next:"]
+    candidates = [name for name in pipelines if name != "reference"]
+    if "reference" in pipelines and candidates:
+        lines.append(f"  qtts-eval compare {run_dir} --candidate {candidates[0]}   # head-to-head table")
+    else:
+        lines.append("  qtts-eval bench --pipeline reference --pipeline NAME   # a candidate beside it")
+    lines.append(f"  qtts-eval gate {run_dir} --gates GATES.toml --baseline EARLIER_RUN   # regressions")
+    lines.append("  qtts-eval lab   # the notebooks read results/ (notebooks/)")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.resume:
         bench = Bench.resume(args.resume)
@@ -237,4 +256,5 @@ def run(args: argparse.Namespace) -> int:
         )
     failed = int((frame["status"] != "ok").sum()) if len(frame) else 0
     print(f"\n{len(frame)} records, {failed} not ok -> {bench.store.directory}")
+    print(_next_steps(bench.store.directory, sorted(set(frame["pipeline"])) if len(frame) else []))
     return EXIT_REQUESTS_FAILED if failed else 0
