@@ -26,6 +26,12 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--baseline-run", type=Path, help="compare with the candidate's records in this earlier run instead"
     )
+    parser.add_argument(
+        "--same-work",
+        action="store_true",
+        help="refuse (exit 2, naming each difference) when the two sides did different work (prompt cache, "
+        "delivery, layout, budget convention, instrumentation, threads, precision, memory kind)",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     parser.add_argument("--html", type=Path, help="also write the table as a self-contained HTML page here")
     parser.set_defaults(run=run)
@@ -45,6 +51,13 @@ def run(args: argparse.Namespace) -> int:
         candidate = compare.Side(f"{name} ({args.run_dir.name})", frame[frame["pipeline"] == name])
         baseline = compare.Side(f"{name} ({args.baseline_run.name})", before[before["pipeline"] == name])
     table = compare.compare(candidate, baseline)
+    if args.same_work:
+        differing = compare.work_differs(table)
+        if differing:
+            raise ResultsError(
+                f"{candidate.label} and {baseline.label} did different work (--same-work): "
+                + "; ".join(differing)
+            )
     heading = compare.title(candidate, baseline)
     print(heading)
     print(compare.to_text(table))
