@@ -30,19 +30,22 @@ from qtts_eval.fixtures import FixtureSet, TextFixture, Voice, load_fixtures
 from qtts_eval.measure import Measurement, measure
 from qtts_eval.metrics.asr import Recognizer, load_recognizer
 from qtts_eval.metrics.latency import latency_columns
-from qtts_eval.metrics.quality import quality_columns
+from qtts_eval.metrics.quality import METRIC_ERROR, quality_columns
 from qtts_eval.metrics.same_work import codes_digest, same_work_columns
 from qtts_eval.metrics.speaker import Embedder, load_embedder
 from qtts_eval.pipelines import options as pipeline_options
 from qtts_eval.pipelines.base import (
     REMOTE_GPU_MEMORY_KEY,
     REMOTE_RSS_KEY,
+    BudgetConvention,
     CloneMode,
+    Delivery,
     Pipeline,
     PipelineConfig,
     Request,
     Sampling,
     UnsupportedRequest,
+    WorkDeclaration,
 )
 from qtts_eval.results import Record, RunStore
 from qtts_eval.summary import intelligibility_table, latency_table, memory_drift, steady_state, summarise
@@ -271,9 +274,7 @@ class Bench:
             self._recognizer = load_recognizer(self.config.asr, self.config.asr_path)
 
         def measure_cell(cell: Cell, machine: dict[str, Any]) -> Record:
-            pipeline = loaded[cell.pipeline]
-            self._warm(pipeline, cell)
-            return self._run_cell(pipeline, cell, machine)
+            return self._run_cell(loaded[cell.pipeline], cell, machine)
 
         try:
             for name in names:
@@ -347,6 +348,18 @@ class Bench:
                 )
             self.store.append_warmup(entry)
 
+    def _ready(self, pipeline: Pipeline, cell: Cell) -> bool:
+        """Before the clock starts: bring back a lost candidate (Pipeline.ensure_ready) and, if it was
+        restarted, warm every class of that pipeline again (the new process is cold); then warm the cell's
+        class. True when a restart happened, before or during the warm-up."""
+        restarted = False
+        while pipeline.ensure_ready():  # a warm-up request may itself lose the candidate again
+            restarted = True
+            self._warmed = {group for group in self._warmed if group[0] != cell.pipeline}
+            self._warm(pipeline, cell)
+        self._warm(pipeline, cell)
+        return restarted
+
     def _quality(self, request: Request, audio: np.ndarray, synthetic: bool) -> dict[str, Any]:
         return quality_columns(
             audio,
@@ -373,9 +386,15 @@ class Bench:
         )
 
     def _run_cell(self, pipeline: Pipeline, cell: Cell, machine: dict[str, Any]) -> Record:
+        restarted, lost = False, None
+        try:
+            restarted = self._ready(pipeline, cell)
+        except Exception as exc:  # a candidate that cannot be brought back fails this request, not the run
+            lost = exc
         facts = pipeline.describe()
         synthetic = bool(facts.get("synthetic", False))
         request = self._request(cell, synthetic)
+        declared = pipeline.work()
         base = Record(
             run_id=self.run_id,
             request_key=cell.key,
@@ -392,6 +411,9 @@ class Bench:
             frame_budget=request.max_frames,
             status="ok",
             warm=warmup_class(cell) in self._warmed,
+            after_restart=restarted,
+            **work_columns(declared, _layout(request, facts)),
+            metric_error={"work": declared.error} if declared.error else {},
             started_at=_now(),
             env={
                 **machine,
@@ -402,6 +424,8 @@ class Bench:
                 "fixtures_hash": self.fixtures.content_hash,
             },
         )
+        if lost is not None:
+            return dataclasses.replace(base, status="error", error=f"{type(lost).__name__}: {lost}")
         try:
             result = measure(pipeline, request, cell.pipeline)
         except UnsupportedRequest as exc:
@@ -417,8 +441,12 @@ class Bench:
         elif self._reference_work is not None and self._reference_work[0] == cell.work:
             _, reference_codes, reference_audio = self._reference_work
             same_work = same_work_columns(reference_codes, result.end.codes, reference_audio, result.audio)
+        observed, contradicted = observed_work(base, result, frames)
+        quality = self._quality(request, result.audio, synthetic)
         return dataclasses.replace(
             base,
+            **observed,
+            metric_error={**base.metric_error, **contradicted, **quality.pop(METRIC_ERROR, {})},
             frames_generated=frames,
             codes_digest=codes_digest(result.end.codes),
             **same_work,
@@ -429,9 +457,50 @@ class Bench:
             rtf=result.wall_s / audio_seconds if audio_seconds > 0 else None,
             **memory,
             info=dict(result.end.info),
-            **self._quality(request, result.audio, synthetic),
+            **quality,
             **latency_columns(result.chunks, result.marks, result.audio, result.pipeline_chunk_t_s),  # type: ignore[arg-type]
         )
+
+
+def _layout(request: Request, facts: dict[str, Any]) -> bool | None:
+    """The non_streaming_mode a request ran with: the one it asked for, else the pipeline's stated one."""
+    if request.non_streaming_mode is not None:
+        return request.non_streaming_mode
+    stated = facts.get("non_streaming_mode")
+    return stated if isinstance(stated, bool) else None
+
+
+def work_columns(declared: WorkDeclaration, non_streaming_mode: bool | None) -> dict[str, Any]:
+    """The work_* columns (docs/metrics.md) of a pipeline's declaration and the request's layout."""
+    columns = {f"work_{key}": value for key, value in declared.to_json().items()}
+    if non_streaming_mode is not None:
+        columns["work_layout"] = "text_up_front" if non_streaming_mode else "text_streamed"
+    return columns
+
+
+def observed_work(record: Record, result: Measurement, frames: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """What the harness saw of the declared work: the work_* columns it corrects (or fills in where nothing
+    was declared) and, for a correction, why (metric_error). Observable: more than one chunk is streamed
+    delivery; one chunk covering more than a packet is whole; a capped run of N frames follows the "n"
+    convention."""
+    columns: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+
+    def saw(column: str, value: object, why: str) -> None:
+        declared = getattr(record, column)
+        if declared is not None and declared != value:
+            errors[column] = f"declared {declared!r}, observed {value!r}: {why}"
+        columns[column] = value
+
+    chunks = len(result.chunks)
+    packet = record.work_packet_frames
+    if chunks > 1:
+        saw("work_delivery", Delivery.STREAMED.value, f"{chunks} chunks arrived")
+    elif chunks == 1 and frames > (packet or 1):
+        saw("work_delivery", Delivery.WHOLE.value, f"one chunk carried all {frames} frames")
+    if frames == record.frame_budget:
+        saw("work_budget_convention", BudgetConvention.N.value, f"a budget of {frames} gave {frames} frames")
+    return columns, errors
 
 
 def _memory_columns(pipeline: Pipeline, result: Measurement) -> dict[str, Any]:

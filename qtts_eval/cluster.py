@@ -192,4 +192,13 @@ def run_on_cluster(bench: Bench, cluster: ClusterConfig, progress: bool = True) 
             for worker in idle + [dispatch.worker for dispatch in in_flight.values()]:
                 with contextlib.suppress(Exception):
                     ray.kill(worker)
-    return bench.finish()
+    frame = bench.finish()
+    missing = [cell.key for cell in bench.cells if cell.key not in recorded]
+    if missing:
+        # Every worker died (or gave up on these after max_retries): what was measured is kept and
+        # summarised, and the run is not reported as complete.
+        raise BenchError(
+            f"{len(missing)} of {len(bench.cells)} requests were not recorded ({', '.join(missing)}); "
+            f"resume the run to measure them: qtts-eval bench --resume {bench.store.directory}"
+        )
+    return frame

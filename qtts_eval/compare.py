@@ -26,6 +26,7 @@ import pandas as pd
 from qtts_eval import comparability
 from qtts_eval.bench import REFERENCE
 from qtts_eval.errors import ResultsError
+from qtts_eval.metrics.same_work import WorkDifference, work_differences
 from qtts_eval.metrics.stats import Percentile, format_percentile, percentile_ci
 
 PAIR_KEYS = ("fixture_id", "voice_id", "mode", "repeat")  # what a request asked for, whoever answered it
@@ -44,6 +45,15 @@ class Flag(str, enum.Enum):
     ERRORS = "errors"  # some candidate request failed
     BASELINE_ERRORS = "baseline_errors"  # some baseline request failed: its pairs compare nothing
     NO_CODES = "no_codes"  # no codes to compare: same work is unknown, not assumed
+    # The two sides declared (or were seen doing) different work: metrics.same_work.WorkDifference.
+    PROMPT_CACHE_DIFFERS = WorkDifference.PROMPT_CACHE_DIFFERS.value
+    DELIVERY_DIFFERS = WorkDifference.DELIVERY_DIFFERS.value
+    LAYOUT_DIFFERS = WorkDifference.LAYOUT_DIFFERS.value
+    BUDGET_CONVENTION_DIFFERS = WorkDifference.BUDGET_CONVENTION_DIFFERS.value
+    INSTRUMENTATION_DIFFERS = WorkDifference.INSTRUMENTATION_DIFFERS.value
+    THREADS_DIFFER = WorkDifference.THREADS_DIFFER.value
+    PRECISION_DIFFERS = WorkDifference.PRECISION_DIFFERS.value
+    MEMORY_KIND_DIFFERS = WorkDifference.MEMORY_KIND_DIFFERS.value
 
 
 class Note(str, enum.Enum):
@@ -153,6 +163,9 @@ def _ratio(pairs: pd.DataFrame, metric: str) -> Percentile:
     both = pairs[(pairs["status"] == "ok") & (pairs["status_base"] == "ok")]
     if metric not in both or f"{metric}_base" not in both:
         return percentile_ci([], 50.0)
+    # Bytes of different kinds do not divide (memory_kind_differs): only pairs of the same kind count.
+    if metric == "peak_mem_bytes" and "peak_mem_kind" in both:
+        both = both[both["peak_mem_kind"] == both["peak_mem_kind_base"]]
     candidate = both[metric].to_numpy(dtype=np.float64, na_value=np.nan)
     baseline = both[f"{metric}_base"].to_numpy(dtype=np.float64, na_value=np.nan)
     usable = np.isfinite(candidate) & np.isfinite(baseline) & (baseline > 0)
@@ -192,6 +205,18 @@ def _whole_budget(pairs: pd.DataFrame) -> npt.NDArray[np.bool_]:
     return np.asarray((frames == budget) & (base == budget - 1), dtype=bool)
 
 
+def _work_differences(pairs: pd.DataFrame) -> list[WorkDifference]:
+    """Every way some pair's two sides did different work, in WorkDifference order."""
+    found: set[WorkDifference] = set()
+    for pair in pairs.to_dict(orient="records"):
+        candidate = {str(key): value for key, value in pair.items()}
+        baseline = {
+            str(key).removesuffix("_base"): value for key, value in pair.items() if str(key).endswith("_base")
+        }
+        found.update(work_differences(candidate, baseline))
+    return [difference for difference in WorkDifference if difference in found]
+
+
 def _row(fixture: str, mode: str, pairs: pd.DataFrame) -> dict[str, object]:
     ok = pairs[(pairs["status"] == "ok") & (pairs["status_base"] == "ok")]
     same = _same_codes(ok).dropna()
@@ -216,6 +241,7 @@ def _row(fixture: str, mode: str, pairs: pd.DataFrame) -> dict[str, object]:
         flags.append(Flag.BASELINE_ERRORS)
     if len(ok) and not len(same):
         flags.append(Flag.NO_CODES)
+    flags += [Flag(difference.value) for difference in _work_differences(pairs)]
     row: dict[str, object] = {
         "fixture_id": fixture,
         "mode": mode,
@@ -280,6 +306,17 @@ def to_html(table: pd.DataFrame, heading: str) -> str:
         "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:right}</style></head>"
         f"<body><h2>{html.escape(heading)}</h2>{body}</body></html>\n"
     )
+
+
+def work_differs(table: pd.DataFrame) -> list[str]:
+    """The rows whose two sides did different work, as "fixture/mode: flag, flag" (compare --same-work)."""
+    names = {difference.value for difference in WorkDifference}
+    found = []
+    for row in table.to_dict(orient="records"):
+        differing = [flag for flag in str(row["flags"]).split(",") if flag in names]
+        if differing:
+            found.append(f"{row['fixture_id']}/{row['mode']}: {', '.join(differing)}")
+    return found
 
 
 def flagged(table: pd.DataFrame) -> bool:

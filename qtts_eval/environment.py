@@ -95,7 +95,7 @@ def fingerprint() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": _cpu_model(),
-        # qtts_eval/__init__.py sets MKL_CBWR=AUTO unless the user chose a value: the mode every number ran in.
+        # qtts_eval/__init__.py sets MKL_CBWR=AUTO unless the user chose a value: the mode numbers ran in.
         # Its speed cost was not measurable (docs/benchmarks.md).
         "mkl_cbwr": os.environ.get("MKL_CBWR"),
         **_gpu(),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qtts_eval.errors import ClockError
+from qtts_eval.errors import ClockError, PipelineError
 from qtts_eval.metrics.latency import ChunkTiming
 from qtts_eval.metrics.memory import MemoryProbe, PeakMemory
 from qtts_eval.pipelines.base import AudioChunk, Mark, Pipeline, Request, Stage, StreamEnd
@@ -86,12 +86,15 @@ def measure(pipeline: Pipeline, request: Request, name: str | None = None) -> Me
     memory = probe.stop()
     if end is None:
         raise ClockError(f"{name}: the stream ended without a StreamEnd event")
+    if not any(chunk.samples for chunk in chunks):
+        # Nothing to play: no latency, no audio to score. A success here would pass by omission.
+        raise PipelineError(f"{name}: the stream ended without audio ({len(chunks)} empty chunks)")
     return Measurement(
-        audio=np.concatenate(audio) if audio else np.zeros(0, np.float32),
+        audio=np.concatenate(audio),
         end=end,
         chunks=chunks,
         marks=marks,
         pipeline_chunk_t_s=own_chunks,
-        wall_s=chunks[-1].t_s if chunks else 0.0,
+        wall_s=chunks[-1].t_s,
         memory=memory,
     )

@@ -27,7 +27,7 @@ import pandas as pd
 
 from qtts_eval.errors import ResultsError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
 PARQUET_FILE = "records.parquet"
@@ -43,9 +43,30 @@ def _v1_to_v2(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+WORK_COLUMNS = (
+    "work_prompt",
+    "work_delivery",
+    "work_packet_frames",
+    "work_layout",
+    "work_budget_convention",
+    "work_instrumentation",
+    "work_threads",
+    "work_talker_precision",
+    "work_codec_precision",
+)
+
+
+def _v2_to_v3(obj: dict[str, Any]) -> dict[str, Any]:
+    # Version 3: the work each side declared (work_*), restarts (after_restart) and per-column metric errors.
+    # Version-2 records declared nothing.
+    if "request_key" in obj:
+        obj = {"after_restart": None, **dict.fromkeys(WORK_COLUMNS), "metric_error": {}, **obj}
+    return obj
+
+
 # Older schema versions are upgraded one step at a time: _MIGRATIONS[n] turns a version-n record (or run
 # header) into version n+1.
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,20 @@ class Record:
     frame_budget: int  # max codec frames allowed (max_new_tokens); derived from the text
     status: str  # "ok", "error" or "unsupported"
     warm: bool | None = None  # its warm-up class (pipeline, mode, voice, length class) was warmed before it
+    # The pipeline restarted its implementation (a candidate process that died) right before this request,
+    # outside the timed region; its warm-up class was warmed again after the restart.
+    after_restart: bool | None = None
+    # The work the pipeline did besides the request itself (pipelines.base.WorkDeclaration; docs/metrics.md):
+    # declared by the pipeline, checked by the harness where observable; None where not declared.
+    work_prompt: str | None = None  # "cached" (clone prompt reused per voice) or "built" (inside the request)
+    work_delivery: str | None = None  # "streamed" (packets) or "whole" (one chunk after the whole decode)
+    work_packet_frames: int | None = None  # codec frames per streamed chunk
+    work_layout: str | None = None  # talker prompt layout: "text_up_front" or "text_streamed"
+    work_budget_convention: str | None = None  # frames a budget of N yields when hit: "n_minus_1" or "n"
+    work_instrumentation: str | None = None  # what runs only to expose the codes ("none" when nothing)
+    work_threads: int | None = None  # CPU threads its compute used
+    work_talker_precision: str | None = None  # talker dtype (float32, bfloat16, q8_0, ...)
+    work_codec_precision: str | None = None  # speech tokenizer (decoder) dtype
     error: str | None = None  # the error message when status is not "ok"
     frames_generated: int | None = None  # codec frames in the output (12.5 frames per audio second)
     budget_hit: bool | None = None  # generation stopped at the frame budget rather than at EOS
@@ -128,6 +163,9 @@ class Record:
     stop_vs_reference: str | None = None  # "same", "earlier" or "later": frame count vs the reference's
     audio_mel_l1_reference: float | None = None  # log-mel L1 to the reference's audio, common length
     info: dict[str, Any] = field(default_factory=dict)  # pipeline-reported facts (StreamEnd.info)
+    # Column (env.<key>, info.<key> inside those) -> why its value is null: a metric that could not be
+    # computed, a non-finite value (JSON has none), a declaration the harness's observation contradicts.
+    metric_error: dict[str, str] = field(default_factory=dict)
     started_at: str = ""  # UTC ISO-8601 time the request started
     env: dict[str, Any] = field(default_factory=dict)  # environment fingerprint (qtts_eval.environment)
     schema_version: int = SCHEMA_VERSION  # version of this record layout
@@ -190,7 +228,8 @@ class RunStore:
         return {record["request_key"] for record in self.iter_records()}
 
     def append(self, record: Record) -> None:
-        line = json.dumps(asdict(record), ensure_ascii=False, allow_nan=False)
+        """Write one record; non-finite values are stored as null, their column named in metric_error."""
+        line = json.dumps(_finite(asdict(record)), ensure_ascii=False, allow_nan=False)
         with self.records_path.open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")
             handle.flush()
@@ -245,6 +284,24 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def _finite(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with every NaN or infinity, however deep, replaced by null and named in metric_error."""
+    errors: dict[str, str] = dict(record.get("metric_error") or {})
+
+    def clean(value: Any, where: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            errors.setdefault(where, f"non-finite value ({value}) stored as null")
+            return None
+        if isinstance(value, dict):
+            return {key: clean(item, f"{where}.{key}") for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        return value
+
+    cleaned = {key: clean(value, key) for key, value in record.items() if key != "metric_error"}
+    return {**cleaned, "metric_error": errors}
+
+
 def _atomic_write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     text = json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
@@ -253,12 +310,14 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Flatten records into one row each; env and info keys become env_<name> and info_<name> columns."""
+    """Flatten records into one row each; env, info and metric_error keys become env_<name>, info_<name> and
+    metric_error_<column> columns."""
+    nested = ("env", "info", "metric_error")
     rows = []
     for record in records:
-        row = {key: value for key, value in record.items() if key not in ("env", "info")}
-        row.update({f"env_{key}": value for key, value in record.get("env", {}).items()})
-        row.update({f"info_{key}": value for key, value in record.get("info", {}).items()})
+        row = {key: value for key, value in record.items() if key not in nested}
+        for group in nested:
+            row.update({f"{group}_{key}": value for key, value in (record.get(group) or {}).items()})
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -13,6 +13,7 @@ import pytest
 
 from qtts_eval.bench import Bench, BenchConfig
 from qtts_eval.cluster import ClusterConfig, run_on_cluster
+from qtts_eval.errors import BenchError
 from qtts_eval.results import RunStore, load_run
 
 # Loopback only: without this Ray resolves 127.0.0.1 to the machine's network address when connecting (the
@@ -117,9 +118,14 @@ def test_a_node_killed_mid_run_loses_nothing_and_resume_completes_without_duplic
     _wait_for_records(tmp_path / "run", 3)
     cluster.remove_node(node, allow_graceful=False)  # the only worker dies with a group in flight
     driver.join(timeout=120)
-    assert not driver.is_alive() and not errors, errors
+    assert not driver.is_alive()
     partial = load_run(tmp_path / "run")
     assert 3 <= len(partial) < 18 and partial["request_key"].is_unique  # nothing measured was lost
+    # A partial run is not a finished one: it lists what is missing and asks for a resume.
+    (error,) = errors
+    assert isinstance(error, BenchError) and "bench --resume" in str(error)
+    missing = {cell.key for cell in bench.cells} - set(partial["request_key"])
+    assert all(key in str(error) for key in missing)
 
     _nodes(cluster, 2)
     try:

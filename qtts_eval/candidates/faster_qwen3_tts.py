@@ -18,7 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from qtts_eval.candidates.adapter import PortAdapter, SourceCheckpoint
-from qtts_eval.pipelines.base import AudioChunk, Capability, CloneMode, Event, Request, StreamEnd
+from qtts_eval.pipelines.base import (
+    AudioChunk,
+    Capability,
+    CloneMode,
+    Delivery,
+    Event,
+    PromptReuse,
+    Request,
+    StreamEnd,
+    WorkDeclaration,
+)
 from qtts_eval.units import FRAME_RATE_HZ, SAMPLE_RATE_HZ
 
 
@@ -57,6 +67,19 @@ class FasterQwen3TtsPipeline(PortAdapter):
         from qtts_eval.environment import package_version
 
         return f"faster-qwen3-tts {package_version('faster-qwen3-tts')}"
+
+    def work(self) -> WorkDeclaration:
+        import torch
+
+        return WorkDeclaration(
+            # Its streaming generator takes the clip as a file path and builds the prompt on every call.
+            prompt=PromptReuse.BUILT,
+            delivery=Delivery.STREAMED,
+            packet_frames=self.options.chunk_frames,
+            instrumentation="none",  # it yields no codes: nothing runs to expose them
+            threads=torch.get_num_threads(),
+            talker_precision=self.config.dtype,
+        )
 
     def stream(self, request: Request) -> Iterator[Event]:
         import soundfile

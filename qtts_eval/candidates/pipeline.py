@@ -47,14 +47,24 @@ class CandidateOptions(RemoteOptions):
     """Options of an installed candidate (and the wire options of every worker)."""
 
     storage: str = GgufType.F32.value  # weight storage the port loads: F32, BF16 or Q8_0 (GGUF ports)
-    threads: int = 0  # CPU threads the port may use; 0: the port's default
+    # CPU threads the port may use. None: as many as the reference's torch uses in this process (like for
+    # like); 0: the port's own default.
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.storage not in {t.value for t in GgufType}:
             raise ValueError(f"storage {self.storage!r} is not one of {', '.join(t.value for t in GgufType)}")
-        if self.threads < 0:
+        if self.threads is not None and self.threads < 0:
             raise ValueError("threads must be >= 0")
+
+    def port_threads(self) -> int:
+        """The thread count handed to the port."""
+        if self.threads is not None:
+            return self.threads
+        import torch
+
+        return torch.get_num_threads()
 
 
 def exported_weights(model: checkpoints.ResolvedModel, storage: GgufType) -> tuple[Path, Path]:
@@ -120,7 +130,10 @@ class CandidatePipeline(RemotePipeline):
                 )
             talker, codec = exported_weights(self.model, storage)
             adapter_options.update(
-                storage=storage.value, threads=self.options.threads, talker=str(talker), codec=str(codec)
+                storage=storage.value,
+                threads=self.options.port_threads(),
+                talker=str(talker),
+                codec=str(codec),
             )
         else:
             adapter_options["checkpoint"] = str(self.model.path)

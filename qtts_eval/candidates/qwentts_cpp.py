@@ -26,11 +26,15 @@ from qtts_eval.errors import PipelineError
 from qtts_eval.parity.dumps import DumpMeta, StageDump
 from qtts_eval.pipelines.base import (
     AudioChunk,
+    BudgetConvention,
     Capability,
     CloneMode,
+    Delivery,
     Event,
+    PromptReuse,
     Request,
     StreamEnd,
+    WorkDeclaration,
 )
 
 PORT = "qwentts.cpp"
@@ -64,7 +68,7 @@ class QwenTtsCppOptions(SourceCheckpoint):
     talker: str = ""  # talker GGUF (qtts-eval export)
     codec: str = ""  # codec GGUF
     storage: str = "F32"  # GGUF storage of the talker matrices: F32, BF16 or Q8_0
-    threads: int = 0  # CPU threads; 0: the library's default
+    threads: int = 0  # CPU threads (the suite side passes the reference's torch count); 0: library default
 
     def __post_init__(self) -> None:
         if not (self.talker and self.codec):
@@ -111,6 +115,20 @@ class QwenTtsCppPipeline(PortAdapter):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "dtype": self.options.storage}
+
+    def work(self) -> WorkDeclaration:
+        storage = GgufType(self.options.storage)
+        return WorkDeclaration(
+            # The binding takes the reference clip with every call and encodes it again: no voice cache.
+            prompt=PromptReuse.BUILT,
+            delivery=Delivery.STREAMED,
+            budget_convention=BudgetConvention.N,  # docs/ports.md: a budget of N gives N frames
+            # Its codes exist only in the debug files a scratch dump directory collects on every request.
+            instrumentation="debug_dump_dir",
+            threads=self.options.threads or None,  # 0: the library picks, and does not say how many
+            talker_precision=storage.dtype_name,
+            codec_precision="float32",
+        )
 
     def _run(self, request: Request, dump_dir: Path) -> Iterator[np.ndarray]:
         self.prompt_layout(request)  # the port's layout is fixed per mode: refuse another

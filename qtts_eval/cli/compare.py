@@ -36,6 +36,12 @@ def add_parser(commands: Any) -> None:
         metavar="ENV_COLUMN",
         help="an env_ column allowed to differ between the two sides on purpose (repeatable): env_gpu_name",
     )
+    parser.add_argument(
+        "--same-work",
+        action="store_true",
+        help="refuse (exit 2, naming each difference) when the two sides did different work (prompt cache, "
+        "delivery, layout, budget convention, instrumentation, threads, precision, memory kind)",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     parser.add_argument("--html", type=Path, help="also write the table as a self-contained HTML page here")
     parser.set_defaults(run=run)
@@ -55,6 +61,13 @@ def run(args: argparse.Namespace) -> int:
         labels = (args.run_dir.name, args.baseline_run.name)
         candidate, baseline = compare.between_runs(frame, before, name, labels, args.may_differ)
     table = compare.compare(candidate, baseline)
+    if args.same_work:
+        differing = compare.work_differs(table)
+        if differing:
+            raise ResultsError(
+                f"{candidate.label} and {baseline.label} did different work (--same-work): "
+                + "; ".join(differing)
+            )
     heading = compare.title(candidate, baseline)
     print(heading)
     print(compare.to_text(table))

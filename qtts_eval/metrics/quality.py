@@ -8,6 +8,7 @@ gates must not read these numbers as a verdict on speech quality.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +44,10 @@ QUALITY_COLUMNS = (
     "asr_reference_length",
 )
 
+SPEAKER_SCORE_COLUMNS = ("speaker_sim", "speaker_drift_min", "speaker_drift_drop", "speaker_drift")
+ASR_SCORE_COLUMNS = ("asr_status", "asr_transcript", "wer", "cer", "asr_errors", "asr_reference_length")
+METRIC_ERROR = "metric_error"  # quality_columns' extra key when a column could not be computed: column -> why
+
 
 class AsrStatus(str, enum.Enum):
     """Whether a record's intelligibility columns hold a score."""
@@ -59,13 +64,14 @@ def quality_columns(
     synthetic: bool,
     embedder: Embedder | None,
     recognizer: Recognizer | None = None,
-) -> dict[str, QualityValue]:
+) -> dict[str, Any]:
     """Flat record columns for one output, defined in docs/metrics.md ("Audio quality and failure detectors").
 
     Speaker columns are None when `embedder` is None, or when the output is silent, non-finite or holds no
     speech the embedder can find: then there is no voice to compare, and the flags say why. Intelligibility
     columns are None without a `recognizer`; every output in a language it knows is transcribed, silent or
-    not (a silent output says none of its words: error rate 1).
+    not (a silent output says none of its words: error rate 1). A column the embedder or recogniser fails to
+    compute stays None, and the extra METRIC_ERROR key maps it to the reason.
     """
     flags = audio_flags(audio, text, language)
     columns: dict[str, QualityValue] = {
@@ -83,20 +89,27 @@ def quality_columns(
         "speaker_drift_min": None,
         "speaker_drift_drop": None,
         "speaker_drift": None,
-        **_asr_columns(audio, text, language, recognizer),
     }
-    if embedder is None or flags.silent or flags.nonfinite:
-        return columns
+    errors: dict[str, str] = {}
     try:
-        reference = embedder.embed(ref_audio)
-        columns["speaker_sim"] = cosine_similarity(embedder.embed(audio), reference)
-        drift = speaker_drift_from_embedding(audio, reference, embedder)
-    except NoSpeechError:
-        return columns
-    columns["speaker_drift_min"] = drift.min
-    columns["speaker_drift_drop"] = drift.drop
-    columns["speaker_drift"] = drift.drifted
-    return columns
+        columns.update(_asr_columns(audio, text, language, recognizer))
+    except Exception as exc:  # an output the recogniser cannot score: its columns stay null, with the reason
+        columns.update(asr_recognizer=None if recognizer is None else recognizer.name)
+        errors.update(dict.fromkeys(ASR_SCORE_COLUMNS, f"{type(exc).__name__}: {exc}"))
+    if embedder is not None and not (flags.silent or flags.nonfinite):
+        try:
+            reference = embedder.embed(ref_audio)
+            columns["speaker_sim"] = cosine_similarity(embedder.embed(audio), reference)
+            drift = speaker_drift_from_embedding(audio, reference, embedder)
+            columns["speaker_drift_min"] = drift.min
+            columns["speaker_drift_drop"] = drift.drop
+            columns["speaker_drift"] = drift.drifted
+        except NoSpeechError:
+            pass  # no voice to compare: the speaker columns stay None, as for silence
+        except Exception as exc:  # the embedder failed on this output: null with the reason, not a crash
+            columns.update(dict.fromkeys(SPEAKER_SCORE_COLUMNS))
+            errors.update(dict.fromkeys(SPEAKER_SCORE_COLUMNS, f"{type(exc).__name__}: {exc}"))
+    return {**columns, METRIC_ERROR: errors} if errors else columns
 
 
 def _asr_columns(

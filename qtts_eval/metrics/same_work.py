@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -86,3 +87,52 @@ def _mel_distance(reference_audio: npt.ArrayLike, audio: npt.ArrayLike) -> float
         return log_mel_l1(ref[:common], cand[:common])
     except MetricError:  # NaN audio: the quality columns already flag it
         return None
+
+
+class WorkDifference(str, enum.Enum):
+    """A way two sides of a comparison did different work for the same request (docs/metrics.md)."""
+
+    PROMPT_CACHE_DIFFERS = "prompt_cache_differs"  # one reused a cached clone prompt, the other built it
+    DELIVERY_DIFFERS = "delivery_differs"  # streamed against whole, or streamed in other packet sizes
+    LAYOUT_DIFFERS = "layout_differs"  # another talker prompt layout
+    BUDGET_CONVENTION_DIFFERS = (
+        "budget_convention_differs"  # a budget of N yields N - 1 frames on one side, N on the other
+    )
+    INSTRUMENTATION_DIFFERS = "instrumentation_differs"  # other work run only to expose the codes
+    THREADS_DIFFER = "threads_differ"  # other CPU thread counts
+    PRECISION_DIFFERS = "precision_differs"  # another talker or codec precision
+    MEMORY_KIND_DIFFERS = "memory_kind_differs"  # peak memory measured as different things: no ratio
+
+
+# Record column(s) behind each difference. packet_frames matters only when both sides stream.
+WORK_DIFFERENCE_COLUMNS: dict[WorkDifference, tuple[str, ...]] = {
+    WorkDifference.PROMPT_CACHE_DIFFERS: ("work_prompt",),
+    WorkDifference.DELIVERY_DIFFERS: ("work_delivery", "work_packet_frames"),
+    WorkDifference.LAYOUT_DIFFERS: ("work_layout",),
+    WorkDifference.BUDGET_CONVENTION_DIFFERS: ("work_budget_convention",),
+    WorkDifference.INSTRUMENTATION_DIFFERS: ("work_instrumentation",),
+    WorkDifference.THREADS_DIFFER: ("work_threads",),
+    WorkDifference.PRECISION_DIFFERS: ("work_talker_precision", "work_codec_precision"),
+    WorkDifference.MEMORY_KIND_DIFFERS: ("peak_mem_kind",),
+}
+
+
+def _known(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def work_differences(candidate: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[WorkDifference]:
+    """Each way two records (one request, two sides) did different work, from their work_* and
+    peak_mem_kind columns. A column only one side declares is unknown, not a difference."""
+    found = []
+    for difference, columns in WORK_DIFFERENCE_COLUMNS.items():
+        for column in columns:
+            mine, theirs = candidate.get(column), baseline.get(column)
+            if not (_known(mine) and _known(theirs)):
+                continue
+            if column == "work_packet_frames" and candidate.get("work_delivery") != "streamed":
+                continue  # packet sizes matter between two streams only
+            if mine != theirs:
+                found.append(difference)
+                break
+    return found

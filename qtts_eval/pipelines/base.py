@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import queue
@@ -24,6 +25,7 @@ from qtts_eval.units import MAX_TEXT_CHARS, SAMPLE_RATE_HZ
 
 REMOTE_GPU_MEMORY_KEY = "remote_gpu_mem_bytes"  # StreamEnd.info: an external candidate's NVML reading
 REMOTE_RSS_KEY = "remote_peak_rss_bytes"  # StreamEnd.info: a local worker's (and children's) peak RSS
+WORK_KEY = "work"  # hello.implementation: a served pipeline's WorkDeclaration.to_json() (docs/protocol.md)
 
 
 @functools.lru_cache(maxsize=16)
@@ -176,6 +178,93 @@ class PipelineConfig:
     options: dict[str, Any] = field(default_factory=dict)  # pipeline-specific settings
 
 
+class Delivery(str, enum.Enum):
+    """How a pipeline hands its audio over."""
+
+    STREAMED = "streamed"  # packets as their codes exist
+    WHOLE = "whole"  # one chunk with the whole utterance, after the whole decode
+
+
+class PromptReuse(str, enum.Enum):
+    """Whether a voice's clone prompt (speaker embedding, reference codes) is built inside every request."""
+
+    CACHED = "cached"  # built once per voice, reused by later requests (outside their timed region)
+    BUILT = "built"  # built inside every request, and timed with it
+
+
+class BudgetConvention(str, enum.Enum):
+    """What a frame budget of N (max_new_tokens) yields when generation runs into it."""
+
+    N_MINUS_1 = "n_minus_1"  # N - 1 frames: the official package (the last step's frame is never emitted)
+    N = "n"  # N frames: the budget honoured literally
+
+
+WORK_ENUMS: dict[str, type[enum.Enum]] = {
+    "prompt": PromptReuse,
+    "delivery": Delivery,
+    "budget_convention": BudgetConvention,
+}
+
+
+@dataclass(frozen=True)
+class WorkDeclaration:
+    """What a pipeline does for every request, beyond the request itself (docs/metrics.md, work_* columns).
+
+    None is "not declared". The bench records it on every record, checks what it can observe (chunks ->
+    delivery, frames -> budget convention), and compare names each field two sides differ in.
+    """
+
+    prompt: PromptReuse | None = None  # clone prompt cached per voice or built inside every request
+    delivery: Delivery | None = None  # streamed packets or the whole utterance at once
+    packet_frames: int | None = None  # codec frames per streamed chunk
+    budget_convention: BudgetConvention | None = None  # frames yielded by a budget of N
+    instrumentation: str | None = None  # what it runs only to expose its codes ("none" when nothing)
+    threads: int | None = None  # CPU threads its compute uses
+    talker_precision: str | None = None  # talker dtype, torch's spelling (float32, bfloat16, ...)
+    codec_precision: str | None = None  # speech tokenizer (decoder) dtype, torch's spelling
+    error: str | None = None  # why (part of) a declaration could not be read; those fields are None
+
+    def to_json(self) -> dict[str, Any]:
+        """The declaration as JSON values (enums by value), undeclared fields left out."""
+        return {
+            key: value.value if isinstance(value, enum.Enum) else value
+            for key, value in dataclasses.asdict(self).items()
+            if value is not None and key != "error"
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> WorkDeclaration:
+        """A declaration another process sent (the hello's implementation.work): fields that are not what
+        they should be stay undeclared, and `error` names them."""
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            return cls(error=f"work declaration is not an object: {data!r}")
+        fields: dict[str, Any] = {}
+        problems = []
+        for item in dataclasses.fields(cls):
+            value = data.get(item.name)
+            if value is None or item.name == "error":
+                continue
+            if item.name in WORK_ENUMS:
+                try:
+                    fields[item.name] = WORK_ENUMS[item.name](value)
+                except ValueError:
+                    problems.append(f"{item.name}={value!r}")
+            elif item.name in ("packet_frames", "threads"):
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    fields[item.name] = value
+                else:
+                    problems.append(f"{item.name}={value!r}")
+            elif isinstance(value, str):
+                fields[item.name] = value
+            else:
+                problems.append(f"{item.name}={value!r}")
+        unknown = sorted(set(data) - {item.name for item in dataclasses.fields(cls)})
+        problems += [f"unknown field {name!r}" for name in unknown]
+        return cls(**fields, error=f"undeclared: {', '.join(problems)}" if problems else None)
+
+
 class UnsupportedRequest(Exception):
     """Raised by a pipeline for a configuration it cannot do; recorded as 'unsupported', never a pass."""
 
@@ -202,6 +291,16 @@ class Pipeline(ABC):
     @abstractmethod
     def stream(self, request: Request) -> Iterator[Event]:
         """Yield AudioChunks in order, then exactly one StreamEnd."""
+
+    def work(self) -> WorkDeclaration:
+        """The work this pipeline does for every request (what it declares; nothing by default)."""
+        return WorkDeclaration()
+
+    def ensure_ready(self) -> bool:
+        """Called by the bench before each request, outside the timed region: bring back whatever the
+        pipeline lost (a candidate process that died). True when it restarted something: the restarted
+        implementation is cold again, so the bench re-arms its warm-up and marks the request."""
+        return False
 
     def describe(self) -> dict[str, Any]:
         """Facts recorded with every request (model ref, weights hash, synthetic flag, dtype, device)."""

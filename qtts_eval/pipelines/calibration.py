@@ -18,7 +18,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qtts_eval.pipelines.base import AudioChunk, Emit, Event, Pipeline, Request, StreamEnd, produce
+from qtts_eval.pipelines.base import (
+    AudioChunk,
+    Delivery,
+    Emit,
+    Event,
+    Pipeline,
+    Request,
+    StreamEnd,
+    WorkDeclaration,
+    produce,
+)
 from qtts_eval.units import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, TONE_HZ, TONE_LEVEL
 
 SPIN_MARGIN_NS = 2_000_000  # sleep until 2 ms before a deadline, then spin: sleep alone overshoots
@@ -66,6 +76,15 @@ class CalibrationPipeline(Pipeline):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "synthetic": True, **dataclasses.asdict(self.options)}
+
+    def work(self) -> WorkDeclaration:
+        # A tone from memory: no prompt, no codes to observe, no compute threads of its own.
+        delays = self.options
+        return WorkDeclaration(
+            delivery=Delivery.STREAMED if delays.chunks > 1 else Delivery.WHOLE,
+            packet_frames=delays.chunk_frames if delays.chunks > 1 else None,
+            instrumentation="none",
+        )
 
     def stream(self, request: Request) -> Iterator[Event]:
         start = time.monotonic_ns()

@@ -25,16 +25,20 @@ from qtts_eval import checkpoints
 from qtts_eval.errors import PipelineError
 from qtts_eval.pipelines.base import (
     AudioChunk,
+    BudgetConvention,
     Capability,
     CloneMode,
+    Delivery,
     Emit,
     Event,
     Mark,
     Pipeline,
     PipelineConfig,
+    PromptReuse,
     Request,
     Stage,
     StreamEnd,
+    WorkDeclaration,
     produce,
 )
 from qtts_eval.units import CODEBOOKS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
@@ -152,6 +156,22 @@ class ReferencePipeline(Pipeline):
                 )
         except Exception as exc:
             raise PipelineError(f"reference: the official loader rejected {path}: {exc}") from exc
+
+    def work(self) -> WorkDeclaration:
+        import torch
+
+        options = self.options
+        return WorkDeclaration(
+            prompt=PromptReuse.CACHED if options.cache_prompt else PromptReuse.BUILT,
+            delivery=Delivery.STREAMED if options.streaming else Delivery.WHOLE,
+            packet_frames=options.packet_frames if options.streaming else None,
+            budget_convention=BudgetConvention.N_MINUS_1,
+            # The forward hooks that observe each frame's codes run in both deliveries (see _Run).
+            instrumentation="forward_hooks",
+            threads=torch.get_num_threads(),
+            talker_precision=self.config.dtype,
+            codec_precision=options.codec_dtype or self.config.dtype,
+        )
 
     def checkpoint_dir(self, resolved: Path) -> Path:
         """The directory actually loaded; subclasses may load a modified copy (parity's planted faults)."""

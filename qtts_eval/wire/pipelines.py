@@ -19,6 +19,7 @@ from qtts_eval.metrics.nvml import process_gpu_memory_bytes
 from qtts_eval.pipelines.base import (
     REMOTE_GPU_MEMORY_KEY,
     REMOTE_RSS_KEY,
+    WORK_KEY,
     Capability,
     Event,
     ForcedInputs,
@@ -27,6 +28,7 @@ from qtts_eval.pipelines.base import (
     Request,
     StreamEnd,
     UnsupportedRequest,
+    WorkDeclaration,
 )
 from qtts_eval.wire.client import (
     Channel,
@@ -128,17 +130,23 @@ class RemotePipeline(Pipeline):
             capabilities -= {Capability.STAGE_DUMPS, Capability.FORCED_CODES}
         self.capabilities = frozenset(capabilities)
 
+    def ensure_ready(self) -> bool:
+        """Restart a candidate that died since the last request (bounded by max_restarts); True if it did."""
+        if self.session is not None or self._lost is None:
+            return False
+        if self.restarts >= self.options.max_restarts:
+            raise PipelineError(
+                f"{self.transport}: the candidate was lost ({self._lost}) and has already been restarted "
+                f"{self.restarts} times (max_restarts)"
+            )
+        self.restarts += 1
+        self._lost = None
+        self.load()
+        return True
+
     def _live(self) -> RemoteSession:
-        """The session, restarting a candidate that died since the last request (bounded)."""
-        if self.session is None and self._lost is not None:
-            if self.restarts >= self.options.max_restarts:
-                raise PipelineError(
-                    f"{self.transport}: the candidate was lost ({self._lost}) and has already been restarted "
-                    f"{self.restarts} times (max_restarts)"
-                )
-            self.restarts += 1
-            self._lost = None
-            self.load()
+        """The session; a caller that did not call ensure_ready() first pays the restart here."""
+        self.ensure_ready()
         if self.session is None:
             raise PipelineError(f"{self.transport}: stream() called before load()")
         return self.session
@@ -155,12 +163,20 @@ class RemotePipeline(Pipeline):
         info.update(transport=self.transport, wire_encoding=self.encoding.value, candidate=self.target)
         if self.session is not None:
             implementation = self.session.hello.implementation
-            # The candidate's own facts (model, weights hash, synthetic flag) win over our config's guesses.
-            info.update(implementation)
+            # The candidate's own facts (model, weights hash, synthetic flag) win over our config's guesses;
+            # its work declaration goes to the work_* columns instead (work()).
+            info.update({key: value for key, value in implementation.items() if key != WORK_KEY})
             # Who was measured: the series key of a port's own history (docs/metrics.md).
             info.update({f"implementation_{key}": implementation.get(key) for key in IDENTITY_KEYS})
             info["declared_capabilities"] = ",".join(sorted(self.declared))
         return info
+
+    def work(self) -> WorkDeclaration:
+        """What the candidate declared in its hello (implementation.work, docs/protocol.md); an older
+        candidate that declares nothing leaves every field undeclared."""
+        if self.session is None:
+            return WorkDeclaration()
+        return WorkDeclaration.from_json(self.session.hello.implementation.get(WORK_KEY))
 
     def stream(self, request: Request) -> Iterator[Event]:
         session = self._live()

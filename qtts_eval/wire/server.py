@@ -25,6 +25,7 @@ import numpy as np
 from qtts_eval import environment
 from qtts_eval.errors import ProtocolError, RequestError
 from qtts_eval.pipelines.base import (
+    WORK_KEY,
     AudioChunk,
     Capability,
     Mark,
@@ -69,7 +70,12 @@ class Host:
             "type": "hello",
             "protocol": protocol.PROTOCOL_VERSION,
             "capabilities": sorted(c.value for c in self.capabilities),
-            "implementation": {"pipeline": self.name, **_identity(self.name), **self.pipeline.describe()},
+            "implementation": {
+                "pipeline": self.name,
+                **_identity(self.name),
+                **self.pipeline.describe(),
+                WORK_KEY: self.pipeline.work().to_json(),
+            },
             "pid": os.getpid(),
         }
         if Capability.STAGE_DUMPS in self.capabilities:
