@@ -49,7 +49,6 @@ class Flag(str, enum.Enum):
     PROMPT_CACHE_DIFFERS = WorkDifference.PROMPT_CACHE_DIFFERS.value
     DELIVERY_DIFFERS = WorkDifference.DELIVERY_DIFFERS.value
     LAYOUT_DIFFERS = WorkDifference.LAYOUT_DIFFERS.value
-    BUDGET_CONVENTION_DIFFERS = WorkDifference.BUDGET_CONVENTION_DIFFERS.value
     INSTRUMENTATION_DIFFERS = WorkDifference.INSTRUMENTATION_DIFFERS.value
     THREADS_DIFFER = WorkDifference.THREADS_DIFFER.value
     PRECISION_DIFFERS = WorkDifference.PRECISION_DIFFERS.value
@@ -62,6 +61,8 @@ class Note(str, enum.Enum):
     # The frame-budget convention (docs/parity.md): capped at budget N, the reference returns N - 1 frames and
     # a port that honours the budget literally returns N, one more, with the same codes on the common frames.
     WHOLE_BUDGET = "whole_budget"
+    # The same convention as the two sides declared it (work_budget_convention): named, never failing.
+    BUDGET_CONVENTION_DIFFERS = WorkDifference.BUDGET_CONVENTION_DIFFERS.value
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,11 @@ def _row(fixture: str, mode: str, pairs: pd.DataFrame) -> dict[str, object]:
         flags.append(Flag.BASELINE_ERRORS)
     if len(ok) and not len(same):
         flags.append(Flag.NO_CODES)
-    flags += [Flag(difference.value) for difference in _work_differences(pairs)]
+    for difference in _work_differences(pairs):
+        if difference is WorkDifference.BUDGET_CONVENTION_DIFFERS:
+            notes.append(Note.BUDGET_CONVENTION_DIFFERS)
+        else:
+            flags.append(Flag(difference.value))
     row: dict[str, object] = {
         "fixture_id": fixture,
         "mode": mode,

@@ -59,3 +59,58 @@ def test_the_whole_budget_convention_is_a_note_and_a_runaway_a_flag() -> None:
     assert table["notes"].iloc[0] == "whole_budget" and not compare.flagged(table)
     runaway = pd.concat([_records("reference", frames=20), _records("port", frames=41)], ignore_index=True)
     assert "stops_later" in compare.compare(*compare.within_run(runaway, "port"))["flags"].iloc[0]
+
+
+SAME_WORK = {
+    "work_prompt": "cached",
+    "work_delivery": "streamed",
+    "work_packet_frames": 4,
+    "work_layout": "text_streamed",
+    "work_instrumentation": "none",
+    "work_threads": 2,
+    "work_talker_precision": "float32",
+    "work_codec_precision": "float32",
+    "peak_mem_kind": "process_rss",
+    "peak_mem_bytes": 1_000_000,
+}
+
+
+@pytest.mark.parametrize(
+    ("planted", "flag"),
+    [
+        ({"work_prompt": "built"}, "prompt_cache_differs"),
+        ({"work_delivery": "whole"}, "delivery_differs"),
+        ({"work_packet_frames": 2}, "delivery_differs"),
+        ({"work_threads": 1}, "threads_differ"),
+        ({"peak_mem_kind": "worker_tree_rss"}, "memory_kind_differs"),
+        ({"work_layout": "text_up_front"}, "layout_differs"),
+        ({"work_instrumentation": "debug_dump_dir"}, "instrumentation_differs"),
+        ({"work_talker_precision": "bfloat16"}, "precision_differs"),
+    ],
+)
+def test_each_planted_work_difference_is_named_on_the_row(planted: dict[str, object], flag: str) -> None:
+    frame = pd.concat(
+        [_records("reference", **SAME_WORK), _records("port", **{**SAME_WORK, **planted})], ignore_index=True
+    )
+    table = compare.compare(*compare.within_run(frame, "port"))
+    assert table["flags"].iloc[0].split(",") == [flag]
+    assert compare.work_differs(table) == [f"(all)/(all): {flag}", f"en_short/xvector: {flag}"]
+    if flag == "memory_kind_differs":  # bytes of two kinds never divide
+        assert pd.isna(table["peak_mem_bytes_ratio"].iloc[0])
+
+
+def test_same_work_has_no_flag_and_the_budget_convention_is_a_note() -> None:
+    same = pd.concat([_records("reference", **SAME_WORK), _records("port", **SAME_WORK)], ignore_index=True)
+    table = compare.compare(*compare.within_run(same, "port"))
+    assert not compare.flagged(table) and compare.work_differs(table) == []
+    assert table["peak_mem_bytes_ratio"].iloc[0] == pytest.approx(1.0)
+    convention = pd.concat(
+        [
+            _records("reference", **SAME_WORK, work_budget_convention="n_minus_1"),
+            _records("port", frames=41, **SAME_WORK, work_budget_convention="n"),
+        ],
+        ignore_index=True,
+    )
+    table = compare.compare(*compare.within_run(convention, "port"))
+    assert not compare.flagged(table)
+    assert table["notes"].iloc[0] == "whole_budget,budget_convention_differs"
