@@ -149,6 +149,12 @@ def test_bench_restarts_a_crashed_worker_and_reconnects_a_dropped_socket(
     ok = frame[frame["status"] == "ok"]
     assert list(ok["info_candidate_restarts"]) == [0, 0, 1, 1, 2, 2]  # each restart recorded
     assert (ok["frames_generated"] > 0).all()
+    # The candidate is brought back before the clock starts: the request after each crash is marked, and its
+    # first byte holds no process start, load or hello (a restart costs far more than a request here).
+    assert list(frame["after_restart"]) == [False, False, False, True, False, False, True, False, False]
+    after = ok[ok["after_restart"]]["first_byte_s"]
+    others = ok[~ok["after_restart"]]["first_byte_s"]
+    assert after.max() < 2 * others.max() + 0.02, (list(after), list(others))
 
 
 def test_restarts_are_bounded(request_xv) -> None:
