@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from qtts_eval import pipelines
@@ -562,3 +563,23 @@ def test_model_dir_is_the_model_asked_for(tiny_checkpoint: str) -> None:
     argv, handed = hand_over("port --weights {model_dir}", tiny_checkpoint)
     assert handed is not None and argv == ["port", "--weights", str(checkpoints.resolve("tiny").path)]
     assert hand_over(["port", "--fast"], None) == (["port", "--fast"], None)
+
+
+def test_an_empty_stream_and_a_nan_in_hello_are_recorded_and_the_run_finishes(tmp_path: Path) -> None:
+    common = {"fixtures": ("en_one_word",), "modes": ("xvector",), "repeats": 2, "warmup": 0}
+
+    def bench(*fault: str) -> pd.DataFrame:
+        options = {"timeout_s": TIMEOUT_S, "command": [*FAULTY, *fault]}
+        config = BenchConfig(pipelines=("worker",), options=options, **common)
+        return Bench.create(config, tmp_path, fault[1]).run(progress=False)
+
+    empty = bench("--fault", "empty", "--after", "1")
+    assert list(empty["status"]) == ["ok", "error"]
+    assert "0 samples for" in empty["error"].iloc[1]  # no audio is never a pass by omission
+    nan = bench("--fault", "nan-hello")
+    assert list(nan["status"]) == ["ok", "ok"]
+    assert nan["env_load_s"].isna().all()  # stored as null, with the reason beside it
+    assert (nan["metric_error_env.load_s"] == "non-finite value (nan) stored as null").all()
+    from qtts_eval.results import load_run
+
+    assert len(load_run(tmp_path / "nan-hello")) == 2  # parquet and jsonl both written

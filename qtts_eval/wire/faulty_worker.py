@@ -16,6 +16,8 @@ codec of that checkpoint (a candidate whose codes and audio agree), otherwise a 
   bad-frame      (stdio) a frame header with an unknown kind byte replaces the first audio frame
   wrong-samples  every frame carries 1900 samples instead of 1920
   nan            the second audio frame holds NaN samples
+  empty          the utterance completes without a single audio frame
+  nan-hello      hello.implementation carries a NaN value (a fact the candidate could not measure)
   no-synthetic   hello.implementation does not say whether the weights are synthetic
   nondeterministic  every utterance's codes and audio are shifted by its index: the same request differs
   codes-mismatch the codes returned are not the codes the audio was decoded from (use with --codec)
@@ -78,6 +80,8 @@ class Fault(str, enum.Enum):
     BAD_FRAME = "bad-frame"
     WRONG_SAMPLES = "wrong-samples"
     NAN = "nan"
+    EMPTY = "empty"
+    NAN_HELLO = "nan-hello"
     NO_SYNTHETIC = "no-synthetic"
     NONDETERMINISTIC = "nondeterministic"
     CODES_MISMATCH = "codes-mismatch"
@@ -123,6 +127,8 @@ class TonePipeline(Pipeline):
         }
         if self.fault is Fault.NO_SYNTHETIC:
             del facts["synthetic"]
+        if self.fault is Fault.NAN_HELLO:
+            facts["load_s"] = float("nan")
         return facts
 
     def stream(self, request: Request) -> Iterator[Event]:
@@ -142,7 +148,7 @@ class TonePipeline(Pipeline):
         decoded = self.codec.decode(codes) if self.codec else None
         length = SHORT_FRAME_SAMPLES if fault is Fault.WRONG_SAMPLES else SAMPLES_PER_FRAME
         self.last_frames = frames
-        for index in range(frames):
+        for index in range(0 if fault is Fault.EMPTY else frames):
             time.sleep(self.frame_delay_s)
             if decoded is not None:
                 samples = decoded[index * SAMPLES_PER_FRAME : (index + 1) * SAMPLES_PER_FRAME].copy()
