@@ -170,7 +170,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.codec_dtype is not None:
         options["reference.codec_dtype"] = args.codec_dtype
-    if args.stream:
+    if args.stream and "reference" in (args.pipelines or _DEFAULTS.pipelines):
         options["reference.streaming"] = True
     if args.packet_frames is not None:
         options["reference.packet_frames"] = args.packet_frames
