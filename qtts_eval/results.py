@@ -19,7 +19,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,24 +43,12 @@ def _v1_to_v2(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-WORK_COLUMNS = (
-    "work_prompt",
-    "work_delivery",
-    "work_packet_frames",
-    "work_layout",
-    "work_budget_convention",
-    "work_instrumentation",
-    "work_threads",
-    "work_talker_precision",
-    "work_codec_precision",
-)
-
-
 def _v2_to_v3(obj: dict[str, Any]) -> dict[str, Any]:
     # Version 3: the work each side declared (work_*), restarts (after_restart) and per-column metric errors.
     # Version-2 records declared nothing.
     if "request_key" in obj:
-        obj = {"after_restart": None, **dict.fromkeys(WORK_COLUMNS), "metric_error": {}, **obj}
+        work = [item.name for item in fields(Record) if item.name.startswith("work_")]
+        obj = {"after_restart": None, **dict.fromkeys(work), "metric_error": {}, **obj}
     return obj
 
 
