@@ -18,6 +18,7 @@ from qtts_eval.checkpoints.configs import (
 )
 from qtts_eval.checkpoints.presets import preset_by_name
 from qtts_eval.checkpoints.tokenizer import build_text_tokenizer
+from qtts_eval.pipelines import official
 
 BUILDER_VERSION = 2  # bump when the builder's output changes for the same preset and seed
 MARKER_FILE = "qtts_eval_synthetic.json"  # written into every synthetic checkpoint
@@ -82,6 +83,8 @@ def _save_safetensors(module: Any, path: Path, dtype: Any) -> None:
 def build_checkpoint(preset_name: str, seed: int, directory: Path) -> None:
     """Write a complete synthetic checkpoint for ``preset_name`` into ``directory``."""
     import torch
+
+    official.qwen_tts()  # its start-up notices in one line, before the submodules below
     from qwen_tts.core.models.configuration_qwen3_tts import Qwen3TTSConfig
     from qwen_tts.core.models.modeling_qwen3_tts import Qwen3TTSForConditionalGeneration
     from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from qtts_eval.bench import FULL, QUICK, Bench, BenchConfig
+from qtts_eval.bench import FULL, QUICK, QUICK_SYNTHETIC_MAX_FRAMES, Bench, BenchConfig
 from qtts_eval.cli.options import parse_options
 from qtts_eval.metrics.stats import Percentile, format_percentile
 from qtts_eval.pipelines.base import CloneMode, Sampling
@@ -252,7 +252,12 @@ def run(args: argparse.Namespace) -> int:
     if env is not None and bool(env.get("env_synthetic")):
         print(
             f"\nweights: synthetic ({env.get('env_synthetic_preset') or 'no model'}, random): speed and "
-            "memory are real, audio is noise-like and generation runs to the frame budget."
+            "memory are real, audio is noise-like and generation runs to the frame budget"
+            + (
+                f" (at most {QUICK_SYNTHETIC_MAX_FRAMES} frames in a quick run; --full runs whole texts)."
+                if bench.config.matrix == QUICK and not bench.config.fixtures
+                else "."
+            )
         )
     failed = int((frame["status"] != "ok").sum()) if len(frame) else 0
     print(f"\n{len(frame)} records, {failed} not ok -> {bench.store.directory}")

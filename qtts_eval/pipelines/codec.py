@@ -7,8 +7,6 @@ candidate's audio is the decode of the codes it returns).
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from typing import Any
 
 import numpy as np
@@ -16,6 +14,7 @@ import numpy.typing as npt
 
 from qtts_eval import checkpoints
 from qtts_eval.errors import PipelineError
+from qtts_eval.pipelines import official
 from qtts_eval.units import CODEBOOKS, SAMPLE_RATE_HZ
 
 
@@ -28,8 +27,7 @@ class ReferenceCodec:
         resolved = checkpoints.resolve(model)
         self.model = model  # the model ref it was loaded from
         self.weights_hash = resolved.weights_hash  # of the whole checkpoint, as the reference describes it
-        with contextlib.redirect_stdout(sys.stderr):  # keep the package's import banner off stdout
-            from qwen_tts import Qwen3TTSTokenizer
+        Qwen3TTSTokenizer = official.qwen_tts().Qwen3TTSTokenizer
         try:
             self.tokenizer: Any = Qwen3TTSTokenizer.from_pretrained(
                 str(resolved.path / "speech_tokenizer"), device_map=device, dtype=torch.float32

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 
 from qtts_eval import checkpoints
 from qtts_eval.errors import PipelineError
+from qtts_eval.pipelines import official
 from qtts_eval.pipelines.base import (
     AudioChunk,
     BudgetConvention,
@@ -128,8 +128,7 @@ class ReferencePipeline(Pipeline):
         import torch
         import transformers
 
-        with contextlib.redirect_stdout(sys.stderr):  # keep its import banner out of our tables
-            from qwen_tts import Qwen3TTSModel
+        Qwen3TTSModel = official.qwen_tts().Qwen3TTSModel
         # Per-call generation notices ("Setting pad_token_id ...") would drown the progress output.
         transformers.logging.set_verbosity_error()
 
