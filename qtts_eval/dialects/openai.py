@@ -12,7 +12,7 @@ import binascii
 import io
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,9 @@ class OpenAIOptions:
     model: str = "qwen3-tts"  # the request's `model` field
     response_format: str = "pcm"  # "pcm" (raw s16le, no header) or "wav"
     stream_format: str = "audio"  # "audio" (bytes of response_format) or "sse" (base64 deltas in JSON events)
-    pcm_rate: int = SAMPLE_RATE_HZ  # the sample rate of headerless PCM: servers document it, nothing on the wire says it
+    pcm_rate: int = (
+        SAMPLE_RATE_HZ  # the sample rate of headerless PCM: servers document it, nothing on the wire says it
+    )
     voice: str = ""  # a voice registered on the server; empty: clone from the request's reference clip
     ref_audio_field: str = "ref_audio"  # extra body field for the reference clip as base64 WAV ("" to omit)
     ref_text_field: str = "ref_text"  # extra body field for the reference transcript ("" to omit)
@@ -83,7 +85,9 @@ class Pcm16Decoder:
 
 def _check_rate(rate: int, where: str) -> None:
     if rate != SAMPLE_RATE_HZ:
-        raise ProtocolError(f"{where}: sample rate {rate} Hz, the suite compares audio at {SAMPLE_RATE_HZ} Hz")
+        raise ProtocolError(
+            f"{where}: sample rate {rate} Hz, the suite compares audio at {SAMPLE_RATE_HZ} Hz"
+        )
 
 
 def parse_wav_header(data: bytes, where: str) -> tuple[int, int | None] | None:
@@ -98,7 +102,9 @@ def parse_wav_header(data: bytes, where: str) -> tuple[int, int | None] | None:
         if chunk_id == b"data":
             return offset + 8, None if size in UNKNOWN_SIZES else size
         if offset + 8 + size > WAV_HEADER_MAX_BYTES:
-            raise ProtocolError(f"{where}: WAV chunk {chunk_id!r} before the data is {size} bytes, over the limit")
+            raise ProtocolError(
+                f"{where}: WAV chunk {chunk_id!r} before the data is {size} bytes, over the limit"
+            )
         if len(data) < offset + 8 + size:
             return None
         if chunk_id == b"fmt ":
@@ -106,7 +112,8 @@ def parse_wav_header(data: bytes, where: str) -> tuple[int, int | None] | None:
             bits = struct.unpack("<H", data[offset + 22 : offset + 24])[0]
             if (audio_format, channels, bits) != (1, 1, 16):
                 raise ProtocolError(
-                    f"{where}: WAV format {audio_format}, {channels} channels, {bits} bits; mono PCM16 expected"
+                    f"{where}: WAV format {audio_format}, {channels} channels, {bits} bits; "
+                    "mono PCM16 expected"
                 )
             _check_rate(rate, where)
         offset += 8 + size + size % 2
@@ -122,7 +129,8 @@ def encode_wav_base64(audio: np.ndarray) -> str:
 
 
 class OpenAIPipeline(Pipeline):
-    """A server speaking `POST /v1/audio/speech` (vLLM-Omni, SGLang, FastAPI wrappers, `serve --dialect openai`).
+    """A server speaking `POST /v1/audio/speech` (vLLM-Omni, SGLang, FastAPI wrappers, `serve --dialect
+    openai`).
 
     The dialect carries no codes: records say codes not_available, and the audio distance to the reference
     is the same-work evidence."""
@@ -179,7 +187,8 @@ class OpenAIPipeline(Pipeline):
                 content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
                 if content_type not in CONTENT_TYPES[kind]:
                     raise ProtocolError(
-                        f"{where}: content type {content_type or '(none)'!r}, expected one of {CONTENT_TYPES[kind]}"
+                        f"{where}: content type {content_type or '(none)'!r}, "
+                        f"expected one of {CONTENT_TYPES[kind]}"
                     )
                 if kind == "sse":
                     samples = yield from self._sse(response, where)
@@ -189,14 +198,16 @@ class OpenAIPipeline(Pipeline):
                     _check_rate(self.options.pcm_rate, where)
                     samples = yield from self._pcm(response.iter_bytes(), where)
         except httpx.TimeoutException as exc:
-            raise CandidateTimeout(f"{where}: nothing received within {self.options.timeout_s:g} s ({exc!r})") from exc
+            raise CandidateTimeout(
+                f"{where}: nothing received within {self.options.timeout_s:g} s ({exc!r})"
+            ) from exc
         except httpx.HTTPError as exc:  # a connection dropped or a chunked body cut short
             raise ProtocolError(f"{where}: the response broke off: {exc}") from exc
         if samples == 0:
             raise ProtocolError(f"{where}: the response carried no audio")
         yield StreamEnd(frames_generated=0, info={CODES_KEY: NOT_AVAILABLE})
 
-    def _pcm(self, pieces: Iterator[bytes], where: str) -> Iterator[Event]:
+    def _pcm(self, pieces: Iterator[bytes], where: str) -> Generator[Event, None, int]:
         decoder = Pcm16Decoder()
         count = 0
         for piece in pieces:
@@ -207,7 +218,7 @@ class OpenAIPipeline(Pipeline):
         decoder.finish(where)
         return count
 
-    def _wav(self, response: httpx.Response, where: str) -> Iterator[Event]:
+    def _wav(self, response: httpx.Response, where: str) -> Generator[Event, None, int]:
         pieces = response.iter_bytes()
         head = b""
         header = None
@@ -234,10 +245,12 @@ class OpenAIPipeline(Pipeline):
 
         count = yield from self._pcm(counted(), where)
         if declared is not None and received != declared:
-            raise ProtocolError(f"{where}: the WAV header declares {declared} data bytes, the stream carried {received}")
+            raise ProtocolError(
+                f"{where}: the WAV header declares {declared} data bytes, the stream carried {received}"
+            )
         return count
 
-    def _sse(self, response: httpx.Response, where: str) -> Iterator[Event]:
+    def _sse(self, response: httpx.Response, where: str) -> Generator[Event, None, int]:
         from httpx_sse import EventSource
 
         decoder = Pcm16Decoder()
@@ -271,7 +284,10 @@ class OpenAIPipeline(Pipeline):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(transport=f"openai-{self.options.stream_format}-{self.options.response_format}", candidate=self.endpoint)
+        info.update(
+            transport=f"openai-{self.options.stream_format}-{self.options.response_format}",
+            candidate=self.endpoint,
+        )
         return info
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
-"""The OpenAI-style speech dialect, server side: any pipeline behind `POST /v1/audio/speech` (starlette + uvicorn).
+"""The OpenAI-style speech dialect, server side: any pipeline behind `POST /v1/audio/speech` (starlette and
+uvicorn).
 
 `fault` plants one misbehaviour (FAULTS) so the client's error paths are tested against a real server.
 """
@@ -50,7 +51,16 @@ def wav_header(rate: int, data_bytes: int) -> bytes:
     """A mono PCM16 WAV header; data_bytes 0xFFFFFFFF says "length unknown" (a stream)."""
     riff = 0xFFFFFFFF if data_bytes == 0xFFFFFFFF else 36 + data_bytes
     fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
-    return b"RIFF" + struct.pack("<I", riff) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", data_bytes)
+    return (
+        b"RIFF"
+        + struct.pack("<I", riff)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
 
 
 def parse_request(body: dict[str, Any]) -> Request:
@@ -60,16 +70,24 @@ def parse_request(body: dict[str, Any]) -> Request:
         raise BadRequest(f"'input' must be non-empty text of at most {MAX_TEXT_CHARS} characters")
     encoded = body.get("ref_audio")
     if not isinstance(encoded, str):
-        raise BadRequest("'ref_audio' (the reference clip as base64 WAV) is required; this server has no registered voices")
+        raise BadRequest(
+            "'ref_audio' (the reference clip as base64 WAV) is required; this server has no registered voices"
+        )
     try:
         audio, rate = soundfile.read(io.BytesIO(base64.b64decode(encoded, validate=True)), dtype="float32")
     except Exception as exc:  # soundfile raises its own and binascii errors alike
         raise BadRequest(f"'ref_audio' is not a base64 WAV file: {exc}") from exc
     if rate != SAMPLE_RATE_HZ or audio.ndim != 1:
-        raise BadRequest(f"'ref_audio' must be mono at {SAMPLE_RATE_HZ} Hz, got {rate} Hz shape {audio.shape}")
+        raise BadRequest(
+            f"'ref_audio' must be mono at {SAMPLE_RATE_HZ} Hz, got {rate} Hz shape {audio.shape}"
+        )
     ref_text = body.get("ref_text", "")
     mode = body.get("mode", CloneMode.ICL.value if ref_text else CloneMode.XVECTOR.value)
-    frames, seed, language = body.get("max_frames", DEFAULT_FRAMES), body.get("seed", 0), body.get("language", "auto")
+    frames, seed, language = (
+        body.get("max_frames", DEFAULT_FRAMES),
+        body.get("seed", 0),
+        body.get("language", "auto"),
+    )
     if not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES:
         raise BadRequest(f"'max_frames' must be an integer in 1..{MAX_FRAMES}")
     if not isinstance(seed, int) or not isinstance(language, str) or not isinstance(ref_text, str):
@@ -77,7 +95,15 @@ def parse_request(body: dict[str, Any]) -> Request:
     if mode not in {m.value for m in CloneMode}:
         raise BadRequest(f"'mode' {mode!r} is not icl or xvector")
     try:
-        return Request(text=text, language=language, ref_audio=audio, ref_text=ref_text, mode=CloneMode(mode), max_frames=frames, seed=seed)
+        return Request(
+            text=text,
+            language=language,
+            ref_audio=audio,
+            ref_text=ref_text,
+            mode=CloneMode(mode),
+            max_frames=frames,
+            seed=seed,
+        )
     except QttsEvalError as exc:
         raise BadRequest(str(exc)) from exc
 
@@ -99,7 +125,11 @@ def create_app(pipeline: Pipeline, fault: str | None = None) -> Any:
     def shaped(pieces: Iterator[bytes], fmt: str, sse: bool) -> Iterator[bytes]:
         if sse:
             for piece in pieces:
-                data = "not json" if fault == "sse-not-json" else json.dumps({"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()})
+                data = (
+                    "not json"
+                    if fault == "sse-not-json"
+                    else json.dumps({"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()})
+                )
                 yield f"data: {data}\n\n".encode()
             yield b'data: {"type": "speech.audio.done"}\n\n'
             return
@@ -134,7 +164,9 @@ def create_app(pipeline: Pipeline, fault: str | None = None) -> Any:
         fmt = body.get("response_format", "pcm")
         sse = body.get("stream_format") == "sse"
         if fmt not in ("pcm", "wav"):
-            return JSONResponse({"error": {"message": f"response_format {fmt!r} is not pcm or wav"}}, status_code=400)
+            return JSONResponse(
+                {"error": {"message": f"response_format {fmt!r} is not pcm or wav"}}, status_code=400
+            )
         pieces = shaped(audio(request), fmt, sse)
         if fault == "hang":
             pieces = hang(pieces)
@@ -146,7 +178,9 @@ def create_app(pipeline: Pipeline, fault: str | None = None) -> Any:
     return Starlette(routes=[Route("/v1/audio/speech", speech, methods=["POST"])])
 
 
-def serve_openai(pipeline: Pipeline, host: str, port: int, announce: Callable[[str], None], fault: str | None = None) -> None:
+def serve_openai(
+    pipeline: Pipeline, host: str, port: int, announce: Callable[[str], None], fault: str | None = None
+) -> None:
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
