@@ -16,6 +16,7 @@ from qtts_eval.dialects.openai import NOT_AVAILABLE, OpenAIPipeline
 from qtts_eval.errors import CandidateTimeout, ProtocolError
 from qtts_eval.fixtures import load_fixtures, read_reference_audio
 from qtts_eval.pipelines.base import CloneMode, PipelineConfig, Request
+from qtts_eval.units import SAMPLES_PER_FRAME
 from qtts_eval.wire.client import collect
 
 QTTS = [sys.executable, "-m", "qtts_eval"]
@@ -85,6 +86,7 @@ def test_served_reference_equals_in_process_reference(served, tiny_reference, re
         pipeline.close()
     got = np.concatenate([c.samples for c in utterance.chunks]) * 32768.0
     assert utterance.end.info["codes"] == NOT_AVAILABLE
+    assert utterance.end.frames_generated == len(expected) // SAMPLES_PER_FRAME
     # The wire is PCM16: the served audio equals the in-process reference's, rounded to 16 bits.
     np.testing.assert_array_equal(got, expected16.round())
 

@@ -22,7 +22,7 @@ import soundfile
 
 from qtts_eval.errors import CandidateTimeout, PipelineError, ProtocolError
 from qtts_eval.pipelines.base import AudioChunk, Event, Pipeline, PipelineConfig, Request, StreamEnd
-from qtts_eval.units import SAMPLE_RATE_HZ
+from qtts_eval.units import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 
 SPEECH_PATH = "/v1/audio/speech"
 CODES_KEY = "codes"  # StreamEnd.info: "not_available", this dialect carries no codes
@@ -205,7 +205,8 @@ class OpenAIPipeline(Pipeline):
             raise ProtocolError(f"{where}: the response broke off: {exc}") from exc
         if samples == 0:
             raise ProtocolError(f"{where}: the response carried no audio")
-        yield StreamEnd(frames_generated=0, info={CODES_KEY: NOT_AVAILABLE})
+        # No codes come over this dialect: the frame count is what the audio length implies.
+        yield StreamEnd(frames_generated=samples // SAMPLES_PER_FRAME, info={CODES_KEY: NOT_AVAILABLE})
 
     def _pcm(self, pieces: Iterator[bytes], where: str) -> Generator[Event, None, int]:
         decoder = Pcm16Decoder()
