@@ -10,6 +10,8 @@ from typing import Any
 
 from qtts_eval import pipelines
 from qtts_eval.cli.options import parse_options
+from qtts_eval.dialects.openai_server import FAULTS as OPENAI_FAULTS
+from qtts_eval.dialects.openai_server import serve_openai
 from qtts_eval.errors import PipelineError
 from qtts_eval.pipelines.base import Pipeline, PipelineConfig
 from qtts_eval.wire.server import LOOPBACK_HOSTS, Host, serve_websocket
@@ -86,6 +88,17 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port; 0 picks a free one")
     parser.add_argument(
+        "--dialect",
+        default="qtts",
+        choices=("qtts", "openai"),
+        help="qtts: the suite's WebSocket protocol; openai: POST /v1/audio/speech (docs/dialects.md)",
+    )
+    parser.add_argument(
+        "--fault",
+        choices=OPENAI_FAULTS,
+        help="with --dialect openai: plant one misbehaviour of the HTTP server (tests of the client)",
+    )
+    parser.add_argument(
         "--allow-remote", action="store_true", help="permit a non-loopback --host (the server has no auth)"
     )
     parser.set_defaults(run=run)
@@ -97,13 +110,18 @@ def run(args: argparse.Namespace) -> int:
             f"--host {args.host} is not loopback; the server has no authentication, pass --allow-remote "
             "to expose it anyway"
         )
+    if args.fault is not None and args.dialect != "openai":
+        raise PipelineError("--fault plants HTTP misbehaviours; it needs --dialect openai")
     host = load_host(args)
 
     def announce(url: str) -> None:
         print(f"listening on {url}", flush=True)  # tests and scripts read the URL from this line
 
     try:
-        asyncio.run(serve_websocket(host, args.host, args.port, announce))
+        if args.dialect == "openai":
+            serve_openai(host.pipeline, args.host, args.port, announce, args.fault)
+        else:
+            asyncio.run(serve_websocket(host, args.host, args.port, announce))
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
     finally:
