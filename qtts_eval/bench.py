@@ -210,6 +210,7 @@ class Bench:
         self._embedder: Embedder | None = None
         self._recognizer: Recognizer | None = None
         self._warmed: set[tuple[str, str, str, str]] = set()
+        self._reference_synthetic = False  # the run's reference's weights are random (set when it loads)
         # The reference's last request (Cell.work, codes, audio): the cell's other pipelines run right after
         # it (build_matrix), so one is all the same-work columns need.
         self._reference_work: tuple[tuple[str, str, str, int], np.ndarray | None, np.ndarray] | None = None
@@ -282,6 +283,8 @@ class Bench:
         try:
             for name in names:
                 loaded[name] = self._load(name)
+            if REFERENCE in loaded:
+                self._reference_synthetic = bool(loaded[REFERENCE].describe().get("synthetic", False))
             yield measure_cell
         finally:
             for pipeline in loaded.values():
@@ -334,8 +337,7 @@ class Bench:
         if group in self._warmed or self.config.warmup == 0:
             return
         self._warmed.add(group)
-        synthetic = bool(pipeline.describe().get("synthetic", False))
-        request = self._request(cell, synthetic)
+        request = self._request(cell, self._synthetic(pipeline.describe()))
         for index in range(self.config.warmup):
             warm = dataclasses.replace(
                 request, max_frames=min(WARMUP_FRAMES, request.max_frames), seed=request.seed + 10_000 + index
@@ -374,6 +376,13 @@ class Bench:
             self._recognizer,
         )
 
+    def _synthetic(self, facts: dict[str, Any]) -> bool:
+        """Whether a pipeline's weights are random: its own fact, else (a server that cannot say, as an
+        OpenAI-style one) the run's reference's, so both sides of a cell get the same frame budget."""
+        if "synthetic" in facts:
+            return bool(facts["synthetic"])
+        return self._reference_synthetic
+
     def _budget(self, cell: Cell, synthetic: bool) -> int:
         budget = frame_budget(cell.text.text, cell.text.language, synthetic)
         if synthetic and self.config.matrix == QUICK and not self.config.fixtures:
@@ -401,7 +410,7 @@ class Bench:
         except Exception as exc:  # a candidate that cannot be brought back fails this request, not the run
             lost = exc
         facts = pipeline.describe()
-        synthetic = bool(facts.get("synthetic", False))
+        synthetic = self._synthetic(facts)
         request = self._request(cell, synthetic)
         declared = pipeline.work()
         base = Record(
