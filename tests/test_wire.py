@@ -608,3 +608,17 @@ def test_a_dead_workers_error_names_its_stderr_file_which_is_bounded(
     assert text.startswith(f"--- {shlex.join([sys.executable, '-c', chatter])} (pid {channel.pid}) started")
     assert "loading shard 0\n" in text and "loading shard 999" not in text
     assert text.endswith("--- stderr cut at 4096 bytes\n") and len(text.encode()) <= 4096 + 64
+
+
+def test_load_hands_a_worker_the_model_it_was_given() -> None:
+    from qtts_eval import checkpoints
+    from qtts_eval.wire.client import Timeouts
+    from qtts_eval.wire.load import SessionPool
+
+    says = "import sys; print('weights at', sys.argv[1], file=sys.stderr); sys.exit(3)"
+    command = shlex.join([sys.executable, "-c", says, "{model_dir}"])
+    timeouts = Timeouts(start_s=30.0, message_s=30.0)
+    with pytest.raises(ProtocolError, match=f"weights at {checkpoints.resolve('tiny').path}"):
+        SessionPool(command, timeouts, 1, model="tiny").acquire()
+    with pytest.raises(PipelineError, match="pass --model"):
+        SessionPool(command, timeouts, 1).acquire()
