@@ -670,3 +670,23 @@ def test_hints_name_a_one_frame_difference_and_a_length_off_by_one_stride(ref_du
         "port", profile_named("fp32"), ref_dump, port_dump(ref_dump, replace={"codec_dec.wav": shorter}), None
     )
     assert "stride" not in check_next(result).get("codec_decoder", "")
+
+
+def test_a_decoder_difference_past_frame_300_names_the_references_chunked_decode(ref_dump: StageDump) -> None:
+    # A long request's audio (310 frames): the reference decodes offline in 300-frame chunks, which a correct
+    # streaming port does not, so a difference starting past frame 300 is labelled as that convention.
+    long = np.random.default_rng(0).normal(0.0, 0.1, 310 * SAMPLES_PER_FRAME).astype(np.float32)
+    reference = StageDump(ref_dump.meta, {**ref_dump.tensors, "codec_dec.wav": long})
+    edge = long.copy()
+    edge[305 * SAMPLES_PER_FRAME :] *= 1.5
+    stage = compare_dumps(
+        reference, port_dump(reference, replace={"codec_dec.wav": edge}), profile_named("fp32")
+    ).stage("codec_dec.wav")
+    assert stage is not None and stage.status is Status.FAIL
+    assert stage.onset.startswith("decoder frame 305 (past 300: the reference's chunked decode convention")
+    early = long.copy()
+    early[5 * SAMPLES_PER_FRAME :] *= 1.5
+    stage = compare_dumps(
+        reference, port_dump(reference, replace={"codec_dec.wav": early}), profile_named("fp32")
+    ).stage("codec_dec.wav")
+    assert stage is not None and stage.onset == "decoder frame 5" and "chunked" not in stage.note
