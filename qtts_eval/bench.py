@@ -50,6 +50,7 @@ from qtts_eval.pipelines.base import (
 from qtts_eval.results import Record, RunStore
 from qtts_eval.summary import intelligibility_table, latency_table, memory_drift, steady_state, summarise
 from qtts_eval.units import SAMPLE_RATE_HZ
+from qtts_eval.wire.pipelines import stderr_log_option
 
 QUICK = "quick"  # one text per category, modes taken in turn: every category and every mode, in minutes
 # Random weights never stop before their budget, so a synthetic quick run caps it: 20 s of audio shows first
@@ -316,12 +317,14 @@ class Bench:
         # Scoped against every pipeline of the run: a key scoped to another one is theirs, not an error.
         schemas = {other: pipelines.pipeline_class(other).options_schema for other in self.config.pipelines}
         scoped = pipeline_options.scope(self.config.options, schemas)
+        # A subprocess candidate's stderr goes beside the records (an explicit option wins).
+        stderr_log = stderr_log_option(schemas[name], self.store.directory / f"{name}.stderr.log")
         config = PipelineConfig(
             model=self.config.model,
             device=self.config.device,
             dtype=self.config.dtype,
             attn_implementation=self.config.attn_implementation,
-            options=scoped[name],
+            options={**stderr_log, **scoped[name]},
         )
         pipeline = pipelines.create(name, config)
         started = time.monotonic_ns()

@@ -394,6 +394,15 @@ def test_clip_rounding_compares_the_overlap(
     assert latent is not None and "rel_l2" in latent.metrics
     talker = comparison.stage("talker.prefill.embeds")
     assert talker is not None and talker.status is Status.SKIP and "clip rounding" in talker.note
+    # Codes that also differ inside the overlap (frame 0) are not the rounding's doing.
+    wrong = rounded.tensors["codec_enc.codes"].copy()
+    wrong[0, 0] = (wrong[0, 0] + 1) % 2048
+    worse = compare_dumps(
+        ref_dump, port_dump(ref_dump, replace={**codec, "codec_enc.codes": wrong}), profile_named("fp32")
+    )
+    talker = worse.stage("talker.prefill.embeds")
+    assert talker is not None and "upstream codec_enc.codes differs" in talker.note
+    assert "clip rounding" not in talker.note
     other = port_dump(ref_dump, replace={"codec_enc.input": clip[:1000]})
     shape = compare_dumps(ref_dump, other, profile_named("fp32")).stage("codec_enc.input")
     assert shape is not None and shape.status is Status.FAIL and "rel_l2" in shape.metrics
@@ -623,3 +632,61 @@ def test_sweep_selection_is_checked_before_anything_loads() -> None:
     with pytest.raises(ParityError, match="either --text or --fixture"):
         sweep_requests(["en_short"], [], [], "Hello.", None)
     assert main(["parity", "reference", "--fixture", "en_short", "--fixture", "nope"]) == 2
+
+
+def test_hints_name_a_one_frame_difference_and_a_length_off_by_one_stride(ref_dump: StageDump) -> None:
+    from qtts_eval.parity.report import check_next
+
+    wav = ref_dump.tensors["codec_dec.wav"]
+    stride = wav.shape[-1] // ref_dump.tensors["codec_dec.codes"].shape[-1]
+    one_frame = wav.copy()
+    one_frame[..., stride : 2 * stride] += 0.5 * float(np.abs(wav).max())
+    result = compare(
+        "port",
+        profile_named("fp32"),
+        ref_dump,
+        port_dump(ref_dump, replace={"codec_dec.wav": one_frame}),
+        None,
+    )
+    stage = result.free.stage("codec_dec.wav")
+    assert stage is not None and stage.onset == "decoder frame 1 only", stage
+    assert "decoder frame 1 alone" in check_next(result)["codec_decoder"]
+    everywhere = wav + 0.5 * float(np.abs(wav).max())
+    result = compare(
+        "port",
+        profile_named("fp32"),
+        ref_dump,
+        port_dump(ref_dump, replace={"codec_dec.wav": everywhere}),
+        None,
+    )
+    assert "alone" not in check_next(result)["codec_decoder"]  # every frame differs: not an edge
+    short = wav[..., :-stride].copy()
+    result = compare(
+        "port", profile_named("fp32"), ref_dump, port_dump(ref_dump, replace={"codec_dec.wav": short}), None
+    )
+    assert "one upsampling stride" in check_next(result)["codec_decoder"]
+    shorter = wav[..., : -stride - 7].copy()
+    result = compare(
+        "port", profile_named("fp32"), ref_dump, port_dump(ref_dump, replace={"codec_dec.wav": shorter}), None
+    )
+    assert "stride" not in check_next(result).get("codec_decoder", "")
+
+
+def test_a_decoder_difference_past_frame_300_names_the_references_chunked_decode(ref_dump: StageDump) -> None:
+    # A long request's audio (310 frames): the reference decodes offline in 300-frame chunks, which a correct
+    # streaming port does not, so a difference starting past frame 300 is labelled as that convention.
+    long = np.random.default_rng(0).normal(0.0, 0.1, 310 * SAMPLES_PER_FRAME).astype(np.float32)
+    reference = StageDump(ref_dump.meta, {**ref_dump.tensors, "codec_dec.wav": long})
+    edge = long.copy()
+    edge[305 * SAMPLES_PER_FRAME :] *= 1.5
+    stage = compare_dumps(
+        reference, port_dump(reference, replace={"codec_dec.wav": edge}), profile_named("fp32")
+    ).stage("codec_dec.wav")
+    assert stage is not None and stage.status is Status.FAIL
+    assert stage.onset.startswith("decoder frame 305 (past 300: the reference's chunked decode convention")
+    early = long.copy()
+    early[5 * SAMPLES_PER_FRAME :] *= 1.5
+    stage = compare_dumps(
+        reference, port_dump(reference, replace={"codec_dec.wav": early}), profile_named("fp32")
+    ).stage("codec_dec.wav")
+    assert stage is not None and stage.onset == "decoder frame 5" and "chunked" not in stage.note

@@ -12,11 +12,15 @@ from qtts_eval.parity.session import FREE_DUMP, _candidate_pipeline, run_session
 from qtts_eval.pipelines.base import PipelineConfig
 
 
-def test_a_worker_candidate_is_handed_the_reference_model() -> None:
+def test_a_worker_candidate_is_handed_the_reference_model_and_a_stderr_file(tmp_path: Path) -> None:
+    log = tmp_path / "candidate.stderr.log"
     pipeline, _ = _candidate_pipeline(
-        "my-port --weights {model_dir}", PipelineConfig(model="0.6b-base"), None, {}
+        "my-port --weights {model_dir}", PipelineConfig(model="0.6b-base"), None, {}, log
     )
     assert pipeline.config.model == "0.6b-base"  # what {model_dir} becomes when the worker starts
+    assert pipeline.options.stderr_log == str(log)
+    reference, _ = _candidate_pipeline("reference", PipelineConfig(), None, {}, log)
+    assert "stderr_log" not in reference.config.options  # in-process: no stderr of its own
 
 
 @pytest.mark.slow  # two tiny parity sessions: about 100 s on the loaded 2-core VM

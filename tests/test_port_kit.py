@@ -114,6 +114,35 @@ def test_replay_passes_every_conformance_rule(
     assert [r.rule for r in results if r.failed] == [], [r.detail for r in results if r.failed]
 
 
+def test_replay_hashes_its_checkpoint_with_the_kits_helper(
+    replay: Path, xvector_reference: Path, tmp_path: Path
+) -> None:
+    """`--checkpoint` makes the replay compute `weights_hash` as a port does (the kit's helper): the suite's
+    hash of the same directory, and a refusal to start on weights the dump did not come from."""
+    from qtts_eval import checkpoints
+
+    tiny = checkpoints.resolve("tiny")
+    channel = WorkerChannel([str(replay), "--dump", str(xvector_reference), "--checkpoint", str(tiny.path)])
+    try:
+        implementation = RemoteSession(channel, TIMEOUTS).hello.implementation
+        assert implementation["weights_hash"] == checkpoints.weights_hash(tiny.path) == tiny.weights_hash
+    finally:
+        channel.close()
+    other = tmp_path / "other"
+    (other / "speech_tokenizer").mkdir(parents=True)
+    (other / "model.safetensors").write_bytes(b"talker")
+    (other / "speech_tokenizer" / "model.safetensors").write_bytes(b"codec")
+    refused = subprocess.run(
+        [str(replay), "--dump", str(xvector_reference), "--checkpoint", str(other)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    assert f"weights hash {checkpoints.weights_hash(other)}, but the dump came from" in refused.stderr
+
+
 def parity_speak(request: Request, name: str, forced: dict[str, np.ndarray] | None) -> dict[str, Any]:
     """A parity request as docs/protocol.md defines it: dump_path, and the forced_* fields when forced
     (`forced` holds the reference dump's `codes`, `codec_enc.codes` and `spk.embedding`)."""

@@ -74,7 +74,7 @@ def _serve(command: list[str]) -> Iterator[str]:
 @pytest.mark.parametrize(
     ("fault", "error", "message"),
     [
-        ("crash", ProtocolError, "exited with code 3"),
+        ("crash", ProtocolError, "died with exit code 3"),
         ("hang", CandidateTimeout, "sent nothing within 3 s"),
         ("close", ProtocolError, "closed its stdout mid-stream"),
         ("malformed", ProtocolError, "malformed JSON"),
@@ -145,8 +145,12 @@ def test_bench_restarts_a_crashed_worker_and_reconnects_a_dropped_socket(
                 "drop",
             ).run(progress=False)
     assert list(frame["status"]) == ["ok", "ok", "error"] * 3
-    message = "exited with code 3" if transport == "worker" else "closed the connection"
+    message = "died with exit code 3" if transport == "worker" else "closed the connection"
     assert all(message in error for error in frame["error"].iloc[2::3])
+    if transport == "worker":  # its stderr is kept beside the records, each start appended, and named
+        log = tmp_path / "crash" / "worker.stderr.log"
+        assert all(f"its stderr: {log}" in error for error in frame["error"].iloc[2::3])
+        assert log.read_text().count(" started at ") == 3  # first start + 2 restarts
     ok = frame[frame["status"] == "ok"]
     assert list(ok["info_candidate_restarts"]) == [0, 0, 1, 1, 2, 2]  # each restart recorded
     assert (ok["frames_generated"] > 0).all()
@@ -162,7 +166,7 @@ def test_restarts_are_bounded(request_xv) -> None:
     pipeline = _worker([*FAULTY, "--fault", "crash"], timeout_s=TIMEOUT_S, max_restarts=1)
     try:
         for _ in range(2):  # the first worker crashes, then its one replacement
-            with pytest.raises(ProtocolError, match="exited with code 3"):
+            with pytest.raises(ProtocolError, match="died with exit code 3"):
                 collect(pipeline.stream(request_xv))
         with pytest.raises(PipelineError, match="already been restarted 1 times"):
             collect(pipeline.stream(request_xv))
@@ -583,3 +587,38 @@ def test_an_empty_stream_and_a_nan_in_hello_are_recorded_and_the_run_finishes(tm
     from qtts_eval.results import load_run
 
     assert len(load_run(tmp_path / "nan-hello")) == 2  # parquet and jsonl both written
+
+
+def test_a_dead_workers_error_names_its_stderr_file_which_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qtts_eval.wire import client
+
+    monkeypatch.setattr(client, "STDERR_LOG_MAX_BYTES", 4096)
+    chatter = "import sys\nfor i in range(1000): print(f'loading shard {i}', file=sys.stderr)\nsys.exit(3)"
+    log = tmp_path / "run" / "worker.stderr.log"
+    channel = client.WorkerChannel([sys.executable, "-c", chatter], log)
+    try:
+        with pytest.raises(ProtocolError, match="worker died with exit code 3; its stderr: ") as caught:
+            client.RemoteSession(channel, client.Timeouts(start_s=30.0, message_s=30.0))
+    finally:
+        channel.close()
+    assert str(log) in str(caught.value) and "loading shard 999" in str(caught.value)  # path, then tail
+    text = log.read_text()
+    assert text.startswith(f"--- {shlex.join([sys.executable, '-c', chatter])} (pid {channel.pid}) started")
+    assert "loading shard 0\n" in text and "loading shard 999" not in text
+    assert text.endswith("--- stderr cut at 4096 bytes\n") and len(text.encode()) <= 4096 + 64
+
+
+def test_load_hands_a_worker_the_model_it_was_given() -> None:
+    from qtts_eval import checkpoints
+    from qtts_eval.wire.client import Timeouts
+    from qtts_eval.wire.load import SessionPool
+
+    says = "import sys; print('weights at', sys.argv[1], file=sys.stderr); sys.exit(3)"
+    command = shlex.join([sys.executable, "-c", says, "{model_dir}"])
+    timeouts = Timeouts(start_s=30.0, message_s=30.0)
+    with pytest.raises(ProtocolError, match=f"weights at {checkpoints.resolve('tiny').path}"):
+        SessionPool(command, timeouts, 1, model="tiny").acquire()
+    with pytest.raises(PipelineError, match="pass --model"):
+        SessionPool(command, timeouts, 1).acquire()

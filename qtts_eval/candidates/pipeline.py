@@ -37,13 +37,13 @@ from qtts_eval.pipelines.base import (
     UnsupportedRequest,
 )
 from qtts_eval.wire.client import Channel, WorkerChannel
-from qtts_eval.wire.pipelines import RemoteOptions, RemotePipeline
+from qtts_eval.wire.pipelines import ProcessOptions, RemotePipeline
 
 EXPORT_MARKER = "export.json"  # written last, in the staging directory renamed into place
 
 
 @dataclass(frozen=True)
-class CandidateOptions(RemoteOptions):
+class CandidateOptions(ProcessOptions):
     """Options of an installed candidate (and the wire options of every worker)."""
 
     storage: str = GgufType.F32.value  # weight storage the port loads: F32, BF16 or Q8_0 (GGUF ports)
@@ -152,7 +152,8 @@ class CandidatePipeline(RemotePipeline):
         return ["env", "-u", "PYTHONPATH", *shim, "--config", json.dumps(self.adapter_config), *extra]
 
     def open_channel(self) -> Channel:
-        return WorkerChannel(self.command())
+        log = self.options.stderr_log
+        return WorkerChannel(self.command(), Path(log) if log else None)
 
     @property
     def target(self) -> str:

@@ -66,6 +66,9 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--frames", type=int, default=_DEFAULTS.frames, help="frame budget per request")
     parser.add_argument("--mode", default=_DEFAULTS.mode.value, choices=[m.value for m in CloneMode])
     parser.add_argument("--voice", default=_DEFAULTS.voice)
+    parser.add_argument(
+        "--model", help="checkpoint a worker command's {model_dir} stands for (preset, path or hub id)"
+    )
     parser.add_argument("--timeout", type=float, default=Timeouts.message_s, help="seconds per message")
     parser.add_argument("--json", type=Path, help="also write the per-level rows here")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results root directory")
@@ -103,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         mode=CloneMode(args.mode),
         voice=args.voice,
         timeouts=Timeouts(message_s=args.timeout),
+        model=args.model,
     )
     print("  ".join(name for name, _ in _COLUMNS), flush=True)
     rows: list[dict[str, Any]] = []

@@ -33,6 +33,7 @@ CLIP_GROUPS = ("inputs", "codec_encoder")  # stages that see the reference clip 
 # The reference's offline decode (chunked_decode) works in chunks of this many frames with 25 frames of left
 # context: a convention a port decoding in one piece differs from on long requests.
 REFERENCE_CHUNK_FRAMES = 300
+ONE_FRAME_ONLY = " only"  # ends an onset when no other frame passes the tolerance ("decoder frame 0 only")
 # Groups whose numbers shape a generated code: a teacher-forced failure there is evidence about a flip.
 DECISION_UPSTREAM = ("inputs", "speaker_encoder", "codec_encoder", "talker", "code_predictor")
 
@@ -397,7 +398,7 @@ class _Comparer:
         past = np.flatnonzero(error > limit * share) if share > 0 else np.flatnonzero(error > 0)
         if not past.size:
             return ""
-        onset = f"{frame_unit(key)} {int(past[0])}"
+        onset = f"{frame_unit(key)} {int(past[0])}" + (ONE_FRAME_ONLY if past.size == 1 else "")
         if stage_of(key).group == "codec_decoder" and past[0] >= REFERENCE_CHUNK_FRAMES:
             onset += (
                 f" (past {REFERENCE_CHUNK_FRAMES}: the reference's chunked decode convention, docs/parity.md)"
@@ -451,7 +452,13 @@ class _Comparer:
                 self.compare_tensor(key)
             feeds_on = key in DISCRETE_INPUTS and not upstream and not self.forced_input(key)
             if feeds_on and not _equal(self.ref[key], self.cand[key]):
-                cause = " (clip rounding)" if key == "codec_enc.codes" and self.clip_note else ""
+                # Rounding explains the length only: codes that also differ in the overlap have another cause.
+                rounded = (
+                    key == "codec_enc.codes"
+                    and self.clip_note
+                    and _equal(*_overlap(self.ref[key], self.cand[key]))
+                )
+                cause = " (clip rounding)" if rounded else ""
                 upstream = f"upstream {key} differs{cause}"
         return [self.results[key] for key in keys]
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qtts_eval.parity.compare import Comparison, StageResult, Status, describe_divergence
+from qtts_eval.parity.compare import ONE_FRAME_ONLY, Comparison, StageResult, Status, describe_divergence
 from qtts_eval.parity.dumps import time_axis
 from qtts_eval.parity.run import ParityResult
 from qtts_eval.units import SAMPLE_RATE_HZ
@@ -32,6 +32,11 @@ def _hint(stage: StageResult, result: ParityResult, comparison: Comparison) -> s
     icl = result.reference.meta.clone_mode == "icl"
     passed = {s.key for s in comparison.stages if s.status is Status.PASS}
     group = stage.group
+    if stage.onset.endswith(ONE_FRAME_ONLY):
+        return (
+            f"what is done at {stage.onset.removesuffix(ONE_FRAME_ONLY)} alone (the other frames match): an "
+            "edge (the first frame's padding or cache start, the last frame's trim, a chunk boundary)"
+        )
     if group == "inputs":
         if stage.key.startswith("inputs.") and stage.key.endswith("text_ids"):
             return "the chat template and tokenizer: text ids are the full chat-template ids of the prompt"

@@ -26,6 +26,7 @@ FAULT_PREFIX = "fault:"  # CANDIDATE naming a planted fault, e.g. "fault:talker-
 REFERENCE_DUMP = "reference.safetensors"  # file names under the session's output directory
 FREE_DUMP = "candidate.free.safetensors"
 FORCED_DUMP = "candidate.forced.safetensors"
+CANDIDATE_STDERR = "candidate.stderr.log"  # a subprocess candidate's stderr, beside its dumps
 
 
 @dataclass(frozen=True)
@@ -123,16 +124,21 @@ def _candidate_pipeline(
     base: PipelineConfig,
     codec_dtype: str | None,
     extra_options: Mapping[str, Any],
+    stderr_log: Path,
 ) -> tuple[Any, str | None]:
     """The candidate pipeline (model, device and dtype from `base`) and the codec dtype it runs in (None: a
-    wire candidate, which says its own precision in its hello)."""
+    wire candidate, which says its own precision in its hello); a subprocess candidate's stderr goes to
+    `stderr_log`."""
     from qtts_eval import pipelines
+    from qtts_eval.wire.pipelines import ProcessOptions
 
     if candidate.startswith(("ws://", "wss://")):
         return pipelines.create("websocket", PipelineConfig(options={"url": candidate})), None
     if _over_the_wire(candidate):
         # `{model_dir}` in the command is the reference's checkpoint: both sides start from the same weights.
-        config = PipelineConfig(model=base.model, options={"command": candidate})
+        config = PipelineConfig(
+            model=base.model, options={"command": candidate, "stderr_log": str(stderr_log)}
+        )
         return pipelines.create("worker", config), None
     if candidate == "reference" or candidate.startswith(FAULT_PREFIX):
         codec = codec_dtype or REFERENCE_CODEC_DTYPE
@@ -144,6 +150,8 @@ def _candidate_pipeline(
             raise ParityError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
         return HookedReference(config, fault=FAULTS[name]()), codec
     options = {} if codec_dtype is None else {"codec_dtype": codec_dtype}
+    if issubclass(pipelines.pipeline_class(candidate).options_schema, ProcessOptions):
+        options["stderr_log"] = str(stderr_log)
     config = dataclasses.replace(base, options={**options, **extra_options})  # e.g. a port's threads
     return pipelines.create(candidate, config), codec_dtype or base.dtype
 
@@ -162,6 +170,7 @@ class _Sides:
         candidate_dtype: str,
         candidate_codec_dtype: str | None,
         candidate_options: Mapping[str, Any],
+        out: Path,
     ) -> None:
         self.name = candidate
         self.pipeline, codec_dtype = _candidate_pipeline(  # an unknown candidate fails before any load
@@ -169,6 +178,7 @@ class _Sides:
             PipelineConfig(model=settings.model, device=device, dtype=candidate_dtype),
             candidate_codec_dtype,
             candidate_options,
+            out / CANDIDATE_STDERR,
         )
         self.reference = _reference(settings, device)
         self.pipeline.load()
@@ -286,6 +296,7 @@ def run_session(
         candidate_dtype=candidate_dtype,
         candidate_codec_dtype=candidate_codec_dtype,
         candidate_options=candidate_options or {},
+        out=out,
     )
     try:
         return sides.compare(settings, out, forced_inputs)
@@ -368,6 +379,7 @@ def run_sweep(
         candidate_dtype=candidate_dtype,
         candidate_codec_dtype=candidate_codec_dtype,
         candidate_options=candidate_options or {},
+        out=out,
     )
     rows = []
     try:

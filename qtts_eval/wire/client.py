@@ -16,7 +16,8 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from qtts_eval.wire import protocol
 from qtts_eval.wire.protocol import Encoding, ErrorCode
 
 STDERR_TAIL_LINES = 20  # worker stderr lines quoted when it dies
+STDERR_LOG_MAX_BYTES = (
+    16 << 20
+)  # a worker's stderr file stops growing here (a chatty port cannot fill the disk)
 EXIT_GRACE_S = 2.0  # a worker asked to stop gets this long before it is terminated
 MODEL_DIR = "{model_dir}"  # in a worker command: replaced by the checkpoint directory the suite hands over
 
@@ -109,24 +113,40 @@ class WebSocketChannel(Channel):
 
 
 class WorkerChannel(Channel):
-    """A subprocess speaking length-prefixed frames on stdin/stdout; its stderr is kept for diagnostics."""
+    """A subprocess speaking length-prefixed frames on stdin/stdout; the last lines of its stderr are kept
+    for errors, and all of it (up to STDERR_LOG_MAX_BYTES) is appended to `stderr_log` when given."""
 
-    def __init__(self, command: str | Sequence[str]) -> None:
+    def __init__(self, command: str | Sequence[str], stderr_log: Path | None = None) -> None:
         argv = shlex.split(command) if isinstance(command, str) else list(command)
         if not argv:
             raise PipelineError("worker: the command line is empty")
         self.argv = argv
+        self.stderr_log = stderr_log
+        log = self._open_log(stderr_log) if stderr_log is not None else None
         try:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
         except OSError as exc:
+            if log is not None:
+                log.close()
             raise PipelineError(f"worker: cannot start {shlex.join(argv)}: {exc}") from exc
         self.pid = self.process.pid
+        if log is not None:
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            log.write(f"--- {shlex.join(argv)} (pid {self.pid}) started at {started}\n".encode())
         self._inbox: queue.Queue[str | bytes | ProtocolError] = queue.Queue()
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         threading.Thread(target=self._read_frames, name="worker-stdout", daemon=True).start()
-        threading.Thread(target=self._read_stderr, name="worker-stderr", daemon=True).start()
+        threading.Thread(target=self._read_stderr, args=(log,), name="worker-stderr", daemon=True).start()
+
+    @staticmethod
+    def _open_log(path: Path) -> BinaryIO:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return path.open("ab")
+        except OSError as exc:
+            raise PipelineError(f"worker: cannot write its stderr to {path}: {exc}") from exc
 
     def _read_frames(self) -> None:
         assert self.process.stdout is not None
@@ -141,13 +161,25 @@ class WorkerChannel(Channel):
                 return
             self._inbox.put(item)
 
-    def _read_stderr(self) -> None:
+    def _read_stderr(self, log: BinaryIO | None) -> None:
         assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self._stderr.append(line.decode(errors="replace").rstrip())
+        try:
+            for line in self.process.stderr:
+                self._stderr.append(line.decode(errors="replace").rstrip())
+                if log is not None and log.tell() + len(line) > STDERR_LOG_MAX_BYTES:
+                    log.write(f"--- stderr cut at {STDERR_LOG_MAX_BYTES} bytes\n".encode())
+                    log.close()
+                    log = None
+                if log is not None:
+                    log.write(line)
+                    log.flush()  # readable while the worker runs, and complete if the suite dies
+        finally:
+            if log is not None:
+                log.close()
 
     def stderr_tail(self) -> str:
-        return " | ".join(self._stderr) or "(no stderr)"
+        tail = " | ".join(self._stderr) or "(no stderr)"
+        return tail if self.stderr_log is None else f"{self.stderr_log} (last lines: {tail})"
 
     def send_text(self, text: str) -> None:
         assert self.process.stdin is not None
@@ -173,8 +205,10 @@ class WorkerChannel(Channel):
         try:
             code = self.process.wait(timeout=EXIT_GRACE_S)
         except subprocess.TimeoutExpired:
-            return f"worker closed its stdout mid-stream but is still running; stderr: {self.stderr_tail()}"
-        return f"worker exited with code {code} (crashed?); stderr: {self.stderr_tail()}"
+            return (
+                f"worker closed its stdout mid-stream but is still running; its stderr: {self.stderr_tail()}"
+            )
+        return f"worker died with exit code {code}; its stderr: {self.stderr_tail()}"
 
     def close(self) -> None:
         if self.process.poll() is None:

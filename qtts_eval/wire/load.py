@@ -48,6 +48,7 @@ class LoadOptions:
     text: str = "The quick brown fox jumps over the lazy dog."  # text of every request
     seed: int = 0  # arrival-time seed (open loop) and request seed
     timeouts: Timeouts = field(default_factory=Timeouts)  # waits per session and message
+    model: str | None = None  # the checkpoint a worker command's {model_dir} stands for
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,10 @@ def check_target_is_local(target: str) -> None:
 class SessionPool:
     """Sessions to the target, opened on demand up to a bound and reused."""
 
-    def __init__(self, target: str, timeouts: Timeouts, size: int) -> None:
+    def __init__(self, target: str, timeouts: Timeouts, size: int, model: str | None = None) -> None:
         self.target = target
         self.timeouts = timeouts
+        self.model = model
         self._slots = threading.Semaphore(size)
         self._idle: list[RemoteSession] = []
         self._all: list[RemoteSession] = []
@@ -94,7 +96,7 @@ class SessionPool:
             if self._idle:
                 return self._idle.pop()
         try:
-            session = RemoteSession(open_channel(self.target, self.timeouts), self.timeouts)
+            session = RemoteSession(open_channel(self.target, self.timeouts, self.model), self.timeouts)
         except BaseException:
             self._slots.release()
             raise
@@ -173,7 +175,7 @@ class LoadRunner:
         )
 
     def closed_loop(self, sessions: int) -> LevelResult:
-        pool = SessionPool(self.target, self.options.timeouts, sessions)
+        pool = SessionPool(self.target, self.options.timeouts, sessions, self.options.model)
         samples: list[Sample] = []
         lock = threading.Lock()
         deadline = time.monotonic() + self.options.max_level_s
@@ -195,7 +197,7 @@ class LoadRunner:
         return LevelResult("closed", sessions, samples, (time.monotonic_ns() - began) / 1e9)
 
     def open_loop(self, rate_hz: float) -> LevelResult:
-        pool = SessionPool(self.target, self.options.timeouts, self.options.max_sessions)
+        pool = SessionPool(self.target, self.options.timeouts, self.options.max_sessions, self.options.model)
         rng = np.random.default_rng(self.options.seed)
         gaps_s = rng.exponential(1.0 / rate_hz, self.options.open_requests)
         samples: list[Sample] = []

@@ -66,7 +66,21 @@ class RemoteOptions:
 
 
 @dataclass(frozen=True)
-class WorkerOptions(RemoteOptions):
+class ProcessOptions(RemoteOptions):
+    """Options of a candidate run as the suite's subprocess (a worker command, an installed candidate)."""
+
+    # File its stderr is copied to (bounded; appended across restarts) and that errors name; bench and parity
+    # set it in their output directory. Empty: only the last lines are kept, for errors.
+    stderr_log: str = ""
+
+
+def stderr_log_option(schema: type, path: Path) -> dict[str, str]:
+    """The option that sends a subprocess candidate's stderr to `path`; {} for other pipelines."""
+    return {"stderr_log": str(path)} if issubclass(schema, ProcessOptions) else {}
+
+
+@dataclass(frozen=True)
+class WorkerOptions(ProcessOptions):
     command: str | list[str] = ""  # the candidate's command line: a shell-style string or an argv list
 
     def __post_init__(self) -> None:
@@ -259,7 +273,7 @@ class WorkerPipeline(RemotePipeline):
         # The suite hands the candidate its own source checkpoint (config.model) and records its hash,
         # so reference and candidate provably start from the same weights.
         argv, self.handed_over = hand_over(self.options.command, self.config.model)
-        return WorkerChannel(argv)
+        return WorkerChannel(argv, Path(self.options.stderr_log) if self.options.stderr_log else None)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

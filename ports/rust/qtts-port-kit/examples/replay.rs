@@ -3,15 +3,17 @@
 //! complete wiring of a port to the kit, and the suite's cross-language test vector.
 //!
 //! ```text
-//! replay --dump DIR/reference.safetensors [--perturb KEY] [--frame-delay-ms MS] [--dump-dir DIR]
-//!        [--synthetic] [--websocket]     # with the `websocket` feature: serve ws://127.0.0.1:PORT/api/v1/speak
+//! replay --dump DIR/reference.safetensors [--checkpoint DIR] [--perturb KEY] [--frame-delay-ms MS]
+//!        [--dump-dir DIR] [--synthetic] [--websocket]  # `websocket` feature: ws://127.0.0.1:PORT/api/v1/speak
 //! ```
 //!
 //! Over stdio it serves the harness that started it; with `--websocket` it prints `listening on URL` and
 //! serves every connection. Dumps go under `--dump-dir` (default: a fresh directory in the system's temporary
-//! directory), which `hello.dump_dir` announces. `hello.implementation` carries the dump's `model_ref` and
-//! `weights_hash` (empty when the dump names none) and `synthetic`: false unless `--synthetic` says the dump's
-//! checkpoint has random weights (a synthetic preset such as `tiny`); the dump header does not record it.
+//! directory), which `hello.dump_dir` announces. `hello.implementation` carries the dump's `model_ref`, a
+//! `weights_hash` and `synthetic`: false unless `--synthetic` says the dump's checkpoint has random weights (a
+//! synthetic preset such as `tiny`); the dump header does not record it. With `--checkpoint DIR` the hash is
+//! the kit's `weights_hash` of DIR, as a port computes it, and the replay refuses to start when the dump came
+//! from other weights; without it, the dump's own hash (empty when it names none).
 //!
 //! `--perturb KEY` plants a fault at one stage: every dump it writes has that tensor changed (floating values
 //! get 10 % of the tensor's largest magnitude added in a fixed pattern; integer ids and codes get their first
@@ -19,7 +21,9 @@
 //! Any speak gets the dump's audio, cut at the request's frame budget; a parity request (`dump_path`) must be
 //! the request the dump recorded, and a forced one may force any of the dump's own codes, reference codes and
 //! speaker embedding (its header then lists those), but nothing else, or it is refused as UNSUPPORTED: the
-//! replay cannot compute anything else. It declares one prompt layout (`Worker::layouts`), the dump's mode and
+//! replay cannot compute anything else. Its parity dumps are filled through the kit's tap store
+//! (`qtts_port_kit::taps`) as a port's model code would: stage tensors recorded, per-frame rows appended, and
+//! each code asked of `taps::code` so that a forced run emits the forced codes. It declares one prompt layout (`Worker::layouts`), the dump's mode and
 //! `non_streaming_mode`: a speak of the other mode or layout is refused as UNSUPPORTED by the kit.
 
 use std::path::{Path, PathBuf};
@@ -27,12 +31,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use qtts_port_kit::dump::{
-    key, read_dump, Dump, DumpWriter, ForcedInput, HeaderSampling, Tensor, TensorData,
+    key, read_dump, Dump, DumpError, DumpWriter, ForcedInput, HeaderSampling, Tensor, TensorData,
 };
 use qtts_port_kit::protocol::{Forced, CODEBOOKS, SAMPLES_PER_FRAME};
 use qtts_port_kit::{
-    serve_stdio, Capability, Layouts, MarkStage, ServeOptions, SpeakError, SpeakRequest, Spoken, Utterance,
-    Voice, Worker,
+    serve_stdio, taps, weights_hash, Capability, Layouts, MarkStage, ServeOptions, SpeakError, SpeakRequest,
+    Spoken, Utterance, Voice, Worker,
 };
 use serde_json::json;
 
@@ -50,12 +54,27 @@ struct Replay {
     /// The dump's own codes, reference codes and speaker embedding, before any perturbation: the only forced
     /// inputs the replay can honour.
     own: Forced,
+    weights_hash: String,
     synthetic: bool,
 }
 
 impl Replay {
     fn load(args: &Args) -> Result<Self, String> {
         let mut dump = read_dump(&args.dump).map_err(|e| e.to_string())?;
+        let recorded = dump.meta.weights_hash.clone().unwrap_or_default();
+        let weights_hash = match &args.checkpoint {
+            None => recorded,
+            Some(dir) => {
+                let hash = weights_hash(dir).map_err(|e| format!("--checkpoint {}: {e}", dir.display()))?;
+                if !recorded.is_empty() && hash != recorded {
+                    return Err(format!(
+                        "--checkpoint {}: weights hash {hash}, but the dump came from {recorded}",
+                        dir.display()
+                    ));
+                }
+                hash
+            }
+        };
         let embedding = match dump.tensors.get(key::SPK_EMBEDDING).map(|t| &t.data) {
             Some(TensorData::F32(values)) => Some(values.clone()),
             _ => None,
@@ -97,6 +116,7 @@ impl Replay {
             codes,
             audio,
             own,
+            weights_hash,
             synthetic: args.synthetic,
         })
     }
@@ -123,8 +143,8 @@ impl Replay {
         (!names.is_empty()).then(|| format!("{} differ from the replayed dump's request", names.join(", ")))
     }
 
-    /// The replayed dump, re-written through DumpWriter under this implementation's name.
-    fn rewrite(&self, forced: Vec<ForcedInput>, path: &Path) -> Result<(), SpeakError> {
+    /// The replayed dump, written through the tap store under this implementation's name.
+    fn write(&self, forced: Option<&Forced>, path: &Path) -> Result<(), DumpError> {
         let mut meta = self.dump.meta.clone();
         meta.implementation = match &self.perturbed {
             None => format!("qtts-port-kit replay of {}", meta.implementation),
@@ -135,16 +155,52 @@ impl Replay {
         };
         meta.versions
             .insert("qtts-port-kit".into(), env!("CARGO_PKG_VERSION").into());
-        meta.forced = forced;
+        meta.forced = forced.map(ForcedInput::of).unwrap_or_default();
         let mut writer = DumpWriter::new(meta);
+        taps::capture(forced, &mut writer, || {
+            self.generate();
+            Ok::<_, DumpError>(())
+        })?;
+        writer.write(path)
+    }
+
+    /// What a port's model code does during a parity request, with the replayed tensors standing in for the
+    /// computed ones: every stage recorded, the per-frame ones row by row with the codes of each frame.
+    fn generate(&self) {
         for (name, tensor) in &self.dump.tensors {
-            writer
-                .insert(name, tensor.clone())
-                .map_err(|e| SpeakError::synthesis(e.to_string()))?;
+            match name.as_str() {
+                key::CODES => {}
+                key::TALKER_LOGITS | key::CODE_PREDICTOR_LOGITS if !tensor.is_empty() => {
+                    for row in rows(tensor) {
+                        taps::record_frame(name, &row);
+                    }
+                }
+                _ => taps::record(name, tensor),
+            }
         }
-        writer
-            .write(path)
-            .map_err(|e| SpeakError::synthesis(e.to_string()))
+        for own in &self.codes {
+            let mut frame = [0; CODEBOOKS];
+            for (codebook, code) in frame.iter_mut().enumerate() {
+                *code = taps::code(codebook, own[codebook]);
+            }
+            taps::end_frame(&frame);
+        }
+    }
+}
+
+/// The rows of a tensor along its first axis.
+fn rows(tensor: &Tensor) -> Vec<Tensor> {
+    let shape = tensor.shape[1..].to_vec();
+    let width: usize = shape.iter().product();
+    match &tensor.data {
+        TensorData::F32(values) => values
+            .chunks_exact(width)
+            .map(|row| Tensor::f32(shape.clone(), row.to_vec()))
+            .collect(),
+        TensorData::I64(values) => values
+            .chunks_exact(width)
+            .map(|row| Tensor::i64(shape.clone(), row.to_vec()))
+            .collect(),
     }
 }
 
@@ -189,7 +245,7 @@ impl Worker for Replay {
             "name": "qtts-port-kit replay",
             "version": env!("CARGO_PKG_VERSION"),
             "model_ref": meta.model_ref,
-            "weights_hash": meta.weights_hash.clone().unwrap_or_default(),
+            "weights_hash": self.weights_hash,
             "synthetic": self.synthetic,
             "dtype": meta.dtype,
             "device": "cpu",
@@ -230,8 +286,8 @@ impl Worker for Replay {
                 "replay can only be forced with its own {what}"
             )));
         }
-        let forced = request.forced.as_ref().map(ForcedInput::of).unwrap_or_default();
-        self.rewrite(forced, path)
+        self.write(request.forced.as_ref(), path)
+            .map_err(|e| SpeakError::synthesis(e.to_string()))
     }
 }
 
@@ -270,6 +326,7 @@ fn perturb(tensor: &mut Tensor) {
 
 struct Args {
     dump: PathBuf,
+    checkpoint: Option<PathBuf>,
     perturb: Option<String>,
     frame_delay_ms: f64,
     dump_dir: Option<PathBuf>,
@@ -280,6 +337,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         dump: PathBuf::new(),
+        checkpoint: None,
         perturb: None,
         frame_delay_ms: 20.0,
         dump_dir: None,
@@ -291,6 +349,7 @@ fn parse_args() -> Result<Args, String> {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--dump" => args.dump = PathBuf::from(value()?),
+            "--checkpoint" => args.checkpoint = Some(PathBuf::from(value()?)),
             "--perturb" => args.perturb = Some(value()?),
             "--frame-delay-ms" => {
                 let text = value()?;
@@ -299,7 +358,7 @@ fn parse_args() -> Result<Args, String> {
             "--dump-dir" => args.dump_dir = Some(PathBuf::from(value()?)),
             "--synthetic" => args.synthetic = true,
             "--websocket" if cfg!(feature = "websocket") => args.websocket = true,
-            other => return Err(format!("unknown argument {other}; usage: replay --dump FILE [--perturb KEY] [--frame-delay-ms MS] [--dump-dir DIR] [--synthetic]")),
+            other => return Err(format!("unknown argument {other}; usage: replay --dump FILE [--checkpoint DIR] [--perturb KEY] [--frame-delay-ms MS] [--dump-dir DIR] [--synthetic]")),
         }
     }
     if args.dump.as_os_str().is_empty() {

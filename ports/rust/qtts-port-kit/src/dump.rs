@@ -316,6 +316,22 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// A floating tensor; `values` row-major with `shape`.
+    pub fn f32(shape: Vec<usize>, values: Vec<f32>) -> Self {
+        Tensor {
+            shape,
+            data: TensorData::F32(values),
+        }
+    }
+
+    /// An integer tensor (ids, codes).
+    pub fn i64(shape: Vec<usize>, values: Vec<i64>) -> Self {
+        Tensor {
+            shape,
+            data: TensorData::I64(values),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match &self.data {
             TensorData::F32(v) => v.len(),
@@ -352,24 +368,17 @@ impl DumpWriter {
 
     /// Add a floating stage (activations, logits, audio); `values` is row-major with `shape`.
     pub fn f32(&mut self, key: &str, shape: &[usize], values: Vec<f32>) -> Result<&mut Self, DumpError> {
-        self.insert(
-            key,
-            Tensor {
-                shape: shape.to_vec(),
-                data: TensorData::F32(values),
-            },
-        )
+        self.insert(key, Tensor::f32(shape.to_vec(), values))
     }
 
     /// Add an integer stage (token ids, codes).
     pub fn i64(&mut self, key: &str, shape: &[usize], values: Vec<i64>) -> Result<&mut Self, DumpError> {
-        self.insert(
-            key,
-            Tensor {
-                shape: shape.to_vec(),
-                data: TensorData::I64(values),
-            },
-        )
+        self.insert(key, Tensor::i64(shape.to_vec(), values))
+    }
+
+    /// The tensors added so far, by key.
+    pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
+        &self.tensors
     }
 
     /// Add codes [frames][16] under `key` (`codes` or `codec_enc.codes`).

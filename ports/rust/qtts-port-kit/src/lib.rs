@@ -7,7 +7,9 @@
 //! - [`audio`]: f32 and pcm16 sample encodings;
 //! - [`server`]: the [`Worker`] trait and the session loop, [`serve_stdio`] (and `serve_websocket` with the
 //!   `websocket` feature);
-//! - [`dump`]: parity stage dumps (docs/parity.md) through [`DumpWriter`], valid by construction.
+//! - [`dump`]: parity stage dumps (docs/parity.md) through [`DumpWriter`], valid by construction;
+//! - [`taps`]: a thread-local tap store that fills a dump from inside the model code, with forced codes;
+//! - [`weights_hash`]: the checkpoint hash `hello.implementation` carries, in the suite's scheme.
 //!
 //! docs/porting.md walks through a complete worker; it is compiled as a doc test of this crate.
 
@@ -16,6 +18,7 @@ pub mod dump;
 pub mod framing;
 pub mod protocol;
 pub mod server;
+pub mod taps;
 pub mod voice_id;
 #[cfg(feature = "websocket")]
 pub mod websocket;
