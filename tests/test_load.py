@@ -114,3 +114,15 @@ def test_load_cli_stores_slo_facts_and_prints_the_rate(
         frame["info_meets_slo"].notna().all() and (frame["info_slo"] == "first_byte<=0.06,goodput>=0.8").all()
     )
     assert (frame["info_sched_lag_s"] >= 0).all() and (frame["info_streaming_window"] > 0).all()
+
+
+def test_outcomes_say_how_each_request_ended() -> None:
+    # The tone worker never ends at EOS: it always fills the budget, so each request is length_limited.
+    options = LoadOptions(concurrency=(1,), requests_per_session=2, frames=3)
+    for url in _serve("--frame-delay-ms", "5"):
+        (level,) = LoadRunner(url, options).run()
+    row = summarise(level)
+    assert (row["length_limited"], row["eos"], row["errors"]) == (2, 0, 0)
+    for url in _serve("--frame-delay-ms", "5", "--fault", "malformed"):
+        (level,) = LoadRunner(url, options).run()
+    assert level.samples[0].outcome == "malformed", [s.error for s in level.samples]

@@ -17,6 +17,7 @@ from qtts_eval.pipelines.base import CloneMode
 from qtts_eval.results import RunStore
 from qtts_eval.wire.client import Timeouts
 from qtts_eval.wire.load import (
+    OUTCOMES,
     LevelResult,
     LoadOptions,
     LoadRunner,
@@ -48,6 +49,7 @@ _COLUMNS = (
     ("peak_in_flight", "{}"),
     ("window_p50", "{:.2f}"),
     ("buffered", "{}"),
+    *((outcome, "{}") for outcome in OUTCOMES),
 )
 _SLO_COLUMNS = (("goodput", "{:.2f}"), ("slo_met", "{}"))
 

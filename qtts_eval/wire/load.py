@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from qtts_eval.errors import BenchError, QttsEvalError
+from qtts_eval.errors import BenchError, CandidateTimeout, ProtocolError, QttsEvalError
 from qtts_eval.fixtures import load_fixtures
 from qtts_eval.metrics.latency import ChunkTiming, playback_underruns
 from qtts_eval.pipelines.base import CloneMode, Request, Sampling, UnsupportedRequest
@@ -31,6 +31,10 @@ from qtts_eval.wire.server import LOOPBACK_HOSTS
 from qtts_eval.wire.slo import Slo
 
 PERCENTILES = (50, 95, 99)
+# How a request ended, never collapsed into ok/error: eos (natural end of speech), length_limited (the frame
+# budget was hit without EOS: a budget of N yields N - 1 or N frames), cancelled (the complete message said
+# so), timed_out (the candidate went silent), malformed (it sent what the protocol does not allow), failed.
+OUTCOMES = ("eos", "length_limited", "cancelled", "failed", "timed_out", "malformed")
 # A request whose audio arrives within the last 10 % of its time after speak (first to last byte, over sent
 # to last byte) came in one burst at the end: a server that buffers the whole utterance, not a stream. A
 # streaming server spreads its frames over generation; only a first frame far slower than all the rest
@@ -69,6 +73,7 @@ class Sample:
     audio_s: float  # seconds of audio received
     underruns: int  # playback stalls if playback starts at the first byte
     error: str | None  # what went wrong, if anything
+    outcome: str  # how the request ended: one of OUTCOMES
 
     @property
     def ok(self) -> bool:
@@ -177,7 +182,12 @@ class LoadRunner:
         def failed(exc: Exception) -> Sample:
             now = time.monotonic_ns()
             t0 = now if t0_ns is None else t0_ns
-            return Sample(t0, now, None, None, now, 0, 0.0, 0, f"{type(exc).__name__}: {exc}")
+            outcome = "failed"
+            if isinstance(exc, CandidateTimeout):
+                outcome = "timed_out"
+            elif isinstance(exc, ProtocolError) and "malformed" in str(exc):
+                outcome = "malformed"
+            return Sample(t0, now, None, None, now, 0, 0.0, 0, f"{type(exc).__name__}: {exc}", outcome)
 
         try:
             session = pool.acquire()
@@ -206,6 +216,7 @@ class LoadRunner:
                 [ChunkTiming((t - times[0]) / 1e9, n) for t, n in zip(times, counts, strict=True)]
             )[0],
             error=None,
+            outcome=_ended(utterance.cancelled, utterance.end.frames_generated, self.request.max_frames),
         )
 
     def closed_loop(self, sessions: int) -> LevelResult:
@@ -273,6 +284,12 @@ class LoadRunner:
         return results
 
 
+def _ended(cancelled: bool, frames: int, budget: int) -> str:
+    if cancelled:
+        return "cancelled"
+    return "length_limited" if frames >= budget - 1 else "eos"
+
+
 def _run_threads(bodies: list[Callable[[], None]]) -> None:
     threads = [threading.Thread(target=body, daemon=True) for body in bodies]
     for thread in threads:
@@ -332,6 +349,8 @@ def summarise(result: LevelResult, slo: Slo | None = None) -> dict[str, float | 
     row["peak_in_flight"] = peak_in_flight(result.samples)
     row["window_p50"] = float(np.median(windows)) if windows else math.nan
     row["buffered"] = sum(s.buffered for s in ok)
+    for outcome in OUTCOMES:
+        row[outcome] = sum(s.outcome == outcome for s in result.samples)
     if slo is not None:
         goodput = sum(meets_slo(s, slo) for s in result.samples) / requests if requests else 0.0
         row["goodput"] = goodput
@@ -444,6 +463,7 @@ def load_records(
                     first_byte_s=(sample.first_ns - sample.t0_ns) / 1e9 if ok and sample.first_ns else None,
                     underruns=sample.underruns if ok else None,
                     info={
+                        "outcome": sample.outcome,
                         "load_kind": result.kind,
                         "load_level": result.level,
                         "sched_lag_s": (sample.sent_ns - sample.t0_ns) / 1e9,
