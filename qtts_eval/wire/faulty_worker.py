@@ -24,6 +24,8 @@ codec of that checkpoint (a candidate whose codes and audio agree), otherwise a 
   no-busy        a speak during an utterance is ignored instead of refused with BUSY
   slow-cancel    a cancel is honoured only once 90 % of the utterance's frames are done (a port that checks
                  for it at the end)
+  buffer-all     every frame is generated (paced as usual) before the first is sent: all audio arrives in one
+                 burst at the end (a server that buffers the whole utterance)
 
 ``--after N`` serves N utterances correctly before the fault strikes; with ``--recurring`` it strikes again
 after every further N correct ones (a crashed worker restarted by the harness counts from zero again).
@@ -87,6 +89,7 @@ class Fault(str, enum.Enum):
     CODES_MISMATCH = "codes-mismatch"
     NO_BUSY = "no-busy"
     SLOW_CANCEL = "slow-cancel"
+    BUFFER_ALL = "buffer-all"
 
 
 class TonePipeline(Pipeline):
@@ -148,6 +151,7 @@ class TonePipeline(Pipeline):
         decoded = self.codec.decode(codes) if self.codec else None
         length = SHORT_FRAME_SAMPLES if fault is Fault.WRONG_SAMPLES else SAMPLES_PER_FRAME
         self.last_frames = frames
+        held: list[AudioChunk] = []
         for index in range(0 if fault is Fault.EMPTY else frames):
             time.sleep(self.frame_delay_s)
             if decoded is not None:
@@ -156,11 +160,15 @@ class TonePipeline(Pipeline):
                 samples = tone(length, index * length + shift * TONE_SHIFT_SAMPLES)
             if fault is Fault.NAN and index == 1:
                 samples[::7] = np.nan
+            if fault is Fault.BUFFER_ALL:
+                held.append(AudioChunk(samples, time.monotonic_ns()))
+                continue
             yield AudioChunk(samples, time.monotonic_ns())
             if fault is Fault.CRASH:
                 os._exit(CRASH_EXIT_CODE)
             if fault is Fault.HANG:
                 threading.Event().wait()
+        yield from held
         if fault is Fault.CODES_MISMATCH:
             codes = (codes + 1) % CODEBOOK_SIZE
         yield StreamEnd(frames_generated=frames, codes=codes)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from qtts_eval.errors import BenchError, QttsEvalError
+from qtts_eval.errors import BenchError, CandidateTimeout, ProtocolError, QttsEvalError
 from qtts_eval.fixtures import load_fixtures
 from qtts_eval.metrics.latency import ChunkTiming, playback_underruns
 from qtts_eval.pipelines.base import CloneMode, Request, Sampling, UnsupportedRequest
@@ -28,8 +28,18 @@ from qtts_eval.units import SAMPLE_RATE_HZ
 from qtts_eval.wire.client import RemoteSession, Timeouts, collect, open_channel
 from qtts_eval.wire.protocol import Encoding
 from qtts_eval.wire.server import LOOPBACK_HOSTS
+from qtts_eval.wire.slo import Slo
 
 PERCENTILES = (50, 95, 99)
+# How a request ended, never collapsed into ok/error: eos (natural end of speech), length_limited (the frame
+# budget was hit without EOS: a budget of N yields N - 1 or N frames), cancelled (the complete message said
+# so), timed_out (the candidate went silent), malformed (it sent what the protocol does not allow), failed.
+OUTCOMES = ("eos", "length_limited", "cancelled", "failed", "timed_out", "malformed")
+# A request whose audio arrives within the last 10 % of its time after speak (first to last byte, over sent
+# to last byte) came in one burst at the end: a server that buffers the whole utterance, not a stream. A
+# streaming server spreads its frames over generation; only a first frame far slower than all the rest
+# together would come close.
+NOT_STREAMING_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -56,11 +66,33 @@ class Sample:
     """One request as the harness saw it."""
 
     t0_ns: int  # speak sent (closed loop) or scheduled arrival (open loop)
+    sent_ns: int  # speak sent (later than t0 in open loop when the harness or a session was late)
     first_ns: int | None  # first audio frame decoded at the harness
     last_ns: int | None  # last audio frame decoded
+    end_ns: int  # the request finished, well or not
+    chunks: int  # audio chunks received
     audio_s: float  # seconds of audio received
     underruns: int  # playback stalls if playback starts at the first byte
     error: str | None  # what went wrong, if anything
+    outcome: str  # how the request ended: one of OUTCOMES
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.first_ns is not None and self.audio_s > 0
+
+    @property
+    def streaming_window(self) -> float | None:
+        """Seconds from first to last audio byte per second of audio: 0 for audio sent in one burst."""
+        if not self.ok or self.last_ns is None or self.first_ns is None:
+            return None
+        return (self.last_ns - self.first_ns) / 1e9 / self.audio_s
+
+    @property
+    def buffered(self) -> bool:
+        """Several chunks, but all within the last NOT_STREAMING_SHARE of the time after speak was sent."""
+        if not self.ok or self.chunks < 2 or self.last_ns is None or self.first_ns is None:
+            return False
+        return self.last_ns - self.first_ns < NOT_STREAMING_SHARE * (self.last_ns - self.sent_ns)
 
 
 @dataclass(frozen=True)
@@ -148,30 +180,45 @@ class LoadRunner:
     def one(self, pool: SessionPool, t0_ns: int | None) -> Sample:
         """Run one request; t0_ns None means t0 is when speak is sent."""
         broken = False
+
+        def failed(exc: Exception) -> Sample:
+            now = time.monotonic_ns()
+            t0 = now if t0_ns is None else t0_ns
+            outcome = "failed"
+            if isinstance(exc, CandidateTimeout):
+                outcome = "timed_out"
+            elif isinstance(exc, ProtocolError) and "malformed" in str(exc):
+                outcome = "malformed"
+            return Sample(t0, now, None, None, now, 0, 0.0, 0, f"{type(exc).__name__}: {exc}", outcome)
+
         try:
             session = pool.acquire()
         except QttsEvalError as exc:
-            return Sample(t0_ns or time.monotonic_ns(), None, None, 0.0, 0, f"{type(exc).__name__}: {exc}")
+            return failed(exc)
         try:
             session.start(self.request.ref_audio, self.request.ref_text, Encoding.F32)
-            start_ns = time.monotonic_ns() if t0_ns is None else t0_ns
+            sent_ns = time.monotonic_ns()
             utterance = collect(session.speak(self.request, return_codes=False))
         except (QttsEvalError, UnsupportedRequest) as exc:
             broken = True
-            return Sample(t0_ns or time.monotonic_ns(), None, None, 0.0, 0, f"{type(exc).__name__}: {exc}")
+            return failed(exc)
         finally:
             pool.release(session, broken)
         times = utterance.arrived_ns
         counts = [chunk.samples.shape[0] for chunk in utterance.chunks]
         return Sample(
-            t0_ns=start_ns,
+            t0_ns=sent_ns if t0_ns is None else t0_ns,
+            sent_ns=sent_ns,
             first_ns=times[0] if times else None,
             last_ns=times[-1] if times else None,
+            end_ns=time.monotonic_ns(),
+            chunks=len(times),
             audio_s=sum(counts) / SAMPLE_RATE_HZ,
             underruns=playback_underruns(
                 [ChunkTiming((t - times[0]) / 1e9, n) for t, n in zip(times, counts, strict=True)]
             )[0],
             error=None,
+            outcome=_ended(utterance.cancelled, utterance.end.frames_generated, self.request.max_frames),
         )
 
     def closed_loop(self, sessions: int) -> LevelResult:
@@ -239,6 +286,12 @@ class LoadRunner:
         return results
 
 
+def _ended(cancelled: bool, frames: int, budget: int) -> str:
+    if cancelled:
+        return "cancelled"
+    return "length_limited" if frames >= budget - 1 else "eos"
+
+
 def _run_threads(bodies: list[Callable[[], None]]) -> None:
     threads = [threading.Thread(target=body, daemon=True) for body in bodies]
     for thread in threads:
@@ -247,16 +300,45 @@ def _run_threads(bodies: list[Callable[[], None]]) -> None:
         thread.join()
 
 
-def summarise(result: LevelResult) -> dict[str, float | int | str]:
-    """Per-level row: counts, first-byte and RTF percentiles, throughput, underruns."""
-    ok = [s for s in result.samples if s.error is None and s.first_ns is not None and s.audio_s > 0]
+def request_measures(sample: Sample) -> dict[str, float] | None:
+    """The per-request SLO quantities of a request that ended with audio; None for one that failed."""
+    if not sample.ok or sample.first_ns is None or sample.last_ns is None:
+        return None
+    return {
+        "first_byte": (sample.first_ns - sample.t0_ns) / 1e9,
+        "rtf": (sample.last_ns - sample.t0_ns) / 1e9 / sample.audio_s,
+        "underruns": float(sample.underruns),
+    }
+
+
+def meets_slo(sample: Sample, slo: Slo) -> bool:
+    measured = request_measures(sample)
+    return measured is not None and slo.request_ok(measured)
+
+
+def peak_in_flight(samples: list[Sample]) -> int:
+    """Most requests arrived (t0) and not yet finished at any one time."""
+    events = sorted([(s.t0_ns, 1) for s in samples] + [(s.end_ns, -1) for s in samples])
+    peak = current = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def summarise(result: LevelResult, slo: Slo | None = None) -> dict[str, float | int | str]:
+    """Per-level row: counts, first-byte and RTF percentiles, throughput, continuity, streaming, goodput."""
+    ok = [s for s in result.samples if s.ok]
     first_ms = [(s.first_ns - s.t0_ns) / 1e6 for s in ok if s.first_ns is not None]
     rtf = [(s.last_ns - s.t0_ns) / 1e9 / s.audio_s for s in ok if s.last_ns is not None]
+    lag_ms = [(s.sent_ns - s.t0_ns) / 1e6 for s in result.samples]
+    windows = [w for s in ok if (w := s.streaming_window) is not None]
+    requests = len(result.samples)
     row: dict[str, float | int | str] = {
         "kind": result.kind,
         "level": result.level,
-        "requests": len(result.samples),
-        "errors": len(result.samples) - len(ok),
+        "requests": requests,
+        "errors": requests - len(ok),
     }
     for q in PERCENTILES:
         row[f"first_ms_p{q}"] = float(np.percentile(first_ms, q)) if first_ms else math.nan
@@ -264,7 +346,76 @@ def summarise(result: LevelResult) -> dict[str, float | int | str]:
         row[f"rtf_p{q}"] = float(np.percentile(rtf, q)) if rtf else math.nan
     row["audio_s_per_s"] = sum(s.audio_s for s in ok) / result.wall_s if result.wall_s > 0 else math.nan
     row["underruns"] = sum(s.underruns for s in ok)
+    row["continuity_ok"] = sum(s.underruns == 0 for s in ok) / len(ok) if ok else math.nan
+    row["lag_ms_p95"] = float(np.percentile(lag_ms, 95)) if lag_ms else math.nan
+    row["peak_in_flight"] = peak_in_flight(result.samples)
+    row["window_p50"] = float(np.median(windows)) if windows else math.nan
+    row["buffered"] = sum(s.buffered for s in ok)
+    for outcome in OUTCOMES:
+        row[outcome] = sum(s.outcome == outcome for s in result.samples)
+    if slo is not None:
+        goodput = sum(meets_slo(s, slo) for s in result.samples) / requests if requests else 0.0
+        row["goodput"] = goodput
+        row["slo_met"] = int(requests > 0 and slo.level_ok(goodput, (requests - len(ok)) / requests))
     return row
+
+
+def streaming_verdict(row: dict[str, float | int | str]) -> str | None:
+    """'not streaming' when most requests' audio came in one burst at the end (see NOT_STREAMING_SHARE)."""
+    delivered = int(row["requests"]) - int(row["errors"])
+    if delivered and int(row["buffered"]) * 2 > delivered:
+        return (
+            f"not streaming: {row['buffered']} of {delivered} requests sent all audio in one burst at the end"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class RateSearch:
+    """What --find-max-rate found: the highest passing rate tried and the lowest failing one above it."""
+
+    passed_hz: float | None  # highest rate whose level met the SLO (None: even the lowest tried failed)
+    failed_hz: float | None  # lowest rate above it that failed (None: the bound ran out while still passing)
+    levels: list[tuple[LevelResult, dict[str, float | int | str]]]
+
+
+def find_max_rate(
+    runner: LoadRunner,
+    slo: Slo,
+    start_hz: float,
+    max_levels: int,
+    max_total_s: float,
+    on_level: Callable[[LevelResult], None] | None = None,
+) -> RateSearch:
+    """Double the open-loop rate while the SLO holds, then bisect between the last pass and the first fail.
+
+    Bounded by ``max_levels`` levels and ``max_total_s`` seconds (no new level starts after that). Starting
+    below capacity matters: if ``start_hz`` fails, the rate halves until one passes.
+    """
+    if start_hz <= 0 or max_levels < 1:
+        raise BenchError("--find-max-rate needs a start rate > 0 and at least one level")
+    deadline = time.monotonic() + max_total_s
+    passed: float | None = None
+    failed: float | None = None
+    levels: list[tuple[LevelResult, dict[str, float | int | str]]] = []
+    rate = start_hz
+    while len(levels) < max_levels and time.monotonic() < deadline:
+        result = runner.open_loop(rate)
+        row = summarise(result, slo)
+        levels.append((result, row))
+        if on_level is not None:
+            on_level(result)
+        if row["slo_met"]:
+            passed = rate
+        else:
+            failed = rate
+        if failed is None:
+            rate = rate * 2
+        elif passed is None:
+            rate = rate / 2
+        else:
+            rate = (passed + failed) / 2
+    return RateSearch(passed, failed, levels)
 
 
 def first_error(result: LevelResult) -> str | None:
@@ -272,7 +423,12 @@ def first_error(result: LevelResult) -> str | None:
 
 
 def load_records(
-    run_id: str, target: str, options: LoadOptions, results: list[LevelResult], env: dict[str, Any]
+    run_id: str,
+    target: str,
+    options: LoadOptions,
+    results: list[LevelResult],
+    env: dict[str, Any],
+    slo: Slo | None = None,
 ) -> list[Record]:
     """Every request of a load test as a results record, so gates and history apply to load runs too.
 
@@ -308,7 +464,15 @@ def load_records(
                     rtf=wall_s / sample.audio_s if wall_s is not None and sample.audio_s > 0 else None,
                     first_byte_s=(sample.first_ns - sample.t0_ns) / 1e9 if ok and sample.first_ns else None,
                     underruns=sample.underruns if ok else None,
-                    info={"load_kind": result.kind, "load_level": result.level},
+                    info={
+                        "outcome": sample.outcome,
+                        "load_kind": result.kind,
+                        "load_level": result.level,
+                        "sched_lag_s": (sample.sent_ns - sample.t0_ns) / 1e9,
+                        "streaming_window": sample.streaming_window,
+                        "buffered": sample.buffered,
+                        **({"slo": str(slo), "meets_slo": meets_slo(sample, slo)} if slo else {}),
+                    },
                     env={**env, "candidate": target, "transport": transport},
                 )
             )
