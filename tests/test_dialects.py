@@ -4,13 +4,13 @@ openai client in each streaming shape, and every planted server fault named as a
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from servers import running_server
 
 from qtts_eval.dialects.openai import NOT_AVAILABLE, OpenAIPipeline
 from qtts_eval.errors import CandidateTimeout, ProtocolError
@@ -40,20 +40,9 @@ def request_icl() -> Request:
 
 
 def _serve(*extra: str) -> Iterator[str]:
-    command = [*QTTS, "serve", "--dialect", "openai", "--model", "tiny", "--port", "0", *extra]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line.startswith("listening on http://"), f"server did not come up: {line!r}"
-        yield line.split()[-1]
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # uvicorn waits on the planted hang's open response
-            process.kill()
-            process.wait(timeout=10)
+    return running_server(
+        [*QTTS, "serve", "--dialect", "openai", "--model", "tiny", "--port", "0", *extra], "http"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ planted slowdown and ``--fault buffer-all`` a server that sends the whole uttera
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import running_server
 
 from qtts_eval.errors import BenchError
 from qtts_eval.wire.load import LoadOptions, LoadRunner, find_max_rate, streaming_verdict, summarise
@@ -25,15 +25,7 @@ SLO = parse_slo("first_byte<=0.25,errors<=0,goodput>=0.75")
 
 
 def _serve(*extra: str) -> Iterator[str]:
-    process = subprocess.Popen([*FAULTY, *extra], stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line.startswith("listening on ws://"), f"server did not come up: {line!r}"
-        yield line.split()[-1]
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    return running_server([*FAULTY, *extra], "ws")
 
 
 def _max_rate(frame_delay_ms: float) -> tuple[float | None, float | None]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from servers import running_server
 
 from qtts_eval import pipelines
 from qtts_eval.bench import Bench, BenchConfig
@@ -60,15 +60,7 @@ def _worker(command: list[str], **options: object) -> Pipeline:
 
 def _serve(command: list[str]) -> Iterator[str]:
     """Start a WebSocket server process, yield its URL, stop it."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line.startswith("listening on ws://"), f"server did not come up: {line!r}"
-        yield line.split()[-1]
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    return running_server(command, "ws")
 
 
 @pytest.mark.parametrize(
