@@ -12,11 +12,11 @@ PACKAGE = Path(qtts_eval.__file__).parent
 # Lowest first (README "Layout"). Keys are top-level modules or subpackages of qtts_eval.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"units", "errors"}),
-    frozenset({"environment", "budget", "fixtures", "checkpoints", "comparability"}),
+    frozenset({"environment", "budget", "fixtures", "checkpoints", "comparability", "official"}),
     frozenset({"pipelines"}),
     frozenset({"metrics"}),
     frozenset({"measure", "results", "summary"}),
-    frozenset({"wire"}),
+    frozenset({"wire", "dialects"}),
     frozenset({"bench", "cluster"}),
     frozenset({"parity", "candidates", "caches"}),
     frozenset({"gates", "history", "pytest_plugin", "report", "compare"}),

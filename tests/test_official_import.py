@@ -1,11 +1,11 @@
-"""The official package's start-up notices reach the terminal as one line (pipelines/official.py)."""
+"""The official package's start-up notices reach the terminal as one line (qtts_eval/official.py)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from qtts_eval.pipelines.official import summarise_notices
+from qtts_eval.official import summarise_notices
 
 SOX_NOTICE = """/bin/sh: 1: sox: not found
 SoX could not be found!
@@ -35,7 +35,7 @@ def test_known_notices_become_one_line_and_unknown_output_is_named() -> None:
 
 
 def test_importing_the_real_package_prints_one_line_and_nothing_on_stdout() -> None:
-    code = "from qtts_eval.pipelines import official; official.qwen_tts(); official.qwen_tts()"
+    code = "from qtts_eval import official; official.qwen_tts(); official.qwen_tts()"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == ""
     assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("qwen-tts import:")

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from qtts_eval import official
 from qtts_eval.checkpoints.configs import (
     FEATURE_EXTRACTOR_CONFIG,
     GENERATION_CONFIG,
@@ -18,7 +19,6 @@ from qtts_eval.checkpoints.configs import (
 )
 from qtts_eval.checkpoints.presets import preset_by_name
 from qtts_eval.checkpoints.tokenizer import build_text_tokenizer
-from qtts_eval.pipelines import official
 
 BUILDER_VERSION = 2  # bump when the builder's output changes for the same preset and seed
 MARKER_FILE = "qtts_eval_synthetic.json"  # written into every synthetic checkpoint

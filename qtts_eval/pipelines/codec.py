@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qtts_eval import checkpoints
+from qtts_eval import checkpoints, official
 from qtts_eval.errors import PipelineError
-from qtts_eval.pipelines import official
 from qtts_eval.units import CODEBOOKS, SAMPLE_RATE_HZ
 
 

@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from qtts_eval import checkpoints
+from qtts_eval import checkpoints, official
 from qtts_eval.errors import PipelineError
-from qtts_eval.pipelines import official
 from qtts_eval.pipelines.base import (
     AudioChunk,
     BudgetConvention,
