@@ -98,6 +98,11 @@ class BenchConfig:
     # PipelineConfig.options: "key" goes to every pipeline that takes it, "name.key" only to pipeline "name".
     options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def quick(self) -> bool:
+        """The quick matrix applies: asked for, and no texts named (named texts run in every mode, whole)."""
+        return self.matrix == QUICK and not self.fixtures
+
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -183,7 +188,6 @@ def build_matrix(config: BenchConfig, fixtures: FixtureSet) -> list[Cell]:
     )
     for name, cls in classes.items():
         pipeline_options.parse(cls.label, cls.options_schema, scoped[name])  # typos fail before loading
-    quick = config.matrix == QUICK and not config.fixtures
     # The reference runs first in every cell, so each candidate's record can say whether it did the same work.
     ordered = sorted(config.pipelines, key=lambda name: name != REFERENCE)
     return [
@@ -191,7 +195,7 @@ def build_matrix(config: BenchConfig, fixtures: FixtureSet) -> list[Cell]:
         for repeat in range(config.repeats)
         for index, text in enumerate(texts)
         for voice in voices
-        for mode in ([modes[index % len(modes)]] if quick else modes)
+        for mode in ([modes[index % len(modes)]] if config.quick else modes)
         for pipeline in ordered
     ]
 
@@ -389,7 +393,7 @@ class Bench:
 
     def _budget(self, cell: Cell, synthetic: bool) -> int:
         budget = frame_budget(cell.text.text, cell.text.language, synthetic)
-        if synthetic and self.config.matrix == QUICK and not self.config.fixtures:
+        if synthetic and self.config.quick:
             return min(budget, QUICK_SYNTHETIC_MAX_FRAMES)
         return budget
 

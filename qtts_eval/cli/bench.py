@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
             "memory are real, audio is noise-like and generation runs to the frame budget"
             + (
                 f" (at most {QUICK_SYNTHETIC_MAX_FRAMES} frames in a quick run; --full runs whole texts)."
-                if bench.config.matrix == QUICK and not bench.config.fixtures
+                if bench.config.quick
                 else "."
             )
         )
