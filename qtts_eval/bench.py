@@ -475,6 +475,11 @@ class Bench:
             metric_error={**base.metric_error, **contradicted, **quality.pop(METRIC_ERROR, {})},
             frames_generated=frames,
             codes_digest=codes_digest(result.end.codes),
+            codes_digest_trimmed=(
+                codes_digest(np.asarray(result.end.codes)[: request.max_frames - 1])
+                if result.end.codes is not None and frames == request.max_frames
+                else None
+            ),
             **same_work,
             # A budget-capped generation yields budget - 1 frames (the last step's frame is never emitted).
             budget_hit=frames >= request.max_frames - 1,

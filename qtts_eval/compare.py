@@ -178,11 +178,16 @@ def _same_codes(pairs: pd.DataFrame) -> pd.Series:
     unknown. Against the same run's reference the candidate's own record says where its codes first left the
     reference's (first_divergent_frame), so a frame that only one side produced (the frame-budget convention:
     the stops_earlier / stops_later flags) is not counted as different codes; otherwise by digest, all
-    frames."""
+    frames, or budget - 1 of a candidate that returned the whole budget beside a budget - 1 baseline."""
     same = pd.Series(pd.NA, index=pairs.index, dtype="boolean")
     if "codes_digest" in pairs and "codes_digest_base" in pairs:
         known = pairs["codes_digest"].notna() & pairs["codes_digest_base"].notna()
         same = (pairs["codes_digest"] == pairs["codes_digest_base"]).astype("boolean").where(known, pd.NA)
+        if "codes_digest_trimmed" in pairs:
+            # The candidate's whole budget against the baseline's budget - 1: the common frames decide.
+            whole = pd.Series(_whole_budget(pairs), index=pairs.index)
+            trimmed = whole & pairs["codes_digest_trimmed"].notna()
+            same = same.mask(trimmed, pairs["codes_digest_trimmed"] == pairs["codes_digest_base"])
     if {"codes_match_reference", "first_divergent_frame", "run_id"} <= set(pairs.columns):
         against_reference = (
             (pairs["run_id"] == pairs["run_id_base"])

@@ -27,7 +27,7 @@ import pandas as pd
 
 from qtts_eval.errors import ResultsError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
 PARQUET_FILE = "records.parquet"
@@ -52,9 +52,20 @@ def _v2_to_v3(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def _v3_to_v4(obj: dict[str, Any]) -> dict[str, Any]:
+    # Version 4: the digest of whole-budget codes cut to the reference's budget - 1 frames.
+    if "request_key" in obj:
+        obj = {"codes_digest_trimmed": None, **obj}
+    return obj
+
+
 # Older schema versions are upgraded one step at a time: _MIGRATIONS[n] turns a version-n record (or run
 # header) into version n+1.
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+}
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,9 @@ class Record:
     # Same work or flagged (qtts_eval.metrics.same_work): the candidate's codes against the reference's on
     # the same cell of the same run; None where the reference did not run that cell or codes were not given.
     codes_digest: str | None = None  # sha256 of the [frames, 16] codes (int64 LE) and frame count, 16 hex
+    # The same digest of the codes cut to budget - 1 frames, when the whole budget came back (a port that
+    # honours a budget literally): what pairs it with a reference side of another run or pipeline.
+    codes_digest_trimmed: str | None = None
     codes_match_reference: float | None = None  # share of frames with all 16 codes equal (1.0 = same work)
     first_divergent_frame: int | None = None  # first frame that differs from the reference (None: none)
     stop_vs_reference: str | None = None  # "same", "earlier" or "later": frame count vs the reference's

@@ -61,6 +61,18 @@ def test_the_whole_budget_convention_is_a_note_and_a_runaway_a_flag() -> None:
     assert "stops_later" in compare.compare(*compare.within_run(runaway, "port"))["flags"].iloc[0]
 
 
+def test_whole_budget_codes_match_a_served_reference_on_the_common_frames() -> None:
+    """Against a baseline that is not the run's in-process reference only digests exist: a port's whole
+    budget (41 frames) is paired through the digest of its first 40 with the baseline's 40."""
+    served = _records("served-reference", codes_digest="first-40")
+    same = _records("port", frames=41, codes_digest="all-41", codes_digest_trimmed="first-40")
+    table = compare.compare(*compare.within_run(pd.concat([served, same]), "port", "served-reference"))
+    assert table["codes_match"].iloc[0] == 1.0 and not compare.flagged(table)
+    other = _records("port", frames=41, codes_digest="all-41", codes_digest_trimmed="another-40")
+    table = compare.compare(*compare.within_run(pd.concat([served, other]), "port", "served-reference"))
+    assert "codes_differ" in table["flags"].iloc[0]
+
+
 SAME_WORK = {
     "work_prompt": "cached",
     "work_delivery": "streamed",

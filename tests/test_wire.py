@@ -28,7 +28,14 @@ from qtts_eval.metrics.latency import ChunkTiming, playback_underruns
 from qtts_eval.parity.faults import FAULTS
 from qtts_eval.pipelines.base import CloneMode, Pipeline, PipelineConfig, Request
 from qtts_eval.wire.client import collect
-from qtts_eval.wire.conformance import CheckOptions, RuleResult, Verdict, check_target, format_table
+from qtts_eval.wire.conformance import (
+    RULES,
+    CheckOptions,
+    RuleResult,
+    Verdict,
+    check_target,
+    format_table,
+)
 from qtts_eval.wire.load import LoadOptions, LoadRunner, summarise
 
 FAULTY = [sys.executable, "-m", "qtts_eval.wire.faulty_worker"]
@@ -219,6 +226,22 @@ def test_check_worker_exits_1_on_a_failed_rule(capsys: pytest.CaptureFixture[str
     assert main(["check-worker", command, "--frames", str(FRAMES), "--timeout", str(TIMEOUT_S)]) == 1
     out = capsys.readouterr().out
     assert "first failing rule: hello" in out and "not applicable (not checked): codes-decode" in out
+
+
+def test_check_worker_stops_after_a_failed_load_and_keeps_the_worker_s_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qtts_eval.cli import main
+
+    script = "import sys; print('cannot load: no weights under /nowhere', file=sys.stderr); sys.exit(3)"
+    log = tmp_path / "worker.stderr.log"
+    command = shlex.join([sys.executable, "-c", script])
+    assert main(["check-worker", command, "--stderr-log", str(log), "--timeout", str(TIMEOUT_S)]) == 1
+    out = capsys.readouterr().out
+    assert out.count("cannot load: no weights under /nowhere") == 1  # one message, not one per rule
+    assert out.count("not run: the candidate did not start") == len(RULES) - 1
+    assert f"the worker's stderr: {log}" in out
+    assert "cannot load: no weights under /nowhere" in log.read_text()
 
 
 @pytest.fixture(scope="module")

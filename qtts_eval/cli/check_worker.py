@@ -7,6 +7,8 @@ Exit codes: 0 no rule failed (rules marked n/a had nothing to compare and say wh
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from qtts_eval.pipelines.base import CloneMode
@@ -37,17 +39,29 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--timeout", type=float, default=_DEFAULTS.timeouts.message_s, help="seconds to wait for any message"
     )
+    parser.add_argument(
+        "--stderr-log",
+        type=Path,
+        help="file a worker command's stderr is appended to (default: a new file under the temp directory, "
+        "named at the end)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    stderr_log = args.stderr_log
+    if stderr_log is None and not args.target.startswith(("ws://", "wss://")):
+        stderr_log = Path(tempfile.mkdtemp(prefix="qtts-eval-check-worker-")) / "candidate.stderr.log"
     options = CheckOptions(
         frames=args.frames,
         mode=CloneMode(args.mode),
         voice=args.voice,
         model=args.model,
         timeouts=Timeouts(start_s=args.start_timeout, message_s=args.timeout),
+        stderr_log=stderr_log,
     )
     results = check_target(args.target, options)
     print(format_table(results))
+    if stderr_log is not None:
+        print(f"the worker's stderr: {stderr_log}")
     return 1 if any(result.failed for result in results) else 0

@@ -219,8 +219,10 @@ class _Recorder:
 def _codebook_margins(model: Any, rvq_inputs: dict[str, npt.NDArray[Any]], codes: Any) -> npt.NDArray[Any]:
     """Second-best minus best codebook distance per frame and codebook, from the official codebooks.
 
-    The distances are those of Mimi's nearest-centroid search (torch.cdist on float32, as the official
-    `quantize`); the winners are checked against the official codes so the margins belong to those decisions.
+    The distances are those of Mimi's nearest-centroid search (torch.cdist on float32 and argmin, as the
+    official `quantize`), over every frame the encoder produced, as the official search sees them: cdist's
+    matrix-product path rounds differently for another row count, which flips near ties. The winners are
+    checked against the official codes so the margins belong to those decisions.
     """
     import torch
 
@@ -233,14 +235,14 @@ def _codebook_margins(model: Any, rvq_inputs: dict[str, npt.NDArray[Any]], codes
     ):
         embeds = [layer.codebook.embed.detach().cpu() for layer in rvq.layers[:count]]
         # The residual stays in the model's dtype, as in the official loop; only the distances are float32.
-        residual = torch.from_numpy(rvq_inputs[f"codec_enc.rvq_in.{name}"][:frames]).to(embeds[0].dtype)
+        residual = torch.from_numpy(rvq_inputs[f"codec_enc.rvq_in.{name}"]).to(embeds[0].dtype)
         for embed in embeds:
             dists = torch.cdist(residual[None].float(), embed[None].float(), p=2)[0]
-            best = dists.topk(2, dim=-1, largest=False)
-            columns.append((best.values[:, 1] - best.values[:, 0]).numpy())
-            chosen = best.indices[:, 0]
+            nearest = dists.topk(2, dim=-1, largest=False).values[:frames]
+            columns.append((nearest[:, 1] - nearest[:, 0]).numpy())
+            chosen = dists.argmin(dim=-1)
             official = torch.as_tensor(codes[:, len(columns) - 1])
-            if not torch.equal(chosen, official):
+            if not torch.equal(chosen[:frames], official):
                 raise ParityError(
                     "codec encoder margins: recomputed nearest codes differ from the official ones"
                 )

@@ -239,11 +239,14 @@ def hand_over(
     return [arg.replace(MODEL_DIR, str(resolved.path)) for arg in argv], resolved
 
 
-def open_channel(target: str, timeouts: Timeouts, model: str | None = None) -> Channel:
-    """A ws:// URL opens a WebSocket; anything else is a worker command line (MODEL_DIR: `model`'s)."""
+def open_channel(
+    target: str, timeouts: Timeouts, model: str | None = None, stderr_log: Path | None = None
+) -> Channel:
+    """A ws:// URL opens a WebSocket; anything else is a worker command line (MODEL_DIR: `model`'s), whose
+    stderr is appended to `stderr_log` when given."""
     if target.startswith(("ws://", "wss://")):
         return WebSocketChannel(target, timeouts.start_s)
-    return WorkerChannel(hand_over(target, model)[0])
+    return WorkerChannel(hand_over(target, model)[0], stderr_log)
 
 
 @dataclass(frozen=True)

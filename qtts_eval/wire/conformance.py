@@ -14,6 +14,7 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -81,6 +82,7 @@ class CheckOptions:
     # Checkpoint whose reference codec decodes the candidate's codes (preset, directory or hub id); None: the
     # model_ref of its hello, used only when its weights hash matches the candidate's.
     model: str | None = None
+    stderr_log: Path | None = None  # a worker's whole stderr (bounded) is appended here; None: only its tail
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,9 @@ class Checker:
     def session(self) -> RemoteSession:
         if self._session is None:
             try:
-                self._channel = open_channel(self.target, self.options.timeouts, self.options.model)
+                self._channel = open_channel(
+                    self.target, self.options.timeouts, self.options.model, self.options.stderr_log
+                )
                 self._session = RemoteSession(self._channel, self.options.timeouts)
             except QttsEvalError as exc:
                 # A candidate that cannot start (load error, no hello) will not start for the next rule.
