@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from servers import running_server
 
-from qtts_eval.dialects.openai import NOT_AVAILABLE, OpenAIPipeline
+from qtts_eval.dialects.openai import OpenAIPipeline
+from qtts_eval.dialects.shared import NOT_AVAILABLE
 from qtts_eval.errors import CandidateTimeout, ProtocolError
 from qtts_eval.fixtures import load_fixtures, read_reference_audio
 from qtts_eval.pipelines.base import CloneMode, PipelineConfig, Request
 from qtts_eval.units import SAMPLES_PER_FRAME
 from qtts_eval.wire.client import collect
+from qtts_eval.wire.protocol import Encoding, decode_audio, encode_audio
 
 QTTS = [sys.executable, "-m", "qtts_eval"]
 FRAMES = 4  # a small frame budget keeps the tiny model fast on 2 cores
@@ -37,6 +39,11 @@ def request_icl() -> Request:
         max_frames=FRAMES,
         seed=0,
     )
+
+
+def _pcm16(samples: np.ndarray) -> np.ndarray:
+    """What PCM16 on the wire makes of float samples (the one scale: qtts_eval.wire.protocol's)."""
+    return decode_audio(encode_audio(samples, Encoding.PCM16), Encoding.PCM16)
 
 
 def _serve(*extra: str) -> Iterator[str]:
@@ -67,17 +74,16 @@ def _client(url: str, **options: object) -> OpenAIPipeline:
 )
 def test_served_reference_equals_in_process_reference(served, tiny_reference, request_icl, shape) -> None:
     expected = np.concatenate([c.samples for c in collect(tiny_reference.stream(request_icl)).chunks])
-    expected16 = np.clip(expected, -1.0, 32767 / 32768) * 32768.0
     pipeline = _client(served, **shape)
     try:
         utterance = collect(pipeline.stream(request_icl))
     finally:
         pipeline.close()
-    got = np.concatenate([c.samples for c in utterance.chunks]) * 32768.0
+    got = np.concatenate([c.samples for c in utterance.chunks])
     assert utterance.end.info["codes"] == NOT_AVAILABLE
     assert utterance.end.frames_generated == len(expected) // SAMPLES_PER_FRAME
     # The wire is PCM16: the served audio equals the in-process reference's, rounded to 16 bits.
-    np.testing.assert_array_equal(got, expected16.round())
+    np.testing.assert_array_equal(got, _pcm16(expected))
 
 
 @pytest.mark.parametrize(
