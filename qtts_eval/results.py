@@ -15,6 +15,7 @@ resumed run skips every request key already recorded.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from qtts_eval.errors import ResultsError
+from qtts_eval.errors import CandidateTimeout, MalformedMessage, ResultsError
 
 SCHEMA_VERSION = 3
 RUN_FILE = "run.json"
@@ -33,6 +34,39 @@ RECORDS_FILE = "records.jsonl"
 PARQUET_FILE = "records.parquet"
 SUMMARY_FILE = "summary.json"
 WARMUP_FILE = "warmup.jsonl"  # unrecorded warm-up requests: load and first-call times, kept apart
+
+
+class RequestOutcome(str, enum.Enum):
+    """How a request ended (the `outcome` column, docs/metrics.md), never collapsed into ok/error."""
+
+    EOS = "eos"  # the model ended the utterance itself (end of speech)
+    LENGTH_LIMITED = "length_limited"  # the frame budget was hit without EOS (budget_hit)
+    CANCELLED = "cancelled"  # the candidate says the utterance was cancelled before its end
+    FAILED = "failed"  # no usable result: the pipeline raised, refused (unsupported) or sent no audio
+    TIMED_OUT = "timed_out"  # the candidate went silent past its timeout
+    MALFORMED = "malformed"  # the candidate sent what its protocol cannot carry
+
+
+def budget_hit(frames: int, budget: int) -> bool:
+    """Whether generation stopped at the frame budget rather than at EOS: a capped run yields budget - 1
+    frames (the official package never emits the last step's frame), a port honouring it literally budget."""
+    return frames >= budget - 1
+
+
+def delivered_outcome(cancelled: bool, frames: int, budget: int) -> RequestOutcome:
+    """The outcome of a request that delivered its audio."""
+    if cancelled:
+        return RequestOutcome.CANCELLED
+    return RequestOutcome.LENGTH_LIMITED if budget_hit(frames, budget) else RequestOutcome.EOS
+
+
+def error_outcome(exc: BaseException) -> RequestOutcome:
+    """The outcome of a request that raised ``exc``."""
+    if isinstance(exc, CandidateTimeout):
+        return RequestOutcome.TIMED_OUT
+    if isinstance(exc, MalformedMessage):
+        return RequestOutcome.MALFORMED
+    return RequestOutcome.FAILED
 
 
 def _v1_to_v2(obj: dict[str, Any]) -> dict[str, Any]:
