@@ -28,7 +28,7 @@ import pandas as pd
 
 from qtts_eval.errors import CandidateTimeout, MalformedMessage, ResultsError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
 PARQUET_FILE = "records.parquet"
@@ -86,9 +86,30 @@ def _v2_to_v3(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def _v3_to_v4(obj: dict[str, Any]) -> dict[str, Any]:
+    # Version 4: how each request ended (outcome), derived from what version 3 kept: a load record's
+    # info.outcome (moved to the column), else the status, the error's type and budget_hit. Version 3 had no
+    # MalformedMessage: a malformed candidate's old records say failed.
+    if "request_key" not in obj or "outcome" in obj:
+        return obj
+    info = dict(obj.get("info") or {})
+    outcome = info.pop("outcome", None)
+    frames = obj.get("frames_generated")
+    if outcome is None and obj.get("status") == "ok" and frames is not None:
+        outcome = delivered_outcome(info.get("cancelled") is True, frames, obj["frame_budget"]).value
+    elif outcome is None:
+        timed_out = str(obj.get("error") or "").startswith(f"{CandidateTimeout.__name__}:")
+        outcome = (RequestOutcome.TIMED_OUT if timed_out else RequestOutcome.FAILED).value
+    return {**obj, "info": info, "outcome": outcome}
+
+
 # Older schema versions are upgraded one step at a time: _MIGRATIONS[n] turns a version-n record (or run
 # header) into version n+1.
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+}
 
 
 @dataclass(frozen=True)
@@ -109,6 +130,7 @@ class Record:
     text_chars: int  # characters in the input text
     frame_budget: int  # max codec frames allowed (max_new_tokens); derived from the text
     status: str  # "ok", "error" or "unsupported"
+    outcome: str | None = None  # how the request ended: a RequestOutcome value (eos, length_limited, ...)
     warm: bool | None = None  # its warm-up class (pipeline, mode, voice, length class) was warmed before it
     # The pipeline restarted its implementation (a candidate process that died) right before this request,
     # outside the timed region; its warm-up class was warmed again after the restart.
