@@ -447,6 +447,7 @@ def load_records(
                     text_chars=len(options.text),
                     frame_budget=options.frames,
                     status="ok" if ok else "error",
+                    outcome=sample.outcome,
                     error=sample.error,
                     audio_seconds=sample.audio_s if ok else None,
                     wall_s=wall_s,
@@ -454,7 +455,6 @@ def load_records(
                     first_byte_s=(sample.first_ns - sample.t0_ns) / 1e9 if ok and sample.first_ns else None,
                     underruns=sample.underruns if ok else None,
                     info={
-                        "outcome": sample.outcome,
                         "load_kind": result.kind,
                         "load_level": result.level,
                         "sched_lag_s": (sample.sent_ns - sample.t0_ns) / 1e9,
