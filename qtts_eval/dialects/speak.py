@@ -131,6 +131,7 @@ class SpeakPipeline(Pipeline):
         encoding = Encoding(self.options.audio_format)
         limit = budget * SAMPLES_PER_FRAME  # a budget of N yields N - 1 (the reference) or N frames, not more
         received = 0
+        declared = False  # an audio_start came: at most one, before the audio
         while True:
             raw = self._receive(connection, received)
             if isinstance(raw, bytes):
@@ -148,9 +149,9 @@ class SpeakPipeline(Pipeline):
             message = self._parse(raw)
             kind = message["type"]
             if kind == "audio_start":
-                if received:
-                    raise MalformedMessage(f"{self.where}: audio_start arrived after {received} samples")
-                encoding = self._declared(message)
+                if received or declared:
+                    raise MalformedMessage(f"{self.where}: a second audio_start, or one after audio")
+                encoding, declared = self._declared(message), True
             elif kind == "audio_end":
                 return received, self._ended(message, received)
             elif kind == "error":
