@@ -128,6 +128,7 @@ def serve_openai(
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen()  # before the URL is announced: a client that connects first waits in the backlog
     server = uvicorn.Server(uvicorn.Config(create_app(pipeline, fault), log_level="warning"))
     announce(f"http://{host}:{sock.getsockname()[1]}")
     server.run(sockets=[sock])

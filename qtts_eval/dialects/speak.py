@@ -10,13 +10,12 @@ MalformedMessage, ProtocolError, or CandidateTimeout for a hang.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from qtts_eval.dialects.shared import CODES_KEY, NOT_AVAILABLE, CloneOptions, check_rate, clone_fields
-from qtts_eval.errors import CandidateTimeout, MalformedMessage, PipelineError, ProtocolError, RemoteError
+from qtts_eval.errors import CandidateTimeout, MalformedMessage, ProtocolError, RemoteError
 from qtts_eval.pipelines.base import (
     AudioChunk,
     Event,
@@ -28,9 +27,8 @@ from qtts_eval.pipelines.base import (
 )
 from qtts_eval.units import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from qtts_eval.wire import protocol
+from qtts_eval.wire.client import WebSocketChannel
 from qtts_eval.wire.protocol import Encoding, ErrorCode
-
-MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # one WebSocket message either way (the base64 reference clip dominates)
 
 
 @dataclass(frozen=True)
@@ -64,28 +62,15 @@ class SpeakPipeline(Pipeline):
 
     def __init__(self, config: PipelineConfig) -> None:
         super().__init__(config)
-        self.connection: Any = None  # websockets.sync.client.ClientConnection while open
+        self.connection: WebSocketChannel | None = None
         self.where = f"speak {self.options.url}"
 
     def load(self) -> None:
         self._connected()
 
-    def _connected(self) -> Any:
-        if self.connection is not None:
-            return self.connection
-        from websockets.exceptions import InvalidHandshake, InvalidURI
-        from websockets.sync.client import connect
-
-        try:
-            self.connection = connect(
-                self.options.url, open_timeout=self.options.timeout_s, max_size=MAX_MESSAGE_BYTES
-            )
-        except TimeoutError as exc:
-            raise CandidateTimeout(
-                f"{self.where}: no WebSocket handshake within {self.options.timeout_s:g} s"
-            ) from exc
-        except (OSError, InvalidHandshake, InvalidURI) as exc:
-            raise PipelineError(f"{self.where}: cannot connect: {exc}") from exc
+    def _connected(self) -> WebSocketChannel:
+        if self.connection is None:
+            self.connection = WebSocketChannel(self.options.url, self.options.timeout_s)
         return self.connection
 
     def message(self, request: Request) -> dict[str, Any]:
@@ -126,7 +111,9 @@ class SpeakPipeline(Pipeline):
         # No codes come over this dialect: the frame count is what the audio length implies.
         yield StreamEnd(frames_generated=samples // SAMPLES_PER_FRAME, info=info)
 
-    def _utterance(self, connection: Any, budget: int) -> Generator[Event, None, tuple[int, bool]]:
+    def _utterance(
+        self, connection: WebSocketChannel, budget: int
+    ) -> Generator[Event, None, tuple[int, bool]]:
         """Audio until audio_end: (samples received, whether the server says it was cancelled)."""
         encoding = Encoding(self.options.audio_format)
         limit = budget * SAMPLES_PER_FRAME  # a budget of N yields N - 1 (the reference) or N frames, not more
@@ -179,7 +166,7 @@ class SpeakPipeline(Pipeline):
             raise ProtocolError(f"{self.where}: the utterance ended without audio")
         return message.get("cancelled") is True
 
-    def _cancel(self, connection: Any) -> bool:
+    def _cancel(self, connection: WebSocketChannel) -> bool:
         """Cancel the running utterance and read up to its audio_end; True when the connection is usable."""
         try:
             self._send(connection, {"type": "cancel"})
@@ -196,28 +183,21 @@ class SpeakPipeline(Pipeline):
         except ProtocolError as exc:
             raise MalformedMessage(f"{self.where}: {exc}") from exc
 
-    def _send(self, connection: Any, message: dict[str, Any]) -> None:
-        from websockets.exceptions import ConnectionClosed
-
+    def _send(self, connection: WebSocketChannel, message: dict[str, Any]) -> None:
         try:
-            connection.send(json.dumps(message))
-        except ConnectionClosed as exc:
-            raise ProtocolError(f"{self.where}: the server closed the connection ({exc})") from exc
+            connection.send(message)
+        except ProtocolError as exc:
+            raise ProtocolError(f"{self.where}: {exc}") from exc
 
-    def _receive(self, connection: Any, received: int) -> str | bytes:
-        from websockets.exceptions import ConnectionClosed
-
+    def _receive(self, connection: WebSocketChannel, received: int) -> str | bytes:
         try:
-            raw: str | bytes = connection.recv(timeout=self.options.timeout_s)
-        except TimeoutError as exc:
-            raise CandidateTimeout(
-                f"{self.where}: nothing received within {self.options.timeout_s:g} s"
-            ) from exc
-        except ConnectionClosed as exc:
+            return connection.receive(self.options.timeout_s)
+        except CandidateTimeout:
+            raise
+        except ProtocolError as exc:
             raise ProtocolError(
                 f"{self.where}: the connection closed before audio_end, after {received} samples ({exc})"
             ) from exc
-        return raw
 
     def _drop(self) -> None:
         if self.connection is not None:
@@ -233,8 +213,8 @@ class SpeakPipeline(Pipeline):
     def close(self) -> None:
         """Say `stop`, then close: a server ends the session."""
         if self.connection is not None:
-            with contextlib.suppress(Exception):
-                self.connection.send(json.dumps({"type": "stop"}))
+            with contextlib.suppress(ProtocolError):
+                self.connection.send({"type": "stop"})
         self._drop()
 
 
