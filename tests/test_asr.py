@@ -462,13 +462,13 @@ def test_wer_is_reported_over_all_requests_and_without_runaways() -> None:
     # Ten-word texts read with 1 and 3 errors, and a planted runaway: babble of 40 words where ten were asked
     # for (WER 4.0), which alone turns the mean from 0.2 into 1.47.
     frame = _run([0.1, 0.3, 4.0], synthetic=False).assign(
-        asr_status="scored", asr_errors=[1, 3, 40], asr_reference_length=10
+        asr_status="scored", asr_errors=[1, 3, 40], asr_reference_length=10, cer=None
     )
     (row,) = intelligibility_table(frame).to_dict(orient="records")
     assert row["scored"] == 3 and row["runaways"] == 1
     assert row["mean"] == pytest.approx(4.4 / 3) and row["pooled"] == pytest.approx(44 / 30)
     assert row["mean_no_runaways"] == pytest.approx(0.2) and row["pooled_no_runaways"] == pytest.approx(0.2)
     at_the_line = _run([0.5], synthetic=False).assign(
-        asr_status="scored", asr_errors=5, asr_reference_length=10
+        asr_status="scored", asr_errors=5, asr_reference_length=10, cer=None
     )
     assert intelligibility_table(at_the_line)["runaways"].tolist() == [0]  # above 50 %, not at it
