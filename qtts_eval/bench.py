@@ -47,7 +47,14 @@ from qtts_eval.pipelines.base import (
     UnsupportedRequest,
     WorkDeclaration,
 )
-from qtts_eval.results import Record, RunStore
+from qtts_eval.results import (
+    Record,
+    RequestOutcome,
+    RunStore,
+    budget_hit,
+    delivered_outcome,
+    error_outcome,
+)
 from qtts_eval.summary import intelligibility_table, latency_table, memory_drift, steady_state, summarise
 from qtts_eval.units import SAMPLE_RATE_HZ
 from qtts_eval.wire.pipelines import stderr_log_option
@@ -451,13 +458,15 @@ class Bench:
             },
         )
         if lost is not None:
-            return dataclasses.replace(base, status="error", error=f"{type(lost).__name__}: {lost}")
+            return self._failed(base, lost)
         try:
             result = measure(pipeline, request, cell.pipeline)
         except UnsupportedRequest as exc:
-            return dataclasses.replace(base, status="unsupported", error=str(exc))
+            return dataclasses.replace(
+                base, status="unsupported", outcome=RequestOutcome.FAILED.value, error=str(exc)
+            )
         except Exception as exc:  # a failing candidate must not end the run; the error is recorded
-            return dataclasses.replace(base, status="error", error=f"{type(exc).__name__}: {exc}")
+            return self._failed(base, exc)
         audio_seconds = result.audio.shape[0] / SAMPLE_RATE_HZ
         frames = result.end.frames_generated
         memory = _memory_columns(pipeline, result)
@@ -481,8 +490,10 @@ class Bench:
                 else None
             ),
             **same_work,
-            # A budget-capped generation yields budget - 1 frames (the last step's frame is never emitted).
-            budget_hit=frames >= request.max_frames - 1,
+            budget_hit=budget_hit(frames, request.max_frames),
+            outcome=delivered_outcome(
+                result.end.info.get("cancelled") is True, frames, request.max_frames
+            ).value,
             audio_seconds=audio_seconds,
             wall_s=result.wall_s,
             rtf=result.wall_s / audio_seconds if audio_seconds > 0 else None,
@@ -490,6 +501,12 @@ class Bench:
             info=dict(result.end.info),
             **quality,
             **latency_columns(result.chunks, result.marks, result.audio, result.pipeline_chunk_t_s),  # type: ignore[arg-type]
+        )
+
+    @staticmethod
+    def _failed(base: Record, exc: BaseException) -> Record:
+        return dataclasses.replace(
+            base, status="error", outcome=error_outcome(exc).value, error=f"{type(exc).__name__}: {exc}"
         )
 
 

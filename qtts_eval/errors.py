@@ -46,6 +46,11 @@ class ProtocolError(QttsEvalError):
     """A candidate broke the wire protocol (docs/protocol.md): bad frames or audio, a crash, a close."""
 
 
+class MalformedMessage(ProtocolError):
+    """A candidate sent what its protocol cannot carry: a text frame that is not JSON, an unknown frame kind
+    or message type, an audio format it does not define. Its records say outcome `malformed`."""
+
+
 class CandidateTimeout(ProtocolError):
     """A candidate sent nothing within the allowed time (hung, or far slower than its timeout)."""
 

@@ -15,6 +15,7 @@ resumed run skips every request key already recorded.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from qtts_eval.errors import ResultsError
+from qtts_eval.errors import CandidateTimeout, MalformedMessage, ResultsError
 
 SCHEMA_VERSION = 4
 RUN_FILE = "run.json"
@@ -33,6 +34,39 @@ RECORDS_FILE = "records.jsonl"
 PARQUET_FILE = "records.parquet"
 SUMMARY_FILE = "summary.json"
 WARMUP_FILE = "warmup.jsonl"  # unrecorded warm-up requests: load and first-call times, kept apart
+
+
+class RequestOutcome(str, enum.Enum):
+    """How a request ended (the `outcome` column, docs/metrics.md), never collapsed into ok/error."""
+
+    EOS = "eos"  # the model ended the utterance itself (end of speech)
+    LENGTH_LIMITED = "length_limited"  # the frame budget was hit without EOS (budget_hit)
+    CANCELLED = "cancelled"  # the candidate says the utterance was cancelled before its end
+    FAILED = "failed"  # no usable result: the pipeline raised, refused (unsupported) or sent no audio
+    TIMED_OUT = "timed_out"  # the candidate went silent past its timeout
+    MALFORMED = "malformed"  # the candidate sent what its protocol cannot carry
+
+
+def budget_hit(frames: int, budget: int) -> bool:
+    """Whether generation stopped at the frame budget rather than at EOS: a capped run yields budget - 1
+    frames (the official package never emits the last step's frame), a port honouring it literally budget."""
+    return frames >= budget - 1
+
+
+def delivered_outcome(cancelled: bool, frames: int, budget: int) -> RequestOutcome:
+    """The outcome of a request that delivered its audio."""
+    if cancelled:
+        return RequestOutcome.CANCELLED
+    return RequestOutcome.LENGTH_LIMITED if budget_hit(frames, budget) else RequestOutcome.EOS
+
+
+def error_outcome(exc: BaseException) -> RequestOutcome:
+    """The outcome of a request that raised ``exc``."""
+    if isinstance(exc, CandidateTimeout):
+        return RequestOutcome.TIMED_OUT
+    if isinstance(exc, MalformedMessage):
+        return RequestOutcome.MALFORMED
+    return RequestOutcome.FAILED
 
 
 def _v1_to_v2(obj: dict[str, Any]) -> dict[str, Any]:
@@ -53,10 +87,21 @@ def _v2_to_v3(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _v3_to_v4(obj: dict[str, Any]) -> dict[str, Any]:
-    # Version 4: the digest of whole-budget codes cut to the reference's budget - 1 frames.
-    if "request_key" in obj:
-        obj = {"codes_digest_trimmed": None, **obj}
-    return obj
+    # Version 4: how each request ended (outcome), derived from what version 3 kept: a load record's
+    # info.outcome (moved to the column), else the status, the error's type and budget_hit. Version 3 had no
+    # MalformedMessage: a malformed candidate's old records say failed. And the digest of whole-budget codes
+    # cut to the reference's budget - 1 frames (codes_digest_trimmed), unknown for version 3.
+    if "request_key" not in obj or "outcome" in obj:
+        return obj
+    info = dict(obj.get("info") or {})
+    outcome = info.pop("outcome", None)
+    frames = obj.get("frames_generated")
+    if outcome is None and obj.get("status") == "ok" and frames is not None:
+        outcome = delivered_outcome(info.get("cancelled") is True, frames, obj["frame_budget"]).value
+    elif outcome is None:
+        timed_out = str(obj.get("error") or "").startswith(f"{CandidateTimeout.__name__}:")
+        outcome = (RequestOutcome.TIMED_OUT if timed_out else RequestOutcome.FAILED).value
+    return {"codes_digest_trimmed": None, **obj, "info": info, "outcome": outcome}
 
 
 # Older schema versions are upgraded one step at a time: _MIGRATIONS[n] turns a version-n record (or run
@@ -86,6 +131,7 @@ class Record:
     text_chars: int  # characters in the input text
     frame_budget: int  # max codec frames allowed (max_new_tokens); derived from the text
     status: str  # "ok", "error" or "unsupported"
+    outcome: str | None = None  # how the request ended: a RequestOutcome value (eos, length_limited, ...)
     warm: bool | None = None  # its warm-up class (pipeline, mode, voice, length class) was warmed before it
     # The pipeline restarted its implementation (a candidate process that died) right before this request,
     # outside the timed region; its warm-up class was warmed again after the restart.

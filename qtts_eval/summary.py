@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from qtts_eval.metrics.asr import RUNAWAY_RATE
 from qtts_eval.metrics.stats import percentile_ci
+from qtts_eval.results import RequestOutcome
 
 LATENCY_METRICS = ("first_byte_s", "first_playable_s", "audible_onset_s", "rtf", "gap_p95_s")
 PERCENTILES = (50.0, 95.0, 99.0)
@@ -68,12 +70,14 @@ def _median_mib(values: pd.Series) -> float:
 
 
 def summarise(frame: pd.DataFrame, by: Sequence[str] = ("pipeline", "fixture_id")) -> pd.DataFrame:
-    """Per-group request and error counts beside the medians of the core metrics (first_playable_s beside
-    first_byte_s first)."""
+    """Per-group request and error counts, how many requests ended each way (one column per outcome), and
+    the medians of the core metrics (first_playable_s beside first_byte_s first)."""
     keys = list(by)
     ok = frame[frame["status"] == "ok"]
     counts = frame.groupby(keys).agg(requests=("status", "size"))
     counts["errors"] = frame[frame["status"] != "ok"].groupby(keys).size()
+    for outcome in RequestOutcome:
+        counts[outcome.value] = frame[frame["outcome"] == outcome.value].groupby(keys).size()
     # first_playable leads: ports ramp their first chunks differently (1 frame vs a 4-frame packet), so first
     # byte alone favours the one that sends less first.
     medians = ok.groupby(keys).agg(
@@ -83,11 +87,11 @@ def summarise(frame: pd.DataFrame, by: Sequence[str] = ("pipeline", "fixture_id"
         audio_s=("audio_seconds", "median"),
         rtf=("rtf", "median"),
         frames=("frames_generated", "median"),
-        budget_hits=("budget_hit", "sum"),
         peak_mem_mb=("peak_mem_bytes", _median_mib),
     )
     table = counts.join(medians).reset_index()
-    table["errors"] = table["errors"].fillna(0).astype(int)
+    for column in ("errors", *(outcome.value for outcome in RequestOutcome)):
+        table[column] = table[column].fillna(0).astype(int)
     return table
 
 
@@ -124,8 +128,11 @@ def intelligibility_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per pipeline, recogniser and metric (wer, cer): error rates over the ok requests it scored.
 
     ``mean`` and ``median`` are over per-request rates; ``pooled`` is all errors over all words (characters)
-    of the texts, which weighs long texts by their length. ``not_applicable`` counts requests in languages the
-    recogniser lacks. ``verdict_valid`` is False when any of them ran on synthetic weights (docs/metrics.md).
+    of the texts, which weighs long texts by their length. ``runaways`` counts the scored requests above
+    RUNAWAY_RATE, and ``mean_no_runaways`` / ``pooled_no_runaways`` are the same rates without them: a few
+    runaway generations (babble to the frame budget) otherwise hide how the rest read. ``not_applicable``
+    counts requests in languages the recogniser lacks. ``verdict_valid`` is False when any of them ran on
+    synthetic weights (docs/metrics.md).
     """
     if "asr_status" not in frame:
         return pd.DataFrame()
@@ -137,6 +144,7 @@ def intelligibility_table(frame: pd.DataFrame) -> pd.DataFrame:
             if not len(scored):
                 continue
             rates = scored[metric].to_numpy(dtype=np.float64)
+            kept = scored[rates <= RUNAWAY_RATE]
             rows.append(
                 {
                     "pipeline": pipeline,
@@ -146,8 +154,16 @@ def intelligibility_table(frame: pd.DataFrame) -> pd.DataFrame:
                     "not_applicable": int((group["asr_status"] == "not_applicable").sum()),
                     "mean": float(rates.mean()),
                     "median": float(np.median(rates)),
-                    "pooled": float(scored["asr_errors"].sum() / scored["asr_reference_length"].sum()),
+                    "pooled": _pooled(scored),
+                    "runaways": len(scored) - len(kept),
+                    "mean_no_runaways": float(kept[metric].mean()) if len(kept) else float("nan"),
+                    "pooled_no_runaways": _pooled(kept) if len(kept) else float("nan"),
                     "verdict_valid": bool(scored["quality_verdict_valid"].fillna(False).all()),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _pooled(scored: pd.DataFrame) -> float:
+    """All errors over all words (characters) of the texts."""
+    return float(scored["asr_errors"].sum() / scored["asr_reference_length"].sum())

@@ -39,6 +39,7 @@ from qtts_eval.metrics.asr import (
 )
 from qtts_eval.metrics.quality import quality_columns
 from qtts_eval.pipelines.base import AudioChunk, Event, Pipeline, Request, StreamEnd
+from qtts_eval.summary import intelligibility_table
 from qtts_eval.units import SAMPLE_RATE_HZ
 
 FIXTURES = load_fixtures()
@@ -455,3 +456,19 @@ def test_bench_option_turns_asr_off() -> None:
     assert off.asr is None
     plugged = bench_cli._config(parser.parse_args(["bench", "--asr", "w.py:Whisper", "--asr-path", "m"]))
     assert (plugged.asr, plugged.asr_path) == ("w.py:Whisper", "m")
+
+
+def test_wer_is_reported_over_all_requests_and_without_runaways() -> None:
+    # Ten-word texts read with 1 and 3 errors, and a planted runaway: babble of 40 words where ten were asked
+    # for (WER 4.0), which alone turns the mean from 0.2 into 1.47.
+    frame = _run([0.1, 0.3, 4.0], synthetic=False).assign(
+        asr_status="scored", asr_errors=[1, 3, 40], asr_reference_length=10, cer=None
+    )
+    (row,) = intelligibility_table(frame).to_dict(orient="records")
+    assert row["scored"] == 3 and row["runaways"] == 1
+    assert row["mean"] == pytest.approx(4.4 / 3) and row["pooled"] == pytest.approx(44 / 30)
+    assert row["mean_no_runaways"] == pytest.approx(0.2) and row["pooled_no_runaways"] == pytest.approx(0.2)
+    at_the_line = _run([0.5], synthetic=False).assign(
+        asr_status="scored", asr_errors=5, asr_reference_length=10, cer=None
+    )
+    assert intelligibility_table(at_the_line)["runaways"].tolist() == [0]  # above 50 %, not at it

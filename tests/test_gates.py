@@ -23,6 +23,7 @@ from qtts_eval.gates import (
     ErrorGate,
     GateInputs,
     GateSpec,
+    GoodputGate,
     MetricGate,
     Outcome,
     ParityGate,
@@ -248,7 +249,9 @@ def _frame(
 RTF_GATE = MetricGate(metric="rtf", max_regression=0.10)
 
 
-def _one(gate: MetricGate | ErrorGate, current: pd.DataFrame, *baselines: pd.DataFrame, **spec: Any) -> Any:
+def _one(
+    gate: MetricGate | ErrorGate | GoodputGate, current: pd.DataFrame, *baselines: pd.DataFrame, **spec: Any
+) -> Any:
     return evaluate_gate(gate, GateSpec((gate,), **spec), GateInputs(current, tuple(baselines)))
 
 
@@ -307,6 +310,22 @@ def test_error_rate_gate_counts_failed_requests_per_group() -> None:
     }
     assert "2 of 2 requests not ok (100%" in result.groups[1].message and "SYNTHESIS_ERROR" in result.report()
     assert _one(ErrorGate(max_error_rate=0.5), frame.iloc[:3]).outcome is Outcome.FAIL  # 1 of 1 zh failed
+
+
+def test_goodput_gate_holds_a_load_run_to_its_slo() -> None:
+    # A load level of 5 requests, one over the SLO and one failed (no verdict: not met): goodput 60 %.
+    frame = _frame([1.0] * 5, info_slo="first_byte<=0.2,goodput>=0.9")
+    frame["info_meets_slo"] = [True, True, True, False, None]
+    spec = parse_gates({"gate": [{"min_goodput": 0.6}, {"min_goodput": 0.8, "name": "held to 80 %"}]})
+    passed, failed = (evaluate_gate(gate, spec, GateInputs(frame)) for gate in spec.gates)
+    assert passed.outcome is Outcome.PASS and failed.outcome is Outcome.FAIL, failed.report()
+    assert "3 of 5 requests met the SLO first_byte<=0.2,goodput>=0.9 (goodput 60%, required 80%)" in (
+        failed.report()
+    )
+    no_slo = _one(GoodputGate(), _frame([1.0] * 5))  # a bench run, or load without --slo
+    assert no_slo.outcome is Outcome.REFUSED and "qtts-eval load --slo" in no_slo.report()
+    with pytest.raises(GateError, match=r"min_goodput is a share in \(0, 1\]"):
+        parse_gates({"gate": [{"min_goodput": 1.5}]})
 
 
 def test_bench_with_failed_requests_exits_non_zero_and_fails_the_error_gate(tmp_path: Path) -> None:

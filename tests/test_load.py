@@ -14,6 +14,7 @@ import pytest
 from servers import running_server
 
 from qtts_eval.errors import BenchError
+from qtts_eval.gates import GateInputs, Outcome, evaluate_gate, parse_gates
 from qtts_eval.wire.load import LoadOptions, LoadRunner, find_max_rate, streaming_verdict, summarise
 from qtts_eval.wire.slo import parse_slo
 
@@ -106,6 +107,14 @@ def test_load_cli_stores_slo_facts_and_prints_the_rate(
         frame["info_meets_slo"].notna().all() and (frame["info_slo"] == "first_byte<=0.06,goodput>=0.8").all()
     )
     assert (frame["info_sched_lag_s"] >= 0).all() and (frame["info_streaming_window"] > 0).all()
+    # A goodput gate holds each level to the SLO, from the records alone (as CI would).
+    spec = parse_gates({"gate": [{"min_goodput": 0.8}]})
+    result = evaluate_gate(spec.gates[0], spec, GateInputs(frame))
+    shares = frame.groupby("fixture_id")["info_meets_slo"].mean()
+    for group in result.groups:
+        share = shares[group.group.split("fixture_id=")[1].split()[0]]
+        assert group.current == pytest.approx(share)
+        assert group.outcome is (Outcome.PASS if share >= 0.8 else Outcome.FAIL), group.message
 
 
 def test_outcomes_say_how_each_request_ended() -> None:

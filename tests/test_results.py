@@ -157,3 +157,31 @@ def test_sigkill_loses_nothing_and_resume_completes(tmp_path: Path) -> None:
     assert after["request_key"].is_unique
     # What was measured before the kill is still there, unchanged.
     pd.testing.assert_frame_equal(after.head(len(before)), before)
+
+
+def test_version_3_records_gain_the_outcome_they_imply(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.create({"run_id": "run"})
+    old = {k: v for k, v in dataclasses.asdict(_record("x")).items() if k != "outcome"}
+    rows = {
+        "capped": {"frames_generated": 7, "budget_hit": True},  # budget 8 gave 7 frames
+        "eos": {"frames_generated": 3, "budget_hit": False},
+        "cancelled": {"frames_generated": 3, "info": {"cancelled": True}},
+        "hung": {"status": "error", "error": "CandidateTimeout: nothing received within 3 s"},
+        "crashed": {"status": "error", "error": "ProtocolError: worker died with exit code 3"},
+        "load": {"info": {"outcome": "malformed", "load_kind": "open"}},  # load kept it in info
+    }
+    with store.records_path.open("a") as handle:
+        for key, change in rows.items():
+            handle.write(json.dumps({**old, **change, "request_key": key, "schema_version": 3}) + "\n")
+    frame = load_run(tmp_path / "run").set_index("request_key")
+    assert frame["outcome"].to_dict() == {
+        "capped": "length_limited",
+        "eos": "eos",
+        "cancelled": "cancelled",
+        "hung": "timed_out",
+        "crashed": "failed",
+        "load": "malformed",
+    }
+    assert "info_outcome" not in frame and frame.loc["load", "info_load_kind"] == "open"
+    assert (frame["schema_version"] == SCHEMA_VERSION).all()

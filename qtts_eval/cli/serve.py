@@ -1,4 +1,5 @@
-"""`qtts-eval serve`: expose a registered pipeline over the wire protocol's WebSocket endpoint."""
+"""`qtts-eval serve`: expose a registered pipeline over the wire protocol's WebSocket endpoint, or behind
+another dialect (docs/dialects.md)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from qtts_eval import pipelines
 from qtts_eval.cli.options import parse_options
 from qtts_eval.dialects.openai_server import FAULTS as OPENAI_FAULTS
 from qtts_eval.dialects.openai_server import serve_openai
+from qtts_eval.dialects.speak_server import FAULTS as SPEAK_FAULTS
+from qtts_eval.dialects.speak_server import serve_speak
 from qtts_eval.errors import PipelineError
 from qtts_eval.pipelines.base import Pipeline, PipelineConfig
 from qtts_eval.wire.server import LOOPBACK_HOSTS, Host, serve_websocket
 
 DEFAULT_PORT = 8765
+DIALECT_FAULTS = {"openai": OPENAI_FAULTS, "speak": SPEAK_FAULTS}  # the misbehaviours each dialect can plant
 HOOKED_REFERENCE = "hooked-reference"  # the reference with parity capture hooks (stage_dumps, forced_codes)
 FAULT_PREFIX = (
     "fault:"  # fault:NAME serves the hooked reference with a planted fault (qtts_eval.parity.faults)
@@ -90,13 +94,16 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--dialect",
         default="qtts",
-        choices=("qtts", "openai"),
-        help="qtts: the suite's WebSocket protocol; openai: POST /v1/audio/speech (docs/dialects.md)",
+        choices=("qtts", "openai", "speak"),
+        help="qtts: the suite's WebSocket protocol; openai: POST /v1/audio/speech; speak: the plain "
+        "/api/v1/speak WebSocket dialect (docs/dialects.md)",
     )
     parser.add_argument(
         "--fault",
-        choices=OPENAI_FAULTS,
-        help="with --dialect openai: plant one misbehaviour of the HTTP server (tests of the client)",
+        choices=sorted({*OPENAI_FAULTS, *SPEAK_FAULTS}),
+        metavar="FAULT",
+        help="with --dialect openai or speak: plant one misbehaviour of the server (tests of the clients); "
+        f"openai: {', '.join(OPENAI_FAULTS)}; speak: {', '.join(SPEAK_FAULTS)}",
     )
     parser.add_argument(
         "--allow-remote", action="store_true", help="permit a non-loopback --host (the server has no auth)"
@@ -110,8 +117,11 @@ def run(args: argparse.Namespace) -> int:
             f"--host {args.host} is not loopback; the server has no authentication, pass --allow-remote "
             "to expose it anyway"
         )
-    if args.fault is not None and args.dialect != "openai":
-        raise PipelineError("--fault plants HTTP misbehaviours; it needs --dialect openai")
+    if args.fault is not None and args.fault not in DIALECT_FAULTS.get(args.dialect, ()):
+        raise PipelineError(
+            f"--fault {args.fault} is not a fault of --dialect {args.dialect}; "
+            + "; ".join(f"{dialect}: {', '.join(faults)}" for dialect, faults in DIALECT_FAULTS.items())
+        )
     host = load_host(args)
 
     def announce(url: str) -> None:
@@ -120,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.dialect == "openai":
             serve_openai(host.pipeline, args.host, args.port, announce, args.fault)
+        elif args.dialect == "speak":
+            asyncio.run(serve_speak(host.pipeline, args.host, args.port, announce, args.fault))
         else:
             asyncio.run(serve_websocket(host, args.host, args.port, announce))
     except KeyboardInterrupt:

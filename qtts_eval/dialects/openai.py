@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import struct
 from collections.abc import Generator, Iterator
@@ -17,16 +16,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import numpy as np
-import soundfile
 
+from qtts_eval.dialects.shared import (
+    CODES_KEY,
+    NOT_AVAILABLE,
+    CloneOptions,
+    Pcm16Decoder,
+    check_rate,
+    clone_fields,
+)
 from qtts_eval.errors import CandidateTimeout, PipelineError, ProtocolError
 from qtts_eval.pipelines.base import AudioChunk, Event, Pipeline, PipelineConfig, Request, StreamEnd
 from qtts_eval.units import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 
 SPEECH_PATH = "/v1/audio/speech"
-CODES_KEY = "codes"  # StreamEnd.info: "not_available", this dialect carries no codes
-NOT_AVAILABLE = "not_available"
 MAX_ERROR_BODY_CHARS = 300  # an error body quoted in the recorded error
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # one SSE event's base64 audio
 WAV_HEADER_MAX_BYTES = 4096  # a WAV header (RIFF, fmt and any chunks before data) larger than this is refused
@@ -39,7 +42,7 @@ CONTENT_TYPES = {
 
 
 @dataclass(frozen=True)
-class OpenAIOptions:
+class OpenAIOptions(CloneOptions):
     url: str = ""  # the server's base URL, e.g. http://127.0.0.1:8000 (the speech path is appended)
     model: str = "qwen3-tts"  # the request's `model` field
     response_format: str = "pcm"  # "pcm" (raw s16le, no header) or "wav"
@@ -47,12 +50,6 @@ class OpenAIOptions:
     pcm_rate: int = (
         SAMPLE_RATE_HZ  # the sample rate of headerless PCM: servers document it, nothing on the wire says it
     )
-    voice: str = ""  # a voice registered on the server; empty: clone from the request's reference clip
-    ref_audio_field: str = "ref_audio"  # extra body field for the reference clip as base64 WAV ("" to omit)
-    ref_text_field: str = "ref_text"  # extra body field for the reference transcript ("" to omit)
-    ref_path: str = ""  # a path the server itself reads the reference clip from, sent instead of the audio
-    ref_path_field: str = "ref_audio_path"  # the body field that carries ref_path
-    mode_field: str = ""  # the body field for the clone mode (icl | xvector), where a server takes one
     timeout_s: float = 120.0  # seconds to wait for the response and for each later piece of it
 
     def __post_init__(self) -> None:
@@ -64,30 +61,6 @@ class OpenAIOptions:
             raise ValueError(f"stream_format {self.stream_format!r} is not audio or sse")
         if self.timeout_s <= 0 or self.pcm_rate <= 0:
             raise ValueError("timeout_s and pcm_rate must be positive")
-
-
-class Pcm16Decoder:
-    """Little-endian PCM16 bytes to float32 samples, carrying an odd byte across chunk boundaries."""
-
-    def __init__(self) -> None:
-        self.pending = b""
-
-    def decode(self, data: bytes) -> np.ndarray:
-        data = self.pending + data
-        whole = len(data) - len(data) % 2
-        self.pending = data[whole:]
-        return np.frombuffer(data[:whole], dtype="<i2").astype(np.float32) / 32768.0
-
-    def finish(self, where: str) -> None:
-        if self.pending:
-            raise ProtocolError(f"{where}: the stream ended mid-sample (a PCM16 sample cut in half)")
-
-
-def _check_rate(rate: int, where: str) -> None:
-    if rate != SAMPLE_RATE_HZ:
-        raise ProtocolError(
-            f"{where}: sample rate {rate} Hz, the suite compares audio at {SAMPLE_RATE_HZ} Hz"
-        )
 
 
 def parse_wav_header(data: bytes, where: str) -> tuple[int, int | None] | None:
@@ -115,17 +88,11 @@ def parse_wav_header(data: bytes, where: str) -> tuple[int, int | None] | None:
                     f"{where}: WAV format {audio_format}, {channels} channels, {bits} bits; "
                     "mono PCM16 expected"
                 )
-            _check_rate(rate, where)
+            check_rate(rate, where)
         offset += 8 + size + size % 2
     if len(data) > WAV_HEADER_MAX_BYTES:
         raise ProtocolError(f"{where}: no WAV data chunk within the first {WAV_HEADER_MAX_BYTES} bytes")
     return None
-
-
-def encode_wav_base64(audio: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, audio, SAMPLE_RATE_HZ, format="WAV", subtype="FLOAT")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 class OpenAIPipeline(Pipeline):
@@ -163,16 +130,7 @@ class OpenAIPipeline(Pipeline):
         }
         if o.stream_format == "sse":
             body["stream_format"] = "sse"
-        if not o.voice:  # clone from the request's own reference
-            if o.ref_path:
-                body[o.ref_path_field] = o.ref_path
-            elif o.ref_audio_field:
-                body[o.ref_audio_field] = encode_wav_base64(request.ref_audio)
-            if o.ref_text_field:
-                body[o.ref_text_field] = request.ref_text
-        if o.mode_field:
-            body[o.mode_field] = request.mode.value
-        return body
+        return {**body, **clone_fields(o, request)}
 
     def stream(self, request: Request) -> Iterator[Event]:
         if self.client is None:
@@ -195,7 +153,7 @@ class OpenAIPipeline(Pipeline):
                 elif kind == "wav":
                     samples = yield from self._wav(response, where)
                 else:
-                    _check_rate(self.options.pcm_rate, where)
+                    check_rate(self.options.pcm_rate, where)
                     samples = yield from self._pcm(response.iter_bytes(), where)
         except httpx.TimeoutException as exc:
             raise CandidateTimeout(

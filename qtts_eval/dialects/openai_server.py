@@ -7,7 +7,6 @@ uvicorn).
 from __future__ import annotations
 
 import base64
-import io
 import json
 import socket
 import struct
@@ -16,16 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
-import soundfile
-
-from qtts_eval.errors import QttsEvalError
-from qtts_eval.pipelines.base import AudioChunk, CloneMode, Pipeline, Request
-from qtts_eval.units import MAX_TEXT_CHARS, SAMPLE_RATE_HZ
+from qtts_eval.dialects.shared import BadRequest, parse_request
+from qtts_eval.pipelines.base import AudioChunk, Pipeline, Request
+from qtts_eval.units import SAMPLE_RATE_HZ
+from qtts_eval.wire.protocol import Encoding, encode_audio
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a request body (the base64 reference clip dominates)
-MAX_FRAMES = 4096  # the largest frame budget a request may ask for
-DEFAULT_FRAMES = 256
 HANG_S = 3600.0
 FAULTS = (
     "http-500-json",  # a 5xx with a JSON error body
@@ -37,14 +32,6 @@ FAULTS = (
     "sse-not-json",  # an SSE event whose data is not JSON
     "hang",  # headers sent, then nothing
 )
-
-
-class BadRequest(QttsEvalError):
-    """A request body the server refuses (HTTP 400)."""
-
-
-def _pcm16(samples: np.ndarray) -> bytes:
-    return bytes((np.clip(samples, -1.0, 32767 / 32768) * 32768.0).round().astype("<i2").tobytes())
 
 
 def wav_header(rate: int, data_bytes: int) -> bytes:
@@ -63,51 +50,6 @@ def wav_header(rate: int, data_bytes: int) -> bytes:
     )
 
 
-def parse_request(body: dict[str, Any]) -> Request:
-    """The suite's Request from a speech body; every field bounded, a bad one named."""
-    text = body.get("input")
-    if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_CHARS:
-        raise BadRequest(f"'input' must be non-empty text of at most {MAX_TEXT_CHARS} characters")
-    encoded = body.get("ref_audio")
-    if not isinstance(encoded, str):
-        raise BadRequest(
-            "'ref_audio' (the reference clip as base64 WAV) is required; this server has no registered voices"
-        )
-    try:
-        audio, rate = soundfile.read(io.BytesIO(base64.b64decode(encoded, validate=True)), dtype="float32")
-    except Exception as exc:  # soundfile raises its own and binascii errors alike
-        raise BadRequest(f"'ref_audio' is not a base64 WAV file: {exc}") from exc
-    if rate != SAMPLE_RATE_HZ or audio.ndim != 1:
-        raise BadRequest(
-            f"'ref_audio' must be mono at {SAMPLE_RATE_HZ} Hz, got {rate} Hz shape {audio.shape}"
-        )
-    ref_text = body.get("ref_text", "")
-    mode = body.get("mode", CloneMode.ICL.value if ref_text else CloneMode.XVECTOR.value)
-    frames, seed, language = (
-        body.get("max_frames", DEFAULT_FRAMES),
-        body.get("seed", 0),
-        body.get("language", "auto"),
-    )
-    if not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES:
-        raise BadRequest(f"'max_frames' must be an integer in 1..{MAX_FRAMES}")
-    if not isinstance(seed, int) or not isinstance(language, str) or not isinstance(ref_text, str):
-        raise BadRequest("'seed' must be an integer, 'language' and 'ref_text' strings")
-    if mode not in {m.value for m in CloneMode}:
-        raise BadRequest(f"'mode' {mode!r} is not icl or xvector")
-    try:
-        return Request(
-            text=text,
-            language=language,
-            ref_audio=audio,
-            ref_text=ref_text,
-            mode=CloneMode(mode),
-            max_frames=frames,
-            seed=seed,
-        )
-    except QttsEvalError as exc:
-        raise BadRequest(str(exc)) from exc
-
-
 def create_app(pipeline: Pipeline, fault: str | None = None) -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request as HttpRequest
@@ -120,7 +62,7 @@ def create_app(pipeline: Pipeline, fault: str | None = None) -> Any:
         with lock:
             for event in pipeline.stream(request):
                 if isinstance(event, AudioChunk):
-                    yield _pcm16(event.samples)
+                    yield encode_audio(event.samples, Encoding.PCM16)
 
     def shaped(pieces: Iterator[bytes], fmt: str, sse: bool) -> Iterator[bytes]:
         if sse:
@@ -158,7 +100,7 @@ def create_app(pipeline: Pipeline, fault: str | None = None) -> Any:
             body = json.loads(raw)
             if not isinstance(body, dict):
                 raise BadRequest("the body is not a JSON object")
-            request = parse_request(body)
+            request = parse_request(body, "input")
         except (json.JSONDecodeError, BadRequest) as exc:
             return JSONResponse({"error": {"message": str(exc)}}, status_code=400)
         fmt = body.get("response_format", "pcm")
@@ -186,6 +128,7 @@ def serve_openai(
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen()  # before the URL is announced: a client that connects first waits in the backlog
     server = uvicorn.Server(uvicorn.Config(create_app(pipeline, fault), log_level="warning"))
     announce(f"http://{host}:{sock.getsockname()[1]}")
     server.run(sockets=[sock])

@@ -29,7 +29,7 @@ import pandas as pd
 
 from qtts_eval import comparability
 from qtts_eval.errors import GateError, QttsEvalError
-from qtts_eval.gates.spec import Better, ErrorGate, Gate, GateSpec, MetricGate, ParityGate
+from qtts_eval.gates.spec import Better, ErrorGate, Gate, GateSpec, GoodputGate, MetricGate, ParityGate
 from qtts_eval.metrics.stats import MIN_PAIRS, paired_p_value, statistic_value
 from qtts_eval.results import load_run
 
@@ -282,6 +282,28 @@ def _error_rate(gate: ErrorGate, name: str, group: pd.DataFrame) -> GroupResult:
     )
 
 
+def _goodput(gate: GoodputGate, name: str, group: pd.DataFrame) -> GroupResult:
+    verdicts = group.get("info_meets_slo")
+    if verdicts is None or verdicts.isna().all():
+        return GroupResult(
+            name,
+            Outcome.REFUSED,
+            f"{name}: no SLO verdicts (info_meets_slo); gate a run of `qtts-eval load --slo`",
+        )
+    met = int(verdicts.eq(True).sum())  # a request without a verdict did not meet the SLO
+    share = met / len(group)
+    slos = group.get("info_slo", pd.Series(dtype=object)).dropna()
+    slo = slos.iloc[0] if len(slos) else "(not recorded)"
+    return GroupResult(
+        name,
+        Outcome.FAIL if share < gate.min_goodput else Outcome.PASS,
+        f"{name}: {met} of {len(group)} requests met the SLO {slo} (goodput {share:.0%}, required "
+        f"{gate.min_goodput:.0%})",
+        current=share,
+        n=len(group),
+    )
+
+
 def _summary(
     label: str, current: pd.DataFrame, groups: Sequence[GroupResult], details: dict[str, Any]
 ) -> GateResult:
@@ -299,7 +321,9 @@ def _summary(
     return GateResult(label, outcome, message, tuple(groups), details)
 
 
-def _records(gate: MetricGate | ErrorGate, spec: GateSpec, frame: pd.DataFrame) -> pd.DataFrame | str:
+def _records(
+    gate: MetricGate | ErrorGate | GoodputGate, spec: GateSpec, frame: pd.DataFrame
+) -> pd.DataFrame | str:
     """The records a gate splits into groups, or why it cannot."""
     if gate.pipeline is not None:
         frame = frame[frame["pipeline"] == gate.pipeline]
@@ -378,15 +402,17 @@ def _baseline_problem(current: pd.DataFrame, baseline: pd.DataFrame, spec: GateS
     return None if found is None else found.message
 
 
-def _error_result(gate: ErrorGate, spec: GateSpec, inputs: GateInputs) -> GateResult:
+def _share_result(gate: ErrorGate | GoodputGate, spec: GateSpec, inputs: GateInputs) -> GateResult:
+    """An error-rate or goodput gate: a share of each group's requests, against its limit."""
     current = _records(gate, spec, inputs.current)
     if isinstance(current, str):
         return GateResult(gate.label, Outcome.REFUSED, f"{gate.label}: {current}")
     group_by = spec.group_by if gate.group_by is None else gate.group_by
     groups = [
-        _error_rate(gate, _group_name(str(pipeline), group_by, key), group)
+        _error_rate(gate, name, group) if isinstance(gate, ErrorGate) else _goodput(gate, name, group)
         for pipeline, records in current.groupby("pipeline", sort=True)
         for key, group in _groups(records, group_by)
+        for name in (_group_name(str(pipeline), group_by, key),)
     ]
     problem = comparability.segment_difference(current)
     if problem:
@@ -417,8 +443,8 @@ def evaluate_gate(gate: Gate, spec: GateSpec, inputs: GateInputs) -> GateResult:
     """Evaluate one gate."""
     if isinstance(gate, ParityGate):
         return _parity_result(gate, inputs)
-    if isinstance(gate, ErrorGate):
-        return _error_result(gate, spec, inputs)
+    if isinstance(gate, ErrorGate | GoodputGate):
+        return _share_result(gate, spec, inputs)
     return _metric_result(gate, spec, inputs)
 
 

@@ -88,6 +88,21 @@ class ErrorGate:
 
 
 @dataclass(frozen=True)
+class GoodputGate:
+    """A floor on a load run's goodput per group: the share of its requests that met the SLO the run was made
+    against (`qtts-eval load --slo`: the records' info_meets_slo; a failed request never meets it)."""
+
+    min_goodput: float = 1.0  # required share of requests within the SLO, in (0, 1]
+    pipeline: str | None = None  # only this pipeline's records; None: every pipeline, each on its own
+    group_by: tuple[str, ...] | None = None  # record columns to group by; None: the file's setting
+    name: str = ""  # display name and pytest id; derived when empty
+
+    @property
+    def label(self) -> str:
+        return self.name or f"goodput >= {self.min_goodput:g}"
+
+
+@dataclass(frozen=True)
 class ParityGate:
     """The verdict of a parity report (``qtts-eval parity`` writes report.json)."""
 
@@ -100,7 +115,7 @@ class ParityGate:
         return self.name or f"parity == {self.expect}"
 
 
-Gate = MetricGate | ErrorGate | ParityGate
+Gate = MetricGate | ErrorGate | GoodputGate | ParityGate
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,7 @@ _METRIC_KEYS = {
     "group_by",
 }
 _ERROR_KEYS = {"max_error_rate", "pipeline", "group_by"}
+_GOODPUT_KEYS = {"min_goodput", "pipeline", "group_by"}
 _PARITY_KEYS = {"parity", "report"}
 _SETTINGS_KEYS = {"alpha", "noise_factor", "group_by", "may_differ"}
 
@@ -204,6 +220,19 @@ def _error_gate(where: str, raw: Mapping[str, Any]) -> ErrorGate:
     )
 
 
+def _goodput_gate(where: str, raw: Mapping[str, Any]) -> GoodputGate:
+    _unknown(where, raw, _GOODPUT_KEYS, "a goodput gate")
+    share = _number(where, "min_goodput", raw["min_goodput"])
+    if not 0 < share <= 1:
+        raise GateError(f"{where}: min_goodput is a share in (0, 1], got {share}")
+    return GoodputGate(
+        min_goodput=share,
+        pipeline=raw.get("pipeline"),
+        group_by=_group_by(where, raw),
+        name=str(raw.get("name", "")),
+    )
+
+
 def _parity_gate(where: str, raw: Mapping[str, Any], base: Path) -> ParityGate:
     _unknown(where, raw, _PARITY_KEYS, "a parity gate")
     if raw["parity"] not in ("pass", "fail"):
@@ -244,6 +273,8 @@ def parse_gates(data: Mapping[str, Any], path: Path | None = None) -> GateSpec:
             gates.append(_parity_gate(where, raw, base))
         elif "max_error_rate" in raw:
             gates.append(_error_gate(where, raw))
+        elif "min_goodput" in raw:
+            gates.append(_goodput_gate(where, raw))
         else:
             gates.append(_metric_gate(where, raw))
     labels = [gate.label for gate in gates]

@@ -42,6 +42,9 @@ POCKETSPHINX_MAX_HMM_PER_FRAME = 3000
 POCKETSPHINX_FRAME_S = 0.01  # pocketsphinx's feature frame rate is 100 frames per second (-frate 100)
 _ALTERNATE_PRONUNCIATION = re.compile(r"\(\d+\)$")  # pocketsphinx marks dictionary variants: word(2)
 CHARACTER_LANGUAGES = frozenset({"chinese", "japanese"})  # written without spaces between words: CER
+# A request whose error rate is above this is a runaway (issue 28's definition: over 50 % WER): babble or a
+# generation that never met EOS, not speech read less well. Summaries report rates with and without them.
+RUNAWAY_RATE = 0.5
 # Validation (`validate`): 3 s of white noise at -20 dBFS RMS, seeded, as the "no speech at all" case.
 NOISE_S = 3.0  # seconds
 NOISE_RMS = 0.1  # linear RMS, -20 dBFS: as loud as the fixture speech

@@ -22,7 +22,13 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from qtts_eval import checkpoints
-from qtts_eval.errors import CandidateTimeout, PipelineError, ProtocolError, RemoteError
+from qtts_eval.errors import (
+    CandidateTimeout,
+    MalformedMessage,
+    PipelineError,
+    ProtocolError,
+    RemoteError,
+)
 from qtts_eval.pipelines.base import (
     AudioChunk,
     Event,
@@ -198,7 +204,7 @@ class WorkerChannel(Channel):
             self._inbox.put(item)  # every later receive fails the same way
             if str(item) == "closed":
                 raise ProtocolError(self._exit_story())
-            raise ProtocolError(f"worker sent a malformed frame: {item}")
+            raise MalformedMessage(f"worker sent a malformed frame: {item}")
         return item
 
     def _exit_story(self) -> str:

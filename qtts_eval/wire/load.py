@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from qtts_eval.errors import BenchError, CandidateTimeout, ProtocolError, QttsEvalError
+from qtts_eval.errors import BenchError, QttsEvalError
 from qtts_eval.fixtures import load_fixtures
 from qtts_eval.metrics.latency import ChunkTiming, playback_underruns
 from qtts_eval.pipelines.base import CloneMode, Request, Sampling, UnsupportedRequest
-from qtts_eval.results import Record
+from qtts_eval.results import Record, RequestOutcome, delivered_outcome, error_outcome
 from qtts_eval.units import SAMPLE_RATE_HZ
 from qtts_eval.wire.client import RemoteSession, Timeouts, collect, open_channel
 from qtts_eval.wire.protocol import Encoding
@@ -31,10 +31,7 @@ from qtts_eval.wire.server import LOOPBACK_HOSTS
 from qtts_eval.wire.slo import Slo
 
 PERCENTILES = (50, 95, 99)
-# How a request ended, never collapsed into ok/error: eos (natural end of speech), length_limited (the frame
-# budget was hit without EOS: a budget of N yields N - 1 or N frames), cancelled (the complete message said
-# so), timed_out (the candidate went silent), malformed (it sent what the protocol does not allow), failed.
-OUTCOMES = ("eos", "length_limited", "cancelled", "failed", "timed_out", "malformed")
+OUTCOMES = tuple(outcome.value for outcome in RequestOutcome)  # the per-level counts, one column each
 # A request whose audio arrives within the last 10 % of its time after speak (first to last byte, over sent
 # to last byte) came in one burst at the end: a server that buffers the whole utterance, not a stream. A
 # streaming server spreads its frames over generation; only a first frame far slower than all the rest
@@ -184,12 +181,8 @@ class LoadRunner:
         def failed(exc: Exception) -> Sample:
             now = time.monotonic_ns()
             t0 = now if t0_ns is None else t0_ns
-            outcome = "failed"
-            if isinstance(exc, CandidateTimeout):
-                outcome = "timed_out"
-            elif isinstance(exc, ProtocolError) and "malformed" in str(exc):
-                outcome = "malformed"
-            return Sample(t0, now, None, None, now, 0, 0.0, 0, f"{type(exc).__name__}: {exc}", outcome)
+            error = f"{type(exc).__name__}: {exc}"
+            return Sample(t0, now, None, None, now, 0, 0.0, 0, error, error_outcome(exc).value)
 
         try:
             session = pool.acquire()
@@ -218,7 +211,9 @@ class LoadRunner:
                 [ChunkTiming((t - times[0]) / 1e9, n) for t, n in zip(times, counts, strict=True)]
             )[0],
             error=None,
-            outcome=_ended(utterance.cancelled, utterance.end.frames_generated, self.request.max_frames),
+            outcome=delivered_outcome(
+                utterance.cancelled, utterance.end.frames_generated, self.request.max_frames
+            ).value,
         )
 
     def closed_loop(self, sessions: int) -> LevelResult:
@@ -284,12 +279,6 @@ class LoadRunner:
             if on_level is not None:
                 on_level(result)
         return results
-
-
-def _ended(cancelled: bool, frames: int, budget: int) -> str:
-    if cancelled:
-        return "cancelled"
-    return "length_limited" if frames >= budget - 1 else "eos"
 
 
 def _run_threads(bodies: list[Callable[[], None]]) -> None:
@@ -458,6 +447,7 @@ def load_records(
                     text_chars=len(options.text),
                     frame_budget=options.frames,
                     status="ok" if ok else "error",
+                    outcome=sample.outcome,
                     error=sample.error,
                     audio_seconds=sample.audio_s if ok else None,
                     wall_s=wall_s,
@@ -465,7 +455,6 @@ def load_records(
                     first_byte_s=(sample.first_ns - sample.t0_ns) / 1e9 if ok and sample.first_ns else None,
                     underruns=sample.underruns if ok else None,
                     info={
-                        "outcome": sample.outcome,
                         "load_kind": result.kind,
                         "load_level": result.level,
                         "sched_lag_s": (sample.sent_ns - sample.t0_ns) / 1e9,

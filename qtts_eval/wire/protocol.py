@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from qtts_eval.errors import ProtocolError, RequestError
+from qtts_eval.errors import MalformedMessage, ProtocolError, RequestError
 from qtts_eval.fixtures import MAX_REFERENCE_S
 from qtts_eval.pipelines.base import Capability, CloneMode, ForcedInputs, Request, Sampling
 from qtts_eval.units import CODEBOOKS, FRAME_RATE_HZ, SAMPLE_RATE_HZ
@@ -110,9 +110,11 @@ def loads(text: str | bytes) -> dict[str, Any]:
     try:
         message = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed JSON control message: {exc}") from exc
+        raise MalformedMessage(f"malformed JSON control message: {exc}") from exc
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise ProtocolError(f"control message must be a JSON object with a string 'type', got {text[:80]!r}")
+        raise MalformedMessage(
+            f"control message must be a JSON object with a string 'type', got {text[:80]!r}"
+        )
     return message
 
 
@@ -421,11 +423,11 @@ def parse_header(header: bytes) -> tuple[int, int]:
     """(length, kind) of a stdio frame header; raises ProtocolError for an unknown kind or absurd length."""
     length, kind = HEADER.unpack(header)
     if kind not in (KIND_JSON, KIND_AUDIO):
-        raise ProtocolError(
+        raise MalformedMessage(
             f"malformed frame: unknown kind byte 0x{kind:02x} (expected 0x01 JSON or 0x02 audio)"
         )
     if length > MAX_FRAME_BYTES:
-        raise ProtocolError(
+        raise MalformedMessage(
             f"malformed frame: length {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"
         )
     return length, kind
@@ -443,7 +445,7 @@ def read_frame(stream: IO[bytes]) -> str | bytes | None:
     try:
         return payload.decode()
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"malformed frame: JSON frame is not UTF-8: {exc}") from exc
+        raise MalformedMessage(f"malformed frame: JSON frame is not UTF-8: {exc}") from exc
 
 
 def _read_exactly(stream: IO[bytes], size: int, allow_eof: bool) -> bytes | None:

@@ -44,6 +44,7 @@ MAX_DUMPS = 1000  # stage dumps one server writes at most: a parity sweep is ten
 MAX_DUMP_BYTES = 4 * 2**30  # one dump at most: full-size prefill taps of a long prompt are ~100s of MB
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _CANCEL = object()  # queued by a client's cancel: the utterance stops at the next event it would send
+UTTERANCE_DONE = object()  # queued by start_utterance when the pipeline's stream has ended
 
 
 class Host:
@@ -252,39 +253,13 @@ class Session:
         try:
             size = await asyncio.to_thread(write)
         except Exception as exc:
-            await self.send(protocol.error_message(*_classify(exc)))
+            await self.send(protocol.error_message(*classify_error(exc)))
             return
         await self.send({"type": "dumped", "path": str(speak.dump_path), "bytes": size})
 
     async def _speak(self, request: Request, encoding: protocol.Encoding, return_codes: bool) -> None:
-        loop = asyncio.get_running_loop()
         queue = self._events
-        halt = threading.Event()
-        finished = object()
-
-        def post(item: object) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: the server is shutting down
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def produce() -> None:
-            try:
-                with self.host.lock:
-                    events = self.host.pipeline.stream(request)
-                    try:
-                        for event in events:
-                            post(event)
-                            if halt.is_set():
-                                break
-                    finally:
-                        close = getattr(events, "close", None)
-                        if close is not None:
-                            close()
-            except BaseException as exc:  # handed to the event loop, which reports it to the client
-                post(exc)
-            else:
-                post(finished)
-
-        threading.Thread(target=produce, name="utterance", daemon=True).start()
+        halt = start_utterance(self.host.pipeline, self.host.lock, request, queue)
         sent = 0
         try:
             while True:
@@ -317,7 +292,7 @@ class Session:
                     await self.send(complete)
                     return
                 elif isinstance(item, BaseException):
-                    await self.send(protocol.error_message(*_classify(item)))
+                    await self.send(protocol.error_message(*classify_error(item)))
                     return
                 else:
                     await self.send(
@@ -331,6 +306,41 @@ class Session:
             halt.set()  # the generator stops at its next event however this ends (cancel, client gone)
 
 
+def start_utterance(
+    pipeline: Pipeline, lock: threading.Lock, request: Request, queue: asyncio.Queue[object]
+) -> threading.Event:
+    """Run ``pipeline.stream(request)`` in a thread holding ``lock`` (a pipeline is not re-entrant), putting
+    each event on ``queue`` as it comes, then the exception it raised or UTTERANCE_DONE; the event returned
+    stops it at its next event. Every served dialect runs its utterances through here."""
+    loop = asyncio.get_running_loop()
+    halt = threading.Event()
+
+    def post(item: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is shutting down
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def produce() -> None:
+        try:
+            with lock:
+                events = pipeline.stream(request)
+                try:
+                    for event in events:
+                        post(event)
+                        if halt.is_set():
+                            break
+                finally:
+                    close = getattr(events, "close", None)
+                    if close is not None:
+                        close()
+        except BaseException as exc:  # handed to the event loop, which reports it to the client
+            post(exc)
+        else:
+            post(UTTERANCE_DONE)
+
+    threading.Thread(target=produce, name="utterance", daemon=True).start()
+    return halt
+
+
 def _identity(name: str) -> dict[str, Any]:
     """The served implementation's name, version and commit: the suite's own, around the named pipeline."""
     commit, dirty = environment.git_commit()
@@ -341,7 +351,8 @@ def _identity(name: str) -> dict[str, Any]:
     }
 
 
-def _classify(exc: BaseException) -> tuple[ErrorCode, str]:
+def classify_error(exc: BaseException) -> tuple[ErrorCode, str]:
+    """The error code and message a server answers a pipeline's exception with (every dialect alike)."""
     if isinstance(exc, UnsupportedRequest):
         return ErrorCode.UNSUPPORTED, str(exc)
     if isinstance(exc, RequestError):
@@ -386,10 +397,19 @@ async def serve_websocket(
 
     Port 0 picks a free port; the URL passed to on_listening names it.
     """
-    from websockets.asyncio.server import serve
 
     async def handler(connection: Any) -> None:
         await Session(host, wrap(WebSocketTransport(connection))).run()
+
+    await serve_speak_path(handler, bind, port, on_listening)
+
+
+async def serve_speak_path(
+    handler: Callable[[Any], Any], bind: str, port: int, on_listening: Callable[[str], None]
+) -> None:
+    """Serve WebSocket connections at /api/v1/speak (any other path is a 404) with ``handler`` until
+    cancelled: the suite's protocol and the plain speak dialect share the endpoint and its bounds."""
+    from websockets.asyncio.server import serve
 
     def only_speak_path(connection: Any, request: Any) -> Any:
         if request.path != protocol.SPEAK_PATH:
