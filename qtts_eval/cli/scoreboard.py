@@ -63,7 +63,8 @@ def add_parser(commands: Any) -> None:
         "--budget-s",
         type=float,
         default=DEFAULT_BUDGET_S,
-        help=f"seconds per candidate in this invocation (default {DEFAULT_BUDGET_S:g}; --resume gives more)",
+        help=f"seconds per candidate in this invocation (default {DEFAULT_BUDGET_S:g}; a resumed run has "
+        "its own)",
     )
     parser.add_argument(
         "--part",
