@@ -456,7 +456,7 @@ def _bench(context: Context) -> dict[str, Any]:
         for metric in compare.RATIO_METRICS
     }  # fmt: skip
     return {
-        "run": f"{row.slug}/{Part.BENCH.value}/{BENCH_RUN}",
+        "run": f"{row.slug}/{Part.BENCH.value}/{BENCH_RUN}/",
         "report": f"{row.slug}/{Part.BENCH.value}/compare",  # .md and .html
         "pairs": int(overall["pairs"]),
         "codes_match": None if math.isnan(overall["codes_match"]) else float(overall["codes_match"]),
@@ -591,9 +591,7 @@ class Scoreboard:
             data = PART_RUNNERS[part](context)
         except OverBudget as exc:
             return ended(Status.SKIPPED, str(exc))
-        except (
-            Exception
-        ) as exc:  # a candidate that cannot install, load or finish gets its reason; others go on
+        except Exception as exc:  # a row that cannot install, load or finish gets its reason; others go on
             return ended(Status.FAILED, f"{type(exc).__name__}: {exc}")
         return ended(Status.DONE, data=data)
 
@@ -657,8 +655,8 @@ def load_causes(path: str | Path | None) -> dict[tuple[str, str, str], str]:
 
 @dataclass(frozen=True)
 class Cell:
-    """A table cell: its text and, where it has one, the report it links to (relative to OUT, no suffix for
-    reports written as both .md and .html)."""
+    """A table cell: its text and, where it has one, what it links to, relative to OUT: a file, a directory
+    (ending in "/": the bench run), or a report written as both .md and .html (no suffix)."""
 
     text: str
     link: str = ""
@@ -847,7 +845,10 @@ def tables(
                     Cell(_cause(causes, spec, part, parity_at(sweep))),
                 ]
             )
-        bench.append([Cell(spec), *_bench_cells(_part(row, Part.BENCH))])
+        result = _part(row, Part.BENCH)
+        done = result is not None and result["status"] == Status.DONE.value
+        run = result["data"]["run"] if result is not None and done else ""  # the bench's results run
+        bench.append([Cell(spec, run), *_bench_cells(result)])
     return {"verdicts": verdicts, "parity": parity, "bench": bench}
 
 
@@ -885,12 +886,14 @@ def part_times(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _md_cell(cell: Cell, suffix: str = ".md") -> str:
+def _target(link: str, suffix: str) -> str:
+    """Where a cell's link points in a page of the format with `suffix`."""
+    return link if link.endswith("/") or "." in Path(link).name else link + suffix
+
+
+def _md_cell(cell: Cell) -> str:
     text = cell.text.replace("|", "\\|").replace("\n", " ")
-    if not cell.link:
-        return text
-    target = cell.link if "." in Path(cell.link).name else cell.link + suffix
-    return f"[{text}]({target})"
+    return f"[{text}]({_target(cell.link, '.md')})" if cell.link else text
 
 
 def to_markdown(data: Mapping[str, Any], causes: Mapping[tuple[str, str, str], str] | None = None) -> str:
@@ -940,8 +943,7 @@ def to_html(data: Mapping[str, Any], causes: Mapping[tuple[str, str, str], str] 
             for cell in row:
                 text = esc(cell.text)
                 if cell.link:
-                    target = cell.link if "." in Path(cell.link).name else cell.link + ".html"
-                    text = f"<a href='{esc(target)}'>{text}</a>"
+                    text = f"<a href='{esc(_target(cell.link, '.html'))}'>{text}</a>"
                 cells.append(f"<td>{text}</td>")
             parts.append("<tr>" + "".join(cells) + "</tr>")
         parts.append("</table>")
