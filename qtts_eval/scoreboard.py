@@ -29,8 +29,9 @@ n} (the median and its bootstrap interval, qtts_eval.metrics.stats; low/high nul
 Report paths are relative to OUT; "sweep" and "compare" exist as .md and .html.
 
 Resume: a part whose file says `done` or `failed` is finished and kept; `skipped` parts (the budget ran out,
-or an earlier part failed) and parts with no file (killed mid-way) run again; install is checked again every
-time (it is cheap once installed). The bench part resumes its own run (qtts_eval.bench.Bench.resume).
+or an earlier part failed) and parts with no file (killed mid-way) run again, and so does a failed install
+whose environment has become ready (pip itself runs at most once per scoreboard). The bench part resumes
+its own run (qtts_eval.bench.Bench.resume).
 
 Budget: each row gets `budget_s` per invocation. No part starts once it is spent (the rest are `skipped` and
 said so), the bench starts no request after it, and the waits on a candidate process are bounded by what is
@@ -500,6 +501,13 @@ def read_part(path: Path) -> PartResult | None:
         ) from None
 
 
+def _installed_since(row: Row, result: PartResult) -> bool:
+    """A failed install whose environment is ready now (installed by hand since): it is scored again. A
+    failed install is otherwise kept, so pip runs at most once per scoreboard."""
+    failed_install = result.part == Part.INSTALL.value and result.status == Status.FAILED.value
+    return failed_install and row.kind is Kind.REGISTRY and not envs.missing(row.spec)
+
+
 class Scoreboard:
     """A scoreboard directory: create one, or resume one; `run` scores what is not finished."""
 
@@ -561,18 +569,17 @@ class Scoreboard:
             blocked = ""  # why the remaining parts of this row cannot run
             for part in wanted:
                 path = part_path(self.out, row, part)
-                previous = read_part(path)
-                if part is not Part.INSTALL and previous is not None and previous.finished:
-                    continue
-                result = self._score(row, part, deadline, blocked)
-                write_atomic(path, json.dumps(dataclasses.asdict(result), indent=2, default=str) + "\n")
-                log(
-                    f"{row.spec} {part.value}: {result.status}"
-                    + (f" ({result.reason})" if result.reason else "")
-                )
+                result = read_part(path)
+                if result is None or not result.finished or _installed_since(row, result):
+                    result = self._score(row, part, deadline, blocked)
+                    write_atomic(path, json.dumps(dataclasses.asdict(result), indent=2, default=str) + "\n")
+                    log(
+                        f"{row.spec} {part.value}: {result.status}"
+                        + (f" ({result.reason})" if result.reason else "")
+                    )
+                    self.write()
                 if part is Part.INSTALL and result.status != Status.DONE.value:
-                    blocked = f"not installed ({part.value} failed)"
-                self.write()
+                    blocked = f"not installed ({part.value} {result.status})"
         return self.write()
 
     def _score(self, row: Row, part: Part, deadline_ns: int, blocked: str) -> PartResult:
@@ -582,10 +589,10 @@ class Scoreboard:
             seconds = round((time.monotonic_ns() - started) / 1e9, 3)
             return PartResult(part.value, status.value, reason, seconds, _now(), data or {})
 
-        if blocked:
-            return ended(Status.SKIPPED, blocked)
         if time.monotonic_ns() >= deadline_ns:
             return ended(Status.SKIPPED, f"the row's budget of {self.budget_s:g} s was spent")
+        if blocked:
+            return ended(Status.SKIPPED, blocked)
         context = Context(row, self.settings, self.out / row.slug / part.value, deadline_ns)
         try:
             data = PART_RUNNERS[part](context)
