@@ -773,7 +773,7 @@ BENCH_COLUMNS = (
 
 
 def _bench_cells(result: Mapping[str, Any] | None) -> list[Cell]:
-    width = len(BENCH_COLUMNS) + 3
+    width = len(BENCH_HEADINGS) - 1  # every column but the candidate's
     if result is None:
         return [Cell("not scored")] + [Cell("")] * (width - 1)
     if result["status"] != Status.DONE.value:
