@@ -795,8 +795,11 @@ def _bench_cells(result: Mapping[str, Any] | None) -> list[Cell]:
                 "kinds differ" if side == "peak_mem_bytes" and stat["n"] == 0 else _stat_text(stat, digits=2)
             )
             text += f"; x {shown}"
-        else:
-            text += f"; port {_stat_text(data['candidate'][side], digits=0)}"
+        else:  # no paired ratio (it would be RTF's): each side's median with its interval
+            text = " vs ".join(
+                _stat_text(data[who][side], digits=digits) for who in ("candidate", "reference")
+            )
+            text += unit
         cells.append(Cell(text))
     errors = f"{data['errors']} / {data['errors_base']}" + (
         f" ({data['first_error']})" if data["first_error"] else ""
