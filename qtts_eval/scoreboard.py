@@ -312,14 +312,22 @@ class Context:
         return {**waits, **self.settings.options}
 
 
+def missing(name: str) -> list[str]:
+    """What stands between candidate `name` and a run, once its environment's suite link points at this
+    checkout (as every run of a candidate re-points it: the cache may be shared by several checkouts)."""
+    if envs.env_python(name).exists():
+        envs.link_suite(name)
+    return envs.missing(name)
+
+
 def _install(context: Context) -> dict[str, Any]:
     row = context.row
     if row.kind is Kind.SERVED:
         return {"environment": "the suite's own (served by `qtts-eval worker`)", "versions": {}}
-    problems = envs.missing(row.spec)
+    problems = missing(row.spec)
     if problems and context.settings.install:
         envs.install(row.spec, extra_pip_args=context.settings.pip_args, log=lambda _line: None)
-        problems = envs.missing(row.spec)
+        problems = missing(row.spec)
     if problems:
         raise ResultsError("; ".join(problems))
     manifest = installed()[row.spec]
@@ -505,7 +513,7 @@ def _installed_since(row: Row, result: PartResult) -> bool:
     """A failed install whose environment is ready now (installed by hand since): it is scored again. A
     failed install is otherwise kept, so pip runs at most once per scoreboard."""
     failed_install = result.part == Part.INSTALL.value and result.status == Status.FAILED.value
-    return failed_install and row.kind is Kind.REGISTRY and not envs.missing(row.spec)
+    return failed_install and row.kind is Kind.REGISTRY and not missing(row.spec)
 
 
 class Scoreboard:
