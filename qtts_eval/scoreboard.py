@@ -731,7 +731,7 @@ def _parity_cell(result: Mapping[str, Any] | None) -> Cell:
     verdicts = ", ".join(
         f"{v.upper()} {n}/{len(sweep['rows'])}" for v, n in sweep["aggregate"]["verdicts"].items()
     )
-    at = parity_at(sweep)
+    at = [where for where in parity_at(sweep) if where != "error"]  # an error row says why in its note
     return Cell(verdicts + (f" at {', '.join(at)}" if at else ""), result["data"]["report"])
 
 
