@@ -24,6 +24,7 @@
 RESULTS_ROOT = "../results"  # your results directory (relative to notebooks/); only read
 SWEEP_DIR = ""  # a sweep's --out (or a folder of parity --out directories) under RESULTS_ROOT; "" = the demo
 SHOW = ""  # the report to open, as listed in the table's `report` column ("" = the first that fails)
+SCOREBOARD_DIR = ""  # a `qtts-eval scoreboard --out` directory under RESULTS_ROOT; "" = the demo (scratch)
 
 # %%
 from qtts_eval import report
@@ -40,3 +41,14 @@ result = report.load_parity(report.sweep_report(sweep, table, SHOW))
 print(f"{result.candidate}: {'PASS' if result.passed else 'FAIL'} under profile {result.profile.name}")
 stages = report.parity_table(result)
 stages[stages["status"] != "skip"]
+
+# %% [markdown]
+# ## The scoreboard: every candidate's verdicts side by side
+#
+# `qtts-eval scoreboard` runs conformance, a parity sweep per mode and a same-work bench for every installable
+# candidate; its verdict table (the parity and bench tables: `scoreboard_table(board, "parity")`, `"bench"`).
+# The demo scores one planted fault's x-vector parity on the tiny checkpoint.
+
+# %%
+board = report.find_scoreboard(RESULTS_ROOT, SCOREBOARD_DIR)
+report.scoreboard_table(board)

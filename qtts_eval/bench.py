@@ -268,13 +268,17 @@ class Bench:
         done = self.store.open_for_resume()
         return [cell for cell in self.cells if cell.key not in done]
 
-    def run(self, progress: bool = True) -> pd.DataFrame:
+    def run(self, progress: bool = True, deadline_ns: int | None = None) -> pd.DataFrame:
+        """Measure every cell not yet recorded; with `deadline_ns` (time.monotonic_ns), none is started after
+        it: the rest stay in `todo()` for a resumed run."""
         todo = self.todo()
         # Fingerprinted now, not taken from the run header: a resumed run may continue on another machine
         # or commit, and each record must say where it was measured (gates refuse mixed segments).
         machine = environment.fingerprint()
         with self.measuring({cell.pipeline for cell in todo}) as measure_cell:
             for cell in tqdm(todo, desc=f"bench {self.run_id}", disable=not progress, file=sys.stderr):
+                if deadline_ns is not None and time.monotonic_ns() >= deadline_ns:
+                    break
                 self.store.append(measure_cell(cell, machine))
         return self.finish()
 

@@ -27,6 +27,7 @@ from qtts_eval.bench import Bench, BenchConfig
 from qtts_eval.errors import ResultsError
 from qtts_eval.history import History
 from qtts_eval.results import RUN_FILE, SUMMARY_FILE
+from qtts_eval.scoreboard import SETTINGS_FILE, Part, Scoreboard, Settings, load_causes, tables
 from qtts_eval.units import SAMPLE_RATE_HZ
 
 if TYPE_CHECKING:
@@ -78,6 +79,15 @@ DEMO_RUNS = {"notebook-tiny": NOTEBOOK_RUN, "compare-demo": DEMO_COMPARE_RUN}
 # The demo parity sweep: the reference against itself (passes) and a planted fault (fails at the talker; the
 # parity notebook's demo too), each a `qtts-eval parity --out` directory named by its slug.
 DEMO_PARITY_CANDIDATES = ("reference", "fault:talker-weight")
+# The demo scoreboard: one planted fault as the only row, its x-vector parity on tiny (2 frames).
+DEMO_SCOREBOARD = Settings(
+    candidates=("fault:talker-weight",),
+    model="tiny",
+    fixtures=("en_short",),
+    parity_frames=2,
+    parts=(Part.PARITY_XVECTOR.value,),
+)
+SCOREBOARD_FILE = "scoreboard.json"  # what marks a `qtts-eval scoreboard --out` directory
 SCRATCH_ENV = "QTTS_EVAL_SCRATCH"  # where the notebooks' demo data goes (default: under the temp directory)
 REPORT_FILE = "report.json"  # what marks a `qtts-eval parity --out` directory
 MS_PER_S = 1000.0
@@ -332,6 +342,33 @@ def parity_table(result: ParityResult) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def find_scoreboard(results_root: str | Path, scoreboard_dir: str) -> Path:
+    """The `qtts-eval scoreboard --out` directory ``results_root/scoreboard_dir``; "" is the demo
+    (DEMO_SCOREBOARD, scored on first use in the scratch directory)."""
+    if not scoreboard_dir:
+        out = scratch_root() / "scoreboard-demo"
+        if not (out / SCOREBOARD_FILE).exists():
+            exists = (out / SETTINGS_FILE).exists()  # a demo cut short is finished, not started again
+            board = Scoreboard.resume(out) if exists else Scoreboard.create(out, DEMO_SCOREBOARD)
+            board.run(log=lambda _line: None)
+        return out
+    root = Path(results_root)
+    if not (root / scoreboard_dir / SCOREBOARD_FILE).exists():
+        how = f"Make one with `qtts-eval scoreboard --out {root / scoreboard_dir}`."
+        raise _not_found(root, scoreboard_dir, SCOREBOARD_FILE, "scoreboard", how)
+    return root / scoreboard_dir
+
+
+def scoreboard_table(scoreboard_dir: str | Path, table: str = "verdicts") -> pd.DataFrame:
+    """One of a scoreboard's tables (qtts_eval.scoreboard.tables: "verdicts", "parity" or "bench") as a
+    frame, from its scoreboard.json and the causes file it names."""
+    from qtts_eval.scoreboard import HEADINGS
+
+    data = json.loads((Path(scoreboard_dir) / SCOREBOARD_FILE).read_text(encoding="utf-8"))
+    rows = tables(data, load_causes(data["settings"]["causes"]))[table]
+    return pd.DataFrame([[cell.text for cell in row] for row in rows], columns=list(HEADINGS[table]))
 
 
 def comparison_table(frame: pd.DataFrame, candidate: str = "", reference: str = "reference") -> pd.DataFrame:

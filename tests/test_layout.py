@@ -19,7 +19,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"wire", "dialects"}),
     frozenset({"bench", "cluster"}),
     frozenset({"parity", "candidates", "caches"}),
-    frozenset({"gates", "history", "pytest_plugin", "report", "compare"}),
+    frozenset({"gates", "history", "pytest_plugin", "report", "compare", "scoreboard"}),
     frozenset({"cli", "__main__"}),
 )
 LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}

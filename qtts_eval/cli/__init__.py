@@ -26,6 +26,7 @@ SUBCOMMANDS = (
     "lab",
     "load",
     "parity",
+    "scoreboard",
     "serve",
     "speakers",
     "worker",

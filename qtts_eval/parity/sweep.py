@@ -24,6 +24,19 @@ TALKER_CODEBOOK = 0  # codebook 0 is chosen by the talker, 1-15 by the code pred
 
 
 @dataclass(frozen=True)
+class GroupFailure:
+    """The first failing stage of one failing stage group in one run of a request."""
+
+    run: str  # "free" or "forced" (the comparison's mode)
+    group: str  # pipeline stage group, e.g. "talker"
+    stage: str  # dump key of its first failing stage
+    onset: str  # where a time series first leaves the tolerance, in words ("" when not a time series)
+
+    def describe(self) -> str:
+        return f"{self.run} {self.group} at {self.stage}" + (f" (from {self.onset})" if self.onset else "")
+
+
+@dataclass(frozen=True)
 class SweepRow:
     """One request of a sweep."""
 
@@ -40,6 +53,7 @@ class SweepRow:
     first_divergence: str | None  # free run: "frame F codebook C" of the first differing generated code
     divergence_kinds: tuple[str, ...]  # FlipKind of each free-run code divergence (clip, generated)
     note: str  # the report's verdict line, or the error
+    group_failures: tuple[GroupFailure, ...] = ()  # every failing group of each run, free run first
 
     @property
     def same_codes(self) -> bool:
@@ -74,6 +88,11 @@ class SweepRow:
             else f"frame {generated.frame} codebook {generated.codebook}",
             divergence_kinds=tuple(d.kind.value for d in result.free.divergences),
             note=result.verdict_line(),
+            group_failures=tuple(
+                GroupFailure(c.mode, stage.group, stage.key, stage.onset)
+                for c in result.comparisons
+                for stage in c.group_failures
+            ),
         )
 
     @classmethod
