@@ -27,7 +27,7 @@ import pandas as pd
 
 from qtts_eval.errors import ResultsError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
 PARQUET_FILE = "records.parquet"
@@ -52,9 +52,27 @@ def _v2_to_v3(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+V4_COLUMNS = (  # the columns version 4 added, empty in older records
+    "roofline_weight_bytes_per_frame",
+    "roofline_bandwidth_bytes_per_s",
+    "roofline_floor_frame_s",
+)
+
+
+def _v3_to_v4(obj: dict[str, Any]) -> dict[str, Any]:
+    # Version 4: the roofline columns (roofline_*). Version-3 records measured no bandwidth.
+    if "request_key" in obj:
+        obj = {**dict.fromkeys(V4_COLUMNS), **obj}
+    return obj
+
+
 # Older schema versions are upgraded one step at a time: _MIGRATIONS[n] turns a version-n record (or run
 # header) into version n+1.
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+}
 
 
 @dataclass(frozen=True)
@@ -150,6 +168,11 @@ class Record:
     first_divergent_frame: int | None = None  # first frame that differs from the reference (None: none)
     stop_vs_reference: str | None = None  # "same", "earlier" or "later": frame count vs the reference's
     audio_mel_l1_reference: float | None = None  # log-mel L1 to the reference's audio, common length
+    # Roofline (qtts_eval.metrics.roofline; docs/benchmarks.md): the weights one frame reads over the device's
+    # measured bandwidth; None where the precision has no known element size (metric_error says why).
+    roofline_weight_bytes_per_frame: float | None = None  # talker step + code-predictor passes, bytes
+    roofline_bandwidth_bytes_per_s: float | None = None  # device copy bandwidth, bytes read + written per s
+    roofline_floor_frame_s: float | None = None  # bytes per frame / bandwidth: no frame can take less
     info: dict[str, Any] = field(default_factory=dict)  # pipeline-reported facts (StreamEnd.info)
     # Column (env.<key>, info.<key> inside those) -> why its value is null: a metric that could not be
     # computed, a non-finite value (JSON has none), a declaration the harness's observation contradicts.
