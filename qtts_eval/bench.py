@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from qtts_eval import environment, pipelines
+from qtts_eval import checkpoints, environment, pipelines
 from qtts_eval.budget import frame_budget, length_class
 from qtts_eval.errors import BenchError
 from qtts_eval.fixtures import FixtureSet, TextFixture, Voice, load_fixtures
@@ -31,6 +31,7 @@ from qtts_eval.measure import Measurement, measure
 from qtts_eval.metrics.asr import Recognizer, load_recognizer
 from qtts_eval.metrics.latency import latency_columns
 from qtts_eval.metrics.quality import METRIC_ERROR, quality_columns
+from qtts_eval.metrics.roofline import Roofline, roofline
 from qtts_eval.metrics.same_work import codes_digest, same_work_columns
 from qtts_eval.metrics.speaker import Embedder, load_embedder
 from qtts_eval.pipelines import options as pipeline_options
@@ -48,7 +49,14 @@ from qtts_eval.pipelines.base import (
     WorkDeclaration,
 )
 from qtts_eval.results import Record, RunStore
-from qtts_eval.summary import intelligibility_table, latency_table, memory_drift, steady_state, summarise
+from qtts_eval.summary import (
+    intelligibility_table,
+    latency_table,
+    memory_drift,
+    roofline_table,
+    steady_state,
+    summarise,
+)
 from qtts_eval.units import SAMPLE_RATE_HZ
 from qtts_eval.wire.pipelines import stderr_log_option
 
@@ -216,6 +224,9 @@ class Bench:
         self._embedder: Embedder | None = None
         self._recognizer: Recognizer | None = None
         self._warmed: set[tuple[str, str, str, str]] = set()
+        # The run's checkpoint shapes and device bandwidth, or why they are missing; taken after the first
+        # request that declares a precision (a run of calibration pipelines never resolves its model).
+        self._roofline: Roofline | str | None = None
         self._reference_synthetic = False  # the run's reference's weights are random (set when it loads)
         # The reference's last request (Cell.work, codes, audio): the cell's other pipelines run right after
         # it (build_matrix), so one is all the same-work columns need.
@@ -308,6 +319,7 @@ class Bench:
                 "memory_drift": memory_drift(frame).to_dict(orient="records"),
                 "steady_state": steady_state(frame).to_dict(orient="records"),
                 "intelligibility": intelligibility_table(frame).to_dict(orient="records"),
+                "roofline": roofline_table(frame).to_dict(orient="records"),
                 "warmup": self.store.warmups(),
             }
         )
@@ -336,6 +348,23 @@ class Bench:
         pipeline.load()
         self.store.append_warmup({"pipeline": name, "load_s": (time.monotonic_ns() - started) / 1e9})
         return pipeline
+
+    def _measure_roofline(self) -> Roofline | str:
+        """The floor's inputs: the shapes of the checkpoint the run's model ref names (already resolved by
+        the pipelines that load it) and the bandwidth of the run's device; or why they are missing."""
+        try:
+            return roofline(checkpoints.resolve(self.config.model).path, self.config.device)
+        except Exception as exc:  # a missing floor must not end the run; every record says why it is empty
+            return f"{type(exc).__name__}: {exc}"
+
+    def _roofline_columns(self, precision: str | None) -> tuple[dict[str, Any], dict[str, str]]:
+        if precision is None:
+            return {}, {"roofline_weight_bytes_per_frame": "the pipeline declared no talker precision"}
+        if self._roofline is None:
+            self._roofline = self._measure_roofline()
+        if isinstance(self._roofline, str):
+            return {}, {"roofline_weight_bytes_per_frame": self._roofline}
+        return self._roofline.columns(precision)
 
     def _warm(self, pipeline: Pipeline, cell: Cell) -> None:
         """Before a cell's first measurement: unrecorded requests of its warm-up class, on the cell's own text
@@ -469,10 +498,12 @@ class Bench:
             same_work = same_work_columns(reference_codes, result.end.codes, reference_audio, result.audio)
         observed, contradicted = observed_work(base, result, frames)
         quality = self._quality(request, result.audio, synthetic)
+        floor, no_floor = self._roofline_columns(base.work_talker_precision)
         return dataclasses.replace(
             base,
             **observed,
-            metric_error={**base.metric_error, **contradicted, **quality.pop(METRIC_ERROR, {})},
+            metric_error={**base.metric_error, **contradicted, **no_floor, **quality.pop(METRIC_ERROR, {})},
+            **floor,
             frames_generated=frames,
             codes_digest=codes_digest(result.end.codes),
             **same_work,
