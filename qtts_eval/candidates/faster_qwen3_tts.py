@@ -1,6 +1,6 @@
 """Adapter for faster-qwen3-tts (CUDA graphs around the official modules), run by the worker shim on a GPU.
 
-Prepared for the GPU script (.ci/gpu/ports.sh); it has not run yet (docs/benchmarks.md). The port needs
+Prepared for the GPU campaign (.ci/gpu/campaign.sh); it has not run yet (docs/benchmarks.md). The port needs
 transformers 5 and `qwen-tts-hf`, a transformers-5 build of qwen_tts under the same import name, so it
 cannot share the reference's environment. Its streaming generator takes the reference clip as a file path,
 so the request's clip is written to a scratch WAV once per request; `append_silence` is off because the
