@@ -31,7 +31,9 @@ from qtts_eval.metrics.stats import Percentile, format_percentile, percentile_ci
 from qtts_eval.summary import ms_per_frame
 
 PAIR_KEYS = ("fixture_id", "voice_id", "mode", "repeat")  # what a request asked for, whoever answered it
-RATIO_METRICS = ("first_playable_s", "first_byte_s", "rtf", "peak_mem_bytes")  # headline first
+# Headline first. peak_mem_bytes divides only pairs of one kind; nvml_mem_bytes is one kind on both sides
+# (NVML, every process of each pipeline): VRAM like for like on CUDA.
+RATIO_METRICS = ("first_playable_s", "first_byte_s", "rtf", "peak_mem_bytes", "nvml_mem_bytes")
 ALL = "(all)"  # the row over every pair
 
 

@@ -56,11 +56,16 @@ V4_COLUMNS = (  # the columns version 4 added, empty in older records
     "roofline_weight_bytes_per_frame",
     "roofline_bandwidth_bytes_per_s",
     "roofline_floor_frame_s",
+    "nvml_mem_bytes",
+    "energy_j_per_audio_s",
+    "power_mean_w",
+    "power_idle_w",
+    "power_samples",
 )
 
 
 def _v3_to_v4(obj: dict[str, Any]) -> dict[str, Any]:
-    # Version 4: the roofline columns (roofline_*). Version-3 records measured no bandwidth.
+    # Version 4: the roofline columns (roofline_*), NVML memory and energy. Version-3 records have none.
     if "request_key" in obj:
         obj = {**dict.fromkeys(V4_COLUMNS), **obj}
     return obj
@@ -173,6 +178,12 @@ class Record:
     roofline_weight_bytes_per_frame: float | None = None  # talker step + code-predictor passes, bytes
     roofline_bandwidth_bytes_per_s: float | None = None  # device copy bandwidth, bytes read + written per s
     roofline_floor_frame_s: float | None = None  # bytes per frame / bandwidth: no frame can take less
+    # NVML (qtts_eval.metrics.nvml, .power; docs/metrics.md), CUDA only; metric_error says why where empty.
+    nvml_mem_bytes: int | None = None  # GPU memory of every process of the pipeline at completion (NVML)
+    energy_j_per_audio_s: float | None = None  # board energy above idle during the request / audio seconds
+    power_mean_w: float | None = None  # mean board power over the request's samples
+    power_idle_w: float | None = None  # the run's idle board power, subtracted
+    power_samples: int | None = None  # power readings behind the energy (one per 50 ms, and one at each end)
     info: dict[str, Any] = field(default_factory=dict)  # pipeline-reported facts (StreamEnd.info)
     # Column (env.<key>, info.<key> inside those) -> why its value is null: a metric that could not be
     # computed, a non-finite value (JSON has none), a declaration the harness's observation contradicts.

@@ -86,6 +86,17 @@ def summarise(frame: pd.DataFrame, by: Sequence[str] = ("pipeline", "fixture_id"
         budget_hits=("budget_hit", "sum"),
         peak_mem_mb=("peak_mem_bytes", _median_mib),
     )
+    # CUDA only (NVML): absent from older runs' frames, empty on CPU.
+    extra = {
+        name: (column, _median_mib if column.endswith("_bytes") else "median")
+        for name, column in (
+            ("nvml_mem_mb", "nvml_mem_bytes"),
+            ("energy_j_per_audio_s", "energy_j_per_audio_s"),
+        )
+        if column in ok and ok[column].notna().any()
+    }
+    if extra:
+        medians = medians.join(ok.groupby(keys).agg(**extra))
     table = counts.join(medians).reset_index()
     table["errors"] = table["errors"].fillna(0).astype(int)
     return table

@@ -119,6 +119,9 @@ def measure_bandwidth(device: str) -> float:
             torch.cuda.synchronize(device)
         if attempt:  # the first copy pays page faults and allocator set-up
             best = min(best, time.perf_counter() - started)
+    del source, target
+    if cuda:  # hand the blocks back: NVML would count them as the process's memory (nvml_mem_bytes)
+        torch.cuda.empty_cache()
     return 2 * COPY_BYTES / best
 
 
