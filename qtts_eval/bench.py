@@ -36,7 +36,7 @@ from qtts_eval.metrics.nvml import board_power_reader, process_gpu_memory_bytes
 from qtts_eval.metrics.power import energy_columns, idle_power_w
 from qtts_eval.metrics.power import sampling as power_sampling
 from qtts_eval.metrics.quality import METRIC_ERROR, quality_columns
-from qtts_eval.metrics.roofline import Roofline, roofline
+from qtts_eval.metrics.roofline import Roofline, measure_bandwidth, roofline
 from qtts_eval.metrics.same_work import codes_digest, same_work_columns
 from qtts_eval.metrics.speaker import Embedder, load_embedder
 from qtts_eval.pipelines import options as pipeline_options
@@ -359,9 +359,18 @@ class Bench:
         return pipeline
 
     def _measure_roofline(self) -> Roofline | str:
-        """The floor's inputs: the shapes of the checkpoint the run's model ref names (already resolved by
-        the pipelines that load it) and the bandwidth of the run's device; or why they are missing."""
+        """The floor's inputs: the shapes in the header of the checkpoint the run's model ref names (the one
+        the pipelines loaded) and the bandwidth of the run's device; or why they are missing. A preset no
+        pipeline built here (a remote candidate's run) gets its builder's shapes rather than a build."""
         try:
+            preset = checkpoints.unbuilt_preset(self.config.model)
+            if preset is not None:
+                config = checkpoints.model_config(checkpoints.PRESETS[preset])
+                return Roofline(
+                    checkpoints.preset_weight_shapes(preset),
+                    int(config["talker_config"]["num_code_groups"]),
+                    measure_bandwidth(self.config.device),
+                )
             return roofline(checkpoints.resolve(self.config.model).path, self.config.device)
         except Exception as exc:  # a missing floor must not end the run; every record says why it is empty
             return f"{type(exc).__name__}: {exc}"
