@@ -10,8 +10,9 @@
 # No resemblyzer, webrtcvad or pocketsphinx: the campaign runs --speaker-embedder none --asr none.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+exclude=$(git rev-parse --git-path info/exclude)
 for dir in .whl .whl-ports; do
-  grep -qx "/$dir/" .git/info/exclude 2>/dev/null || echo "/$dir/" >> "$(git rev-parse --git-path info/exclude)"
+  grep -qx "/$dir/" "$exclude" 2>/dev/null || echo "/$dir/" >> "$exclude"
   rm -rf "$dir" && mkdir "$dir"
 done
 platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
