@@ -223,7 +223,9 @@ def _work_differences(pairs: pd.DataFrame) -> list[WorkDifference]:
 
 def _frame_time(ok: pd.DataFrame, suffix: str) -> tuple[float, float]:
     """One side's median ms per frame over the ok pairs, and the median of its ratio to that side's roofline
-    floor (NaN where the records have no floor)."""
+    floor (NaN where the records have no wall time or no floor)."""
+    if f"wall_s{suffix}" not in ok:
+        return float("nan"), float("nan")
     ms = ms_per_frame(
         pd.DataFrame({"wall_s": ok[f"wall_s{suffix}"], "frames_generated": ok[f"frames_generated{suffix}"]})
     )
