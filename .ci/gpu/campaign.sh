@@ -71,9 +71,11 @@ fi
 qtts checkpoint "$model" >>"$log" 2>&1 || { say "FAILED: building $model"; exit 1; }
 say "checkpoint $model ready"
 bench() {  # RUN_ID FLAGS...: one bench run, stopped when the campaign's time is up
-  local run=$1; shift
-  say "$run: starting with $(left) s left"
-  timeout "$(left)" $python -m qtts_eval bench --model "$model" --results "$results" --run-id "$run" "$@" \
+  local run=$1 time; shift
+  time=$(left)
+  if [ "$time" -lt 30 ]; then say "$run: skipped, $time s left"; return; fi
+  say "$run: starting with $time s left"
+  timeout "$time" $python -m qtts_eval bench --model "$model" --results "$results" --run-id "$run" "$@" \
     >>"$log" 2>&1
   local rc=$? records=$results/$run/records.jsonl
   say "$run: exit $rc, $( [ -f "$records" ] && wc -l < "$records" || echo 0) records"
