@@ -13,7 +13,8 @@ if [ ! -x "$venv/bin/python" ]; then
   # PyPI's torch 2.11 wheels are CUDA builds; they run on the CPU as they are.
   "$venv/bin/pip" install -q torch==2.11.0 torchaudio==2.11.0 transformers==5.17.0 huggingface_hub==1.33.0 \
     tokenizers==0.23.2 accelerate==1.15.0 safetensors==0.8.0 numpy==2.5.2 onnxruntime==1.30.0 nvidia-ml-py \
-    einops numba scipy scikit-learn joblib lazy-loader msgpack pandas pyarrow tqdm httpx pytest setuptools
+    einops numba scipy scikit-learn joblib lazy-loader msgpack pandas pyarrow tqdm httpx pytest setuptools \
+    requests pyyaml regex filelock fsspec packaging typing-extensions hf-xet psutil matplotlib pillow
 fi
 [ -d .whl ] && [ -d .whl-ports ] || bash .ci/gpu/fetch-wheels.sh
 CAMPAIGN_DEVICE=cpu CAMPAIGN_MODEL=tiny CAMPAIGN_PYTHON="$venv/bin/python" OUT=${OUT:-/tmp/campaign-rehearsal} \
