@@ -62,7 +62,8 @@ port_flags=(--mode xvector --non-streaming-mode xvector)  # one prompt layout, a
 if qtts candidates install faster-qwen3-tts --pip-arg=--no-index --pip-arg=--no-deps \
     --pip-arg=--find-links=$PWD/.whl-ports --pip-arg=--find-links=$PWD/.whl \
     --pip-arg=--requirement=$PWD/.whl-ports/requirements.txt >>"$log" 2>&1; then
-  preflight --pipeline faster-qwen3-tts --model tiny "${port_flags[@]}" "${common[@]}" || port=no
+  preflight --pipeline reference --pipeline faster-qwen3-tts --model tiny "${port_flags[@]}" "${common[@]}" \
+    || port=no
 else
   say "faster-qwen3-tts: its environment did not install (pip's reason is above); its run is skipped"
   port=no
