@@ -51,3 +51,16 @@ def test_a_misspelled_pipeline_is_named_before_anything_loads() -> None:
 def test_the_reference_passes_on_cpu_with_the_campaigns_flags() -> None:
     line = preflight(["--pipeline", "reference", "--codec-dtype", "float32", "--mode", "xvector", *CPU_FLAGS])
     assert line.startswith("preflight ok: reference on cpu (cpu), 1 requests of 2 frames"), line
+
+
+def test_a_dead_workers_reason_is_the_last_line_of_its_stderr() -> None:
+    from qtts_eval.cli.preflight import _first_line
+    from qtts_eval.errors import ProtocolError
+
+    died = ProtocolError(
+        "worker died with exit code 1; its stderr: /tmp/x/port.stderr.log (last lines: Traceback (most "
+        'recent call last): |   File "model.py", line 188 | ValueError: CUDA graphs require CUDA device)'
+    )
+    assert _first_line(died) == (
+        "ProtocolError: worker died with exit code 1: ValueError: CUDA graphs require CUDA device"
+    )

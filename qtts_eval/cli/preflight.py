@@ -35,7 +35,11 @@ class PreflightFailed(Exception):
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:REASON_CHARS]
+    line = text[0] if text else ""
+    head, tail_marker, tail = line.partition("(last lines: ")
+    if tail_marker:  # a worker that died: the last line of its stderr is the reason, its log path is not
+        line = f"{head.split(';')[0]}: {tail.rstrip(')').split(' | ')[-1].strip()}"
+    return f"{type(exc).__name__}: {line}"[:REASON_CHARS]
 
 
 def require_import(module: str, why: str) -> Any:
