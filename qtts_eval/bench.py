@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +25,18 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from qtts_eval import environment, pipelines
+from qtts_eval import checkpoints, environment, pipelines
 from qtts_eval.budget import frame_budget, length_class
-from qtts_eval.errors import BenchError
+from qtts_eval.errors import BenchError, MetricError
 from qtts_eval.fixtures import FixtureSet, TextFixture, Voice, load_fixtures
 from qtts_eval.measure import Measurement, measure
 from qtts_eval.metrics.asr import Recognizer, load_recognizer
 from qtts_eval.metrics.latency import latency_columns
+from qtts_eval.metrics.nvml import board_power_reader, process_gpu_memory_bytes
+from qtts_eval.metrics.power import energy_columns, idle_power_w
+from qtts_eval.metrics.power import sampling as power_sampling
 from qtts_eval.metrics.quality import METRIC_ERROR, quality_columns
+from qtts_eval.metrics.roofline import Roofline, measure_bandwidth, roofline
 from qtts_eval.metrics.same_work import codes_digest, same_work_columns
 from qtts_eval.metrics.speaker import Embedder, load_embedder
 from qtts_eval.pipelines import options as pipeline_options
@@ -55,7 +61,14 @@ from qtts_eval.results import (
     delivered_outcome,
     error_outcome,
 )
-from qtts_eval.summary import intelligibility_table, latency_table, memory_drift, steady_state, summarise
+from qtts_eval.summary import (
+    intelligibility_table,
+    latency_table,
+    memory_drift,
+    roofline_table,
+    steady_state,
+    summarise,
+)
 from qtts_eval.units import SAMPLE_RATE_HZ
 from qtts_eval.wire.pipelines import stderr_log_option
 
@@ -223,6 +236,11 @@ class Bench:
         self._embedder: Embedder | None = None
         self._recognizer: Recognizer | None = None
         self._warmed: set[tuple[str, str, str, str]] = set()
+        # The run's checkpoint shapes and device bandwidth, or why they are missing; taken after the first
+        # request that declares a precision (a run of calibration pipelines never resolves its model).
+        self._roofline: Roofline | str | None = None
+        # Board power: its reader and the run's idle watts (taken once the pipelines load), or why none.
+        self._power: tuple[Callable[[], float], float] | str = "not measured: no pipeline loaded"
         self._reference_synthetic = False  # the run's reference's weights are random (set when it loads)
         # The reference's last request (Cell.work, codes, audio): the cell's other pipelines run right after
         # it (build_matrix), so one is all the same-work columns need.
@@ -302,6 +320,8 @@ class Bench:
                 loaded[name] = self._load(name)
             if REFERENCE in loaded:
                 self._reference_synthetic = bool(loaded[REFERENCE].describe().get("synthetic", False))
+            if loaded:
+                self._power = self._idle_power()
             yield measure_cell
         finally:
             for pipeline in loaded.values():
@@ -319,6 +339,7 @@ class Bench:
                 "memory_drift": memory_drift(frame).to_dict(orient="records"),
                 "steady_state": steady_state(frame).to_dict(orient="records"),
                 "intelligibility": intelligibility_table(frame).to_dict(orient="records"),
+                "roofline": roofline_table(frame).to_dict(orient="records"),
                 "warmup": self.store.warmups(),
             }
         )
@@ -347,6 +368,59 @@ class Bench:
         pipeline.load()
         self.store.append_warmup({"pipeline": name, "load_s": (time.monotonic_ns() - started) / 1e9})
         return pipeline
+
+    def _measure_roofline(self) -> Roofline | str:
+        """The floor's inputs: the shapes in the header of the checkpoint the run's model ref names (the one
+        the pipelines loaded) and the bandwidth of the run's device; or why they are missing. A preset no
+        pipeline built here (a remote candidate's run) gets its builder's shapes rather than a build."""
+        try:
+            preset = checkpoints.unbuilt_preset(self.config.model)
+            if preset is not None:
+                config = checkpoints.model_config(checkpoints.PRESETS[preset])
+                return Roofline(
+                    checkpoints.preset_weight_shapes(preset),
+                    int(config["talker_config"]["num_code_groups"]),
+                    measure_bandwidth(self.config.device),
+                )
+            return roofline(checkpoints.resolve(self.config.model).path, self.config.device)
+        except Exception as exc:  # a missing floor must not end the run; every record says why it is empty
+            return f"{type(exc).__name__}: {exc}"
+
+    def _idle_power(self) -> tuple[Callable[[], float], float] | str:
+        """The board power reader of the run's GPU and its idle watts, read now (models loaded, nothing
+        running), or why energy cannot be measured."""
+        device = self.config.device
+        if not device.startswith("cuda"):
+            return f"no board power on {device}: energy is measured through NVML on CUDA devices"
+        read = board_power_reader(int(device.partition(":")[2] or 0))
+        if read is None:
+            return "NVML cannot read this GPU's board power (nvidia-ml-py missing, or the card reports none)"
+        return read, idle_power_w(read)
+
+    def _sampling(self) -> contextlib.AbstractContextManager[list[tuple[float, float]]]:
+        """Board power samples of the request run inside it (none without a reader)."""
+        if isinstance(self._power, str):
+            return nullcontext([])
+        return power_sampling(self._power[0])
+
+    def _energy_columns(
+        self, samples: list[tuple[float, float]], audio_seconds: float
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        if isinstance(self._power, str):
+            return {}, {"energy_j_per_audio_s": self._power}
+        try:
+            return energy_columns(samples, self._power[1], audio_seconds), {}
+        except MetricError as exc:
+            return {}, {"energy_j_per_audio_s": str(exc)}
+
+    def _roofline_columns(self, precision: str | None) -> tuple[dict[str, Any], dict[str, str]]:
+        if precision is None:
+            return {}, {"roofline_weight_bytes_per_frame": "the pipeline declared no talker precision"}
+        if self._roofline is None:
+            self._roofline = self._measure_roofline()
+        if isinstance(self._roofline, str):
+            return {}, {"roofline_weight_bytes_per_frame": self._roofline}
+        return self._roofline.columns(precision)
 
     def _warm(self, pipeline: Pipeline, cell: Cell) -> None:
         """Before a cell's first measurement: unrecorded requests of its warm-up class, on the cell's own text
@@ -464,7 +538,8 @@ class Bench:
         if lost is not None:
             return self._failed(base, lost)
         try:
-            result = measure(pipeline, request, cell.pipeline)
+            with self._sampling() as power:
+                result = measure(pipeline, request, cell.pipeline)
         except UnsupportedRequest as exc:
             return dataclasses.replace(
                 base, status="unsupported", outcome=RequestOutcome.FAILED.value, error=str(exc)
@@ -482,10 +557,20 @@ class Bench:
             same_work = same_work_columns(reference_codes, result.end.codes, reference_audio, result.audio)
         observed, contradicted = observed_work(base, result, frames)
         quality = self._quality(request, result.audio, synthetic)
+        floor, no_floor = self._roofline_columns(base.work_talker_precision)
+        energy, no_energy = self._energy_columns(power, audio_seconds)
         return dataclasses.replace(
             base,
             **observed,
-            metric_error={**base.metric_error, **contradicted, **quality.pop(METRIC_ERROR, {})},
+            metric_error={
+                **base.metric_error,
+                **contradicted,
+                **no_floor,
+                **no_energy,
+                **quality.pop(METRIC_ERROR, {}),
+            },
+            **floor,
+            **energy,
             frames_generated=frames,
             codes_digest=codes_digest(result.end.codes),
             codes_digest_trimmed=(
@@ -562,12 +647,16 @@ def _memory_columns(pipeline: Pipeline, result: Measurement) -> dict[str, Any]:
             "peak_mem_kind": result.memory.kind,
             "peak_reserved_bytes": result.memory.reserved_bytes,
             "mem_after_bytes": result.memory.after_bytes,
+            # The harness's own process is the pipeline's: NVML reads it as it reads a candidate's.
+            "nvml_mem_bytes": process_gpu_memory_bytes([os.getpid()])
+            if result.memory.kind == "cuda_allocated"
+            else None,
         }
     # Out of process, only what the candidate's own process uses counts: NVML per-process GPU memory when a
     # GPU exists, else the peak RSS of a local worker and its children; otherwise nothing measured.
     remote = result.end.info.get(REMOTE_GPU_MEMORY_KEY)
     if remote is not None:
-        return {"peak_mem_bytes": remote, "peak_mem_kind": "nvml_process"}
+        return {"peak_mem_bytes": remote, "peak_mem_kind": "nvml_process", "nvml_mem_bytes": remote}
     rss = result.end.info.get(REMOTE_RSS_KEY)
     return {"peak_mem_bytes": rss, "peak_mem_kind": "worker_tree_rss" if rss is not None else None}
 

@@ -28,9 +28,12 @@ from qtts_eval.bench import REFERENCE
 from qtts_eval.errors import ResultsError
 from qtts_eval.metrics.same_work import WorkDifference, work_differences
 from qtts_eval.metrics.stats import Percentile, format_percentile, percentile_ci
+from qtts_eval.summary import ms_per_frame
 
 PAIR_KEYS = ("fixture_id", "voice_id", "mode", "repeat")  # what a request asked for, whoever answered it
-RATIO_METRICS = ("first_playable_s", "first_byte_s", "rtf", "peak_mem_bytes")  # headline first
+# Headline first. peak_mem_bytes divides only pairs of one kind; nvml_mem_bytes is one kind on both sides
+# (NVML, every process of each pipeline): VRAM like for like on CUDA.
+RATIO_METRICS = ("first_playable_s", "first_byte_s", "rtf", "peak_mem_bytes", "nvml_mem_bytes")
 ALL = "(all)"  # the row over every pair
 
 
@@ -223,6 +226,19 @@ def _work_differences(pairs: pd.DataFrame) -> list[WorkDifference]:
     return [difference for difference in WorkDifference if difference in found]
 
 
+def _frame_time(ok: pd.DataFrame, suffix: str) -> tuple[float, float]:
+    """One side's median ms per frame over the ok pairs, and the median of its ratio to that side's roofline
+    floor (NaN where the records have no wall time or no floor)."""
+    if f"wall_s{suffix}" not in ok:
+        return float("nan"), float("nan")
+    ms = ms_per_frame(
+        pd.DataFrame({"wall_s": ok[f"wall_s{suffix}"], "frames_generated": ok[f"frames_generated{suffix}"]})
+    )
+    floor_column = f"roofline_floor_frame_s{suffix}"
+    floor = 1000.0 * ok[floor_column].astype("float64") if floor_column in ok else pd.Series(np.nan, ok.index)
+    return float(ms.median()), float((ms / floor).median())
+
+
 def _row(fixture: str, mode: str, pairs: pd.DataFrame) -> dict[str, object]:
     ok = pairs[(pairs["status"] == "ok") & (pairs["status_base"] == "ok")]
     same = _same_codes(ok).dropna()
@@ -263,6 +279,8 @@ def _row(fixture: str, mode: str, pairs: pd.DataFrame) -> dict[str, object]:
         "flags": ",".join(flag.value for flag in flags),
         "notes": ",".join(note.value for note in notes),
     }
+    for side, suffix in (("", ""), ("_base", "_base")):
+        row[f"ms_per_frame{side}"], row[f"x_floor{side}"] = _frame_time(ok, suffix)
     for metric in RATIO_METRICS:
         p = _ratio(pairs, metric)
         row[f"{metric}_ratio"], row[f"{metric}_low"], row[f"{metric}_high"], row[f"{metric}_n"] = (
@@ -288,10 +306,21 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
             )
             for r in table.to_dict(orient="records")
         ]
+    for label, side in (("ms/frame", ""), ("baseline ms/frame", "_base")):
+        shown[label] = [
+            _frame_cell(r[f"ms_per_frame{side}"], r[f"x_floor{side}"]) for r in table.to_dict("records")
+        ]
     shown["codes match"] = ["-" if np.isnan(v) else f"{100 * v:.0f} %" for v in table["codes_match"]]
     shown["flags"] = [flags or "-" for flags in table["flags"]]
     shown["notes"] = [notes or "-" for notes in table["notes"]]
     return shown
+
+
+def _frame_cell(ms: float, x_floor: float) -> str:
+    """'12.3 (4.1x floor)': ms per frame and its ratio to the roofline floor, where there is one."""
+    if np.isnan(ms):
+        return "-"
+    return f"{ms:.1f}" if np.isnan(x_floor) else f"{ms:.1f} ({x_floor:.1f}x floor)"
 
 
 def title(candidate: Side, baseline: Side) -> str:

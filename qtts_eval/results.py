@@ -86,11 +86,24 @@ def _v2_to_v3(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+V4_COLUMNS = (  # the columns version 4 added that older records leave empty (outcome is derived)
+    "codes_digest_trimmed",
+    "roofline_weight_bytes_per_frame",
+    "roofline_bandwidth_bytes_per_s",
+    "roofline_floor_frame_s",
+    "nvml_mem_bytes",
+    "energy_j_per_audio_s",
+    "power_mean_w",
+    "power_idle_w",
+    "power_samples",
+)
+
+
 def _v3_to_v4(obj: dict[str, Any]) -> dict[str, Any]:
     # Version 4: how each request ended (outcome), derived from what version 3 kept: a load record's
     # info.outcome (moved to the column), else the status, the error's type and budget_hit. Version 3 had no
-    # MalformedMessage: a malformed candidate's old records say failed. And the digest of whole-budget codes
-    # cut to the reference's budget - 1 frames (codes_digest_trimmed), unknown for version 3.
+    # MalformedMessage: a malformed candidate's old records say failed. Also new, unknown for version 3: the
+    # digest of whole-budget codes cut to budget - 1 frames, the roofline columns, NVML memory and energy.
     if "request_key" not in obj or "outcome" in obj:
         return obj
     info = dict(obj.get("info") or {})
@@ -101,7 +114,7 @@ def _v3_to_v4(obj: dict[str, Any]) -> dict[str, Any]:
     elif outcome is None:
         timed_out = str(obj.get("error") or "").startswith(f"{CandidateTimeout.__name__}:")
         outcome = (RequestOutcome.TIMED_OUT if timed_out else RequestOutcome.FAILED).value
-    return {"codes_digest_trimmed": None, **obj, "info": info, "outcome": outcome}
+    return {**dict.fromkeys(V4_COLUMNS), **obj, "info": info, "outcome": outcome}
 
 
 # Older schema versions are upgraded one step at a time: _MIGRATIONS[n] turns a version-n record (or run
@@ -210,6 +223,17 @@ class Record:
     first_divergent_frame: int | None = None  # first frame that differs from the reference (None: none)
     stop_vs_reference: str | None = None  # "same", "earlier" or "later": frame count vs the reference's
     audio_mel_l1_reference: float | None = None  # log-mel L1 to the reference's audio, common length
+    # Roofline (qtts_eval.metrics.roofline; docs/benchmarks.md): the weights one frame reads over the device's
+    # measured bandwidth; None where the precision has no known element size (metric_error says why).
+    roofline_weight_bytes_per_frame: float | None = None  # talker step + code-predictor passes, bytes
+    roofline_bandwidth_bytes_per_s: float | None = None  # device copy bandwidth, bytes read + written per s
+    roofline_floor_frame_s: float | None = None  # bytes per frame / bandwidth: no frame can take less
+    # NVML (qtts_eval.metrics.nvml, .power; docs/metrics.md), CUDA only; metric_error says why where empty.
+    nvml_mem_bytes: int | None = None  # GPU memory of every process of the pipeline at completion (NVML)
+    energy_j_per_audio_s: float | None = None  # board energy above idle during the request / audio seconds
+    power_mean_w: float | None = None  # mean board power over the request's samples
+    power_idle_w: float | None = None  # the run's idle board power, subtracted
+    power_samples: int | None = None  # power readings behind the energy (one per 50 ms, and one at each end)
     info: dict[str, Any] = field(default_factory=dict)  # pipeline-reported facts (StreamEnd.info)
     # Column (env.<key>, info.<key> inside those) -> why its value is null: a metric that could not be
     # computed, a non-finite value (JSON has none), a declaration the harness's observation contradicts.

@@ -89,6 +89,17 @@ def summarise(frame: pd.DataFrame, by: Sequence[str] = ("pipeline", "fixture_id"
         frames=("frames_generated", "median"),
         peak_mem_mb=("peak_mem_bytes", _median_mib),
     )
+    # CUDA only (NVML): absent from older runs' frames, empty on CPU.
+    extra = {
+        name: (column, _median_mib if column.endswith("_bytes") else "median")
+        for name, column in (
+            ("nvml_mem_mb", "nvml_mem_bytes"),
+            ("energy_j_per_audio_s", "energy_j_per_audio_s"),
+        )
+        if column in ok and ok[column].notna().any()
+    }
+    if extra:
+        medians = medians.join(ok.groupby(keys).agg(**extra))
     table = counts.join(medians).reset_index()
     for column in ("errors", *(outcome.value for outcome in RequestOutcome)):
         table[column] = table[column].fillna(0).astype(int)
@@ -121,6 +132,37 @@ def steady_state(frame: pd.DataFrame, metric: str = "wall_s") -> pd.DataFrame:
                     "cold_requests": int(group["warm"].eq(False).sum()) if "warm" in group else 0,
                 }
             )
+    return pd.DataFrame(rows)
+
+
+def ms_per_frame(frame: pd.DataFrame) -> pd.Series:
+    """Per request: wall time over the frames produced, in ms (prompt, prefill and codec decode included)."""
+    frames = frame["frames_generated"].astype("float64").where(frame["frames_generated"] > 0)
+    return 1000.0 * frame["wall_s"].astype("float64") / frames
+
+
+def roofline_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per pipeline and precision: the weights one frame reads, the device's measured bandwidth, the floor
+    they give (qtts_eval.metrics.roofline), and the ok requests' median ms per frame and its ratio to the
+    floor. Empty where no record has the roofline columns (runs before schema 4, unknown precisions)."""
+    if "roofline_floor_frame_s" not in frame:
+        return pd.DataFrame()
+    ok = frame[(frame["status"] == "ok") & frame["roofline_floor_frame_s"].notna()]
+    ok = ok.assign(ms_per_frame=ms_per_frame(ok), floor_ms=1000.0 * ok["roofline_floor_frame_s"])
+    rows = []
+    for (pipeline, precision), group in ok.groupby(["pipeline", "work_talker_precision"]):
+        rows.append(
+            {
+                "pipeline": pipeline,
+                "precision": precision,
+                "weights_gb_per_frame": float(group["roofline_weight_bytes_per_frame"].median()) / 1e9,
+                "bandwidth_gb_s": float(group["roofline_bandwidth_bytes_per_s"].median()) / 1e9,
+                "floor_ms": float(group["floor_ms"].median()),
+                "ms_per_frame": float(group["ms_per_frame"].median()),
+                "x_floor": float((group["ms_per_frame"] / group["floor_ms"]).median()),
+                "n": len(group),
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -50,8 +50,21 @@ def test_bench_prints_a_table_and_writes_a_loadable_run(tmp_path: Path) -> None:
         assert frame[column].notna().all(), column
     assert frame["env_synthetic"].all()
     assert (frame["rtf"] > 0).all() and (frame["peak_mem_bytes"] > 0).all()
+    # The roofline: tiny's weights at the run's fp32, over this machine's measured bandwidth.
+    assert (frame["roofline_floor_frame_s"] > 0).all()
+    assert (
+        (frame["roofline_floor_frame_s"] * frame["roofline_bandwidth_bytes_per_s"])
+        .round()
+        .eq(frame["roofline_weight_bytes_per_frame"])
+        .all()
+    )
+    assert "roofline:" in done.stdout and "x_floor" in done.stdout
+    # No energy on CPU, and each record says why.
+    assert frame["energy_j_per_audio_s"].isna().all()
+    assert frame["metric_error_energy_j_per_audio_s"].str.contains("no board power on cpu").all()
     assert (tmp_path / "cli" / "records.parquet").is_file()
-    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["rows"]
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["rows"] and summary["roofline"][0]["pipeline"] == "reference"
 
 
 def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path: Path) -> None:

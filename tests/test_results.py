@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from qtts_eval.errors import ResultsError
-from qtts_eval.results import SCHEMA_VERSION, Record, RunStore, load_run
+from qtts_eval.results import SCHEMA_VERSION, V4_COLUMNS, Record, RunStore, load_run
 
 
 def _record(key: str) -> Record:
@@ -78,6 +78,19 @@ def test_newer_record_is_refused(tmp_path: Path) -> None:
         handle.write(json.dumps({"schema_version": SCHEMA_VERSION + 1, "request_key": "x"}) + "\n")
     with pytest.raises(ResultsError, match="newer than this qtts-eval"):
         load_run(tmp_path / "run")
+
+
+def test_a_version_3_record_reads_with_every_column_and_the_v4_ones_empty(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.create({"run_id": "run"})
+    added = {*V4_COLUMNS, "outcome"}  # outcome is derived on the way up (its own test)
+    old = {key: value for key, value in dataclasses.asdict(_record("a")).items() if key not in added}
+    with store.records_path.open("a") as handle:
+        handle.write(json.dumps({**old, "schema_version": 3}) + "\n")
+    (record,) = store.iter_records()
+    assert record["schema_version"] == SCHEMA_VERSION == 4
+    assert set(record) == {field.name for field in dataclasses.fields(Record)}
+    assert all(record[column] is None for column in V4_COLUMNS) and record["wall_s"] == 1.0
 
 
 def test_existing_run_is_never_overwritten(tmp_path: Path) -> None:

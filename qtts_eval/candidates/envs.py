@@ -73,6 +73,11 @@ def install(name: str, *, extra_pip_args: tuple[str, ...] = (), log: Any = print
     system = ["--system-site-packages"] if spec.device is Device.GPU else []
     _run([str(base_python), "-m", "venv", *system, str(target)], "creating the venv")
     python = env_python(name)
+    if spec.device is Device.GPU and sys.prefix != sys.base_prefix:
+        # --system-site-packages reaches the base interpreter's packages only; where the image's torch lives
+        # in a venv (the GPU machine's python3 is one), that venv's own site directories are named too.
+        image = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+        (_site_packages(python) / "qtts_eval_image.pth").write_text("".join(f"{path}\n" for path in image))
     requirements = [*spec.requirements, *SHIM_REQUIREMENTS]
     log(f"installing {' '.join(requirements)}")
     _run(

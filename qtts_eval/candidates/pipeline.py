@@ -203,7 +203,7 @@ class QwenttsCppCandidate(CandidatePipeline):
 
 
 class FasterQwen3TtsCandidate(CandidatePipeline):
-    """faster-qwen3-tts on a CUDA device (docs/ports.md; prepared for .ci/gpu/ports.sh)."""
+    """faster-qwen3-tts on a CUDA device (docs/ports.md; run by .ci/gpu/campaign.sh)."""
 
     candidate_name = "faster-qwen3-tts"
     label = "faster-qwen3-tts"

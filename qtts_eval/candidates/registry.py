@@ -19,7 +19,7 @@ class Device(str, enum.Enum):
     """Where a port runs."""
 
     CPU = "cpu"
-    GPU = "gpu"  # CUDA; its venv sees the machine's torch (.ci/gpu/ports.sh installs it offline)
+    GPU = "gpu"  # CUDA; its venv sees the machine's torch (.ci/gpu/campaign.sh installs it offline)
 
 
 class WeightFormat(str, enum.Enum):
@@ -113,7 +113,7 @@ CANDIDATES: tuple[Candidate, ...] = (
         layout_selectable=True,
         limits=(
             "CUDA only; needs transformers>=5.15 and qwen-tts-hf (qwen_tts under the same import name), "
-            "so its venv uses the GPU image's torch; installed from carried wheels (.ci/gpu/ports.sh)",
+            "so its venv uses the GPU image's torch; installed from carried wheels (.ci/gpu/campaign.sh)",
             "no codes API: records carry no codes, so same-codes checks are unavailable",
             "prepared, not yet run (no device lent so far): see docs/benchmarks.md",
         ),
@@ -128,7 +128,7 @@ CANDIDATES: tuple[Candidate, ...] = (
         limits=(
             "Python >= 3.12 only; requires both qwen-tts and faster-qwen3-tts (whose qwen-tts-hf provides "
             "the same qwen_tts module for transformers 5), plus streamlit and plotly: no consistent "
-            "environment has been built yet; its wheels are carried by .ci/gpu/fetch-port-wheels.sh",
+            "environment has been built yet (docs/ports.md)",
         ),
     ),
     Candidate(

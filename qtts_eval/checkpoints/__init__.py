@@ -13,7 +13,7 @@ by content: the cache key hashes the configs, the seed, the builder version and 
 Their text tokenizer is the real Qwen2 BPE (``tokenizer.py``), so text ids are those of the released model.
 """
 
-from qtts_eval.checkpoints.build import MARKER_FILE, build_checkpoint, weights_hash
+from qtts_eval.checkpoints.build import MARKER_FILE, build_checkpoint, preset_weight_shapes, weights_hash
 from qtts_eval.checkpoints.cache import (
     DEFAULT_SEED,
     ResolvedModel,
@@ -22,6 +22,7 @@ from qtts_eval.checkpoints.cache import (
     staging_dir,
     staging_owner,
     synthetic_checkpoint,
+    unbuilt_preset,
 )
 from qtts_eval.checkpoints.configs import model_config, speech_tokenizer_config
 from qtts_eval.checkpoints.presets import PRESETS, Preset
@@ -38,11 +39,13 @@ __all__ = [
     "build_text_tokenizer",
     "cache_root",
     "model_config",
+    "preset_weight_shapes",
     "resolve",
     "speech_tokenizer_config",
     "staging_dir",
     "staging_owner",
     "synthetic_checkpoint",
     "tokenizer_source",
+    "unbuilt_preset",
     "weights_hash",
 ]

@@ -80,13 +80,30 @@ def _save_safetensors(module: Any, path: Path, dtype: Any) -> None:
     save_file(dict(sorted(state.items())), str(path), metadata={"format": "pt"})
 
 
+def _talker_model(config: dict[str, Any]) -> Any:
+    """The official model class holding talker, code predictor and speaker encoder (model.safetensors)."""
+    official.qwen_tts()  # its start-up notices in one line, before the submodules below
+    from qwen_tts.core.models.configuration_qwen3_tts import Qwen3TTSConfig
+    from qwen_tts.core.models.modeling_qwen3_tts import Qwen3TTSForConditionalGeneration
+
+    return Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**copy.deepcopy(config))).eval()
+
+
+def preset_weight_shapes(preset_name: str) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor a preset's model.safetensors holds, from the construction build_checkpoint
+    uses, on torch's meta device: no memory and no weights, so 0.6b-base's shapes cost no 2.4 GB build."""
+    import torch
+
+    with torch.device("meta"):
+        model = _talker_model(model_config(preset_by_name(preset_name)))
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
 def build_checkpoint(preset_name: str, seed: int, directory: Path) -> None:
     """Write a complete synthetic checkpoint for ``preset_name`` into ``directory``."""
     import torch
 
     official.qwen_tts()  # its start-up notices in one line, before the submodules below
-    from qwen_tts.core.models.configuration_qwen3_tts import Qwen3TTSConfig
-    from qwen_tts.core.models.modeling_qwen3_tts import Qwen3TTSForConditionalGeneration
     from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
     from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
 
@@ -97,7 +114,7 @@ def build_checkpoint(preset_name: str, seed: int, directory: Path) -> None:
     tokenizer_config = speech_tokenizer_config(preset)
 
     torch.manual_seed(seed)
-    model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**copy.deepcopy(config))).eval()
+    model = _talker_model(config)
     speech_tokenizer = Qwen3TTSTokenizerV2Model(
         Qwen3TTSTokenizerV2Config(**copy.deepcopy(tokenizer_config))
     ).eval()

@@ -130,6 +130,16 @@ def _hub_snapshot(ref: str) -> Path:
         ) from exc
 
 
+def unbuilt_preset(ref: str) -> str | None:
+    """The preset `ref` names when its checkpoint is not built yet (resolving would build it), else None."""
+    match = _PRESET_REF.match(ref)
+    if not (match and match["preset"] in PRESETS):
+        return None
+    seed = int(match["seed"]) if match["seed"] else DEFAULT_SEED
+    built = cache_root() / "checkpoints" / cache_key(match["preset"], seed) / MARKER_FILE
+    return None if built.is_file() else match["preset"]
+
+
 def resolve(ref: str) -> ResolvedModel:
     """Turn a model ref into a local checkpoint directory, building or fetching it if needed."""
     match = _PRESET_REF.match(ref)

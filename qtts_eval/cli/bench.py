@@ -16,7 +16,14 @@ from qtts_eval.bench import FULL, QUICK, QUICK_SYNTHETIC_MAX_FRAMES, Bench, Benc
 from qtts_eval.cli.options import parse_options
 from qtts_eval.metrics.stats import Percentile, format_percentile
 from qtts_eval.pipelines.base import CloneMode, Sampling
-from qtts_eval.summary import intelligibility_table, latency_table, memory_drift, steady_state, summarise
+from qtts_eval.summary import (
+    intelligibility_table,
+    latency_table,
+    memory_drift,
+    roofline_table,
+    steady_state,
+    summarise,
+)
 
 _DEFAULTS = BenchConfig()
 EXIT_REQUESTS_FAILED = 1  # the run completed, but some requests failed: a candidate that fails is not a pass
@@ -230,6 +237,10 @@ def run(args: argparse.Namespace) -> int:
         if len(frame) and frame["chunks"].max() > 1:
             print("\nlatency, ms (RTF as a ratio): p50 / p95 / p99 with bootstrap 95 % intervals")
             print(_latency_text(latency_table(frame)).to_string(index=False))
+        floor = roofline_table(frame)
+        if len(floor):
+            print("\nroofline: weights one frame reads / the device's measured bandwidth = a floor per frame")
+            print(floor.to_string(index=False))
         steady = steady_state(frame)
         if len(steady):
             print("\nsteady state: first request of each cell / median of its later repeats")

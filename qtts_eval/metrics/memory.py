@@ -65,7 +65,7 @@ class MemoryProbe:
         return PeakMemory(peak, "process_rss", None, _status_bytes("VmRSS") or peak)
 
 
-def _process_tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants, from /proc's children lists; empty once the process is gone."""
     found: list[int] = []
     pending = [pid]
@@ -83,7 +83,7 @@ def _process_tree(pid: int) -> list[int]:
 
 def reset_tree_peak_rss(pid: int) -> None:
     """Reset the RSS high-water mark of a local process and its children (ours to reset: we started it)."""
-    for member in _process_tree(pid):
+    for member in process_tree(pid):
         with contextlib.suppress(OSError):
             Path(f"/proc/{member}/clear_refs").write_text("5")
 
@@ -92,7 +92,7 @@ def tree_peak_rss_bytes(pid: int) -> int | None:
     """Peak RSS since the last reset of a local process plus its children: the sum of each one's peak, so
     exact for one process and an upper bound for several (their peaks need not coincide)."""
     total = 0
-    members = _process_tree(pid)
+    members = process_tree(pid)
     for member in members:
         try:
             for line in Path(f"/proc/{member}/status").read_text().splitlines():

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from qtts_eval import checkpoints
 from qtts_eval.errors import PipelineError, ProtocolError
-from qtts_eval.metrics.memory import reset_tree_peak_rss, tree_peak_rss_bytes
+from qtts_eval.metrics.memory import process_tree, reset_tree_peak_rss, tree_peak_rss_bytes
 from qtts_eval.metrics.nvml import process_gpu_memory_bytes
 from qtts_eval.pipelines.base import (
     REMOTE_GPU_MEMORY_KEY,
@@ -203,9 +203,11 @@ class RemotePipeline(Pipeline):
             for event in session.speak(request, self.return_codes):
                 if isinstance(event, StreamEnd):
                     info = {**event.info, RESTARTS_KEY: self.restarts}
-                    memory = process_gpu_memory_bytes(pid) if pid else None
+                    # NVML usage at completion of every process involved: the one that answered and,
+                    # for a worker we started, its whole tree.
+                    involved = ({pid} if pid else set()) | set(process_tree(local) if local else ())
+                    memory = process_gpu_memory_bytes(involved)
                     if memory is not None:
-                        # NVML per-process usage at completion: the external counterpart of the torch peak.
                         info[REMOTE_GPU_MEMORY_KEY] = memory
                     rss = tree_peak_rss_bytes(local) if local is not None else None
                     if rss is not None:
