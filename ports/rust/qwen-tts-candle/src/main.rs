@@ -315,6 +315,27 @@ impl CandlePort {
     }
 }
 
+/// The audio as the wire carries it: exactly 1920 samples per generated frame. The crate's decoder returns fewer
+/// (it trims its transposed convolutions on both sides, the official only on the right: 555 samples short,
+/// docs/ports.md), so the end is padded with zeros; in ICL its proportional cut of the clip's share rounds down
+/// as the official's does and can leave a sample of the clip at the start, which is dropped. Stage dumps keep
+/// the audio as the crate returned it.
+fn whole_frames(generated: &Generated) -> Vec<f32> {
+    let expected = generated.codes.len() * SAMPLES_PER_FRAME;
+    let audio = &generated.audio;
+    let mut whole = audio[audio.len().saturating_sub(expected)..].to_vec();
+    if whole.len() < expected {
+        eprintln!(
+            "qwen-tts-candle: the crate returned {} samples for {} frames; padding {} zeros at the end",
+            audio.len(),
+            generated.codes.len(),
+            expected - whole.len()
+        );
+        whole.resize(expected, 0.0);
+    }
+    whole
+}
+
 /// The forced inputs the crate's voice prompt takes (never `codes`).
 fn taken(forced: &Forced) -> Vec<ForcedInput> {
     ForcedInput::of(forced)
@@ -358,6 +379,8 @@ impl Worker for CandlePort {
             "delivery": "whole",
             "threads": self.threads,
             "codec_encoder": self.has_encoder,
+            // The wire needs 1920 samples per frame; the crate's decoder returns fewer (whole_frames).
+            "audio_end_padded": true,
             "work": {
                 "prompt": "built",
                 "delivery": "whole",
@@ -380,18 +403,7 @@ impl Worker for CandlePort {
         let prompt = self.voice_prompt(request, voice, None)?;
         out.mark(MarkStage::PromptReady)?;
         let generated = self.generate(request, &prompt)?;
-        let expected = generated.codes.len() * SAMPLES_PER_FRAME;
-        if generated.audio.len() < expected {
-            return Err(failed(format!(
-                "the crate returned {} samples for {} frames (expected {expected})",
-                generated.audio.len(),
-                generated.codes.len()
-            )));
-        }
-        // The ICL cut of the reference clip's share is proportional and rounds down, as the official package
-        // does: a sample or two of the clip can stay at the start. Whole frames go out; the end is the speech.
-        let whole = &generated.audio[generated.audio.len() - expected..];
-        for frame in whole.chunks(SAMPLES_PER_FRAME) {
+        for frame in whole_frames(&generated).chunks(SAMPLES_PER_FRAME) {
             out.audio(frame)?;
         }
         Ok(Spoken {
