@@ -13,6 +13,7 @@ import pytest
 from qtts_eval import checkpoints, pipelines
 from qtts_eval.candidates import crates, envs
 from qtts_eval.candidates.registry import candidate
+from qtts_eval.checkpoints.cache import REQUIRED_FILES
 from qtts_eval.errors import PipelineError
 from qtts_eval.pipelines.base import PipelineConfig
 from qtts_eval.pipelines.installed import MANIFEST, installed
@@ -86,14 +87,18 @@ def test_worker_command_hands_over_the_checkpoint_and_threads(
 
     monkeypatch.setattr(crates, "candidates_root", lambda: tmp_path)
     _fake_install(sources=crates.sources_hash(SPEC))
-    port = QwenTtsCandleCandidate(PipelineConfig(model="tiny", options={"threads": 2}))
+    weights = tmp_path / "real-weights"  # a local directory, as real weights are handed over
+    for name in REQUIRED_FILES:
+        (weights / name).parent.mkdir(parents=True, exist_ok=True)
+        (weights / name).write_bytes(b"")
+    port = QwenTtsCandleCandidate(PipelineConfig(model=str(weights), options={"threads": 2}))
     port.prepare()
     argv = port.command()
     assert argv[0] == str(crates.binary(SPEC))
-    assert argv[argv.index("--checkpoint") + 1] == str(checkpoints.resolve("tiny").path)
+    assert argv[argv.index("--checkpoint") + 1] == str(weights)
     assert argv[argv.index("--threads") + 1] == "2"
     assert argv[argv.index("--dump-dir") + 1] == str(crates.dump_dir(SPEC))
-    assert "--synthetic" in argv  # tiny has random weights: hello must say so
+    assert "--synthetic" not in argv  # not a synthetic preset: hello must not say so
 
 
 # --- the real port ------------------------------------------------------------------------------------------
