@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qtts_eval import checkpoints, pipelines
+from qtts_eval import pipelines
 from qtts_eval.candidates import crates, envs
 from qtts_eval.candidates.registry import candidate
 from qtts_eval.checkpoints.cache import REQUIRED_FILES
@@ -102,7 +102,7 @@ def test_worker_command_hands_over_the_checkpoint_and_threads(
 
 
 # --- the real port ------------------------------------------------------------------------------------------
-# The first install compiles candle and ~300 crates (~21 min on 2 cores, network for crates.io once); later ones
+# The first install compiles candle and its dependencies (~21 min on 2 cores, crates.io once); later ones
 # reuse the target directory in the machine's cache. Never in the default CI run.
 port_test = pytest.mark.skipif(
     os.environ.get("QTTS_EVAL_PORT_TESTS") != "1", reason="set QTTS_EVAL_PORT_TESTS=1 to build the real port"
