@@ -24,7 +24,7 @@ from pathlib import Path
 from qtts_eval import checkpoints
 from qtts_eval.candidates.export import GgufType, export_key
 from qtts_eval.candidates.pipeline import EXPORT_MARKER
-from qtts_eval.candidates.registry import SHIM_REQUIREMENTS, Support, candidate
+from qtts_eval.candidates.registry import Support, candidate
 from qtts_eval.checkpoints.cache import cache_key
 from qtts_eval.errors import PipelineError
 from qtts_eval.parity.capture import fault_copy_dir
@@ -152,7 +152,7 @@ def _environment_state(path: Path) -> tuple[State, str]:
         return State.STALE, f"{path.name!r} is no candidate of this code"
     if spec.support is not Support.ADAPTER:
         return State.STALE, f"{path.name} is {spec.support.value}, not installable"
-    wanted = [*spec.requirements, *SHIM_REQUIREMENTS]
+    wanted = spec.environment_requirements
     if json.loads(manifest.read_text()).get("requirements") != wanted:
         return State.STALE, f"installed for other requirements; current: {' '.join(wanted)}"
     return State.CURRENT, f"environment of {path.name}"

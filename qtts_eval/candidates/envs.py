@@ -1,4 +1,5 @@
-"""Isolated candidate environments: one venv per port under the suite's cache, as asv builds one per project.
+"""Isolated candidate environments: one venv per port under the suite's cache, as asv builds one per project
+(a port built by cargo gets its own directory there instead: qtts_eval.candidates.crates).
 
 An environment holds the port's pinned requirements and the worker shim's few needs
 (registry.SHIM_REQUIREMENTS), never torch or qwen-tts from the suite. The suite's own package is made
@@ -20,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qtts_eval.candidates.registry import SHIM_REQUIREMENTS, Candidate, Device, Support, candidate
+from qtts_eval.candidates import crates
+from qtts_eval.candidates.registry import Candidate, Device, Support, candidate
 from qtts_eval.errors import PipelineError
 from qtts_eval.pipelines.installed import MANIFEST, Installed, candidates_root
 
@@ -60,6 +62,8 @@ def install(name: str, *, extra_pip_args: tuple[str, ...] = (), log: Any = print
         raise PipelineError(
             f"candidate {name!r} is {spec.support.value}, not installable: " + "; ".join(spec.limits)
         )
+    if spec.crate:
+        return crates.install(spec, log=log)
     target = env_dir(name)
     if target.exists():
         shutil.rmtree(target)
@@ -78,7 +82,7 @@ def install(name: str, *, extra_pip_args: tuple[str, ...] = (), log: Any = print
         # in a venv (the GPU machine's python3 is one), that venv's own site directories are named too.
         image = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
         (_site_packages(python) / "qtts_eval_image.pth").write_text("".join(f"{path}\n" for path in image))
-    requirements = [*spec.requirements, *SHIM_REQUIREMENTS]
+    requirements = spec.environment_requirements
     log(f"installing {' '.join(requirements)}")
     _run(
         [str(python), "-m", "pip", "install", "--disable-pip-version-check", *extra_pip_args, *requirements],
@@ -139,6 +143,8 @@ def missing(name: str) -> list[str]:
     spec = candidate(name)
     if spec.support is not Support.ADAPTER:
         return [f"{name} is {spec.support.value}, not installable here: " + "; ".join(spec.limits)]
+    if spec.crate:
+        return crates.missing(spec)
     problems: list[str] = []
     target = env_dir(name)
     if not target.is_dir():

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from qtts_eval import checkpoints
-from qtts_eval.candidates import envs
+from qtts_eval.candidates import crates, envs
 from qtts_eval.candidates.export import GgufType, export_gguf, export_key
 from qtts_eval.candidates.registry import Candidate, WeightFormat, candidate
 from qtts_eval.candidates.shim import REF_AUDIO_FILE, request_fields
@@ -192,6 +192,34 @@ class CandidatePipeline(RemotePipeline):
             raise PipelineError(f"{self.spec.name} dump run failed ({shlex.join(argv[:4])} ...):\n{tail}")
         read_dump(path)  # refuses a file that is not a stage dump here, not later in the comparison
         return path
+
+
+class CrateCandidatePipeline(CandidatePipeline):
+    """A cargo-built candidate (qtts_eval.candidates.crates): its binary speaks the wire protocol itself, so
+    it declares its own capabilities in hello and writes its parity dumps over the wire, under its cache's
+    dump directory (each in a fresh folder the harness moves out)."""
+
+    def load(self) -> None:
+        self.prepare()
+        RemotePipeline.load(self)
+
+    def command(self, *extra: str) -> list[str]:
+        if self.model is None:
+            raise PipelineError(f"{self.spec.name}: command() called before prepare()")
+        argv = [str(crates.binary(self.spec)), "--checkpoint", str(self.model.path)]
+        argv += ["--dump-dir", str(crates.dump_dir(self.spec)), "--threads", str(self.options.port_threads())]
+        argv += ["--model-ref", self.config.model, *(["--synthetic"] if self.model.synthetic else []), *extra]
+        return argv
+
+    def write_stage_dump(self, request: Request, path: Path, *, forced: ForcedInputs | None = None) -> Path:
+        return RemotePipeline.write_stage_dump(self, request, path, forced=forced)
+
+
+class QwenTtsCandleCandidate(CrateCandidatePipeline):
+    """qwen_tts (crates.io, Rust/candle) on CPU through ports/rust/qwen-tts-candle (docs/ports.md)."""
+
+    candidate_name = "qwen-tts-candle"
+    label = "qwen-tts-candle"
 
 
 class QwenttsCppCandidate(CandidatePipeline):

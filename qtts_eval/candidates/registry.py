@@ -46,8 +46,11 @@ class Candidate:
     device: Device  # where it runs
     weights: WeightFormat  # what it loads
     support: Support  # how far the suite drives it
-    requirements: tuple[str, ...]  # pinned pip requirements of its environment (the port itself first)
+    requirements: tuple[str, ...]  # pinned requirements of its environment (the port itself first)
     adapter: str = ""  # "module:Class" of the Pipeline the worker shim serves, inside the candidate env
+    # A port built by cargo instead: its adapter crate in this repository (a worker binary on the port kit),
+    # whose Cargo.lock pins the port's crate; `requirements` then name that pin as "crate==version".
+    crate: str = ""
     storages: tuple[str, ...] = ()  # weight storage types it can load (GGUF: F32, BF16, Q8_0)
     limits: tuple[str, ...] = ()  # known limits, shown by `qtts-eval candidates` and docs/ports.md
     # Clone modes whose talker prompt the port lays out as the reference does with non_streaming_mode=True.
@@ -67,6 +70,11 @@ class Candidate:
                 f"layout; the request asks for non_streaming_mode={request.non_streaming_mode}"
             )
         return own
+
+    @property
+    def environment_requirements(self) -> list[str]:
+        """What its installed environment is built from: a venv also gets the worker shim's needs."""
+        return list(self.requirements) if self.crate else [*self.requirements, *SHIM_REQUIREMENTS]
 
     @property
     def pipeline_class(self) -> str:
@@ -100,6 +108,28 @@ CANDIDATES: tuple[Candidate, ...] = (
             "embedding, clip codes, talker prefill (embeds, layers 0/7/14/21/27, norm), first-frame talker "
             "logits, codes, audio; no code-predictor logits or codec-decoder taps",
             "hard-coded speaker-encoder widths: only full-size checkpoints (0.6b-base, real weights) load",
+        ),
+    ),
+    Candidate(
+        name="qwen-tts-candle",
+        summary="qwen_tts (crates.io, Rust/candle) through its adapter crate on the port kit",
+        device=Device.CPU,
+        weights=WeightFormat.RELEASED,
+        support=Support.ADAPTER,
+        requirements=("qwen_tts==0.1.1",),
+        crate="ports/rust/qwen-tts-candle",
+        layout_selectable=True,
+        limits=(
+            "built from source by cargo (Rust >= 1.88): the cold build of candle and its dependencies took "
+            "~21 min on 2 cores; later installs reuse its target directory under the cache",
+            "returns whole utterances (no streaming API): first byte = wall time",
+            "normalises typographic text before tokenising (em dash -> '--', curly quotes, ellipsis)",
+            "repetition penalty applied once per occurrence of a code (compounding), the reference once per "
+            "distinct code",
+            "a budget of N yields N frames; the adapter asks for N - 1 (the reference's convention)",
+            "hard-codes an 8-layer codec encoder transformer: without it (0.6b-shallow) ICL is refused",
+            "no teacher forcing of generated codes (its generation loop takes none); a forced speaker "
+            "embedding and reference codes are taken; talker logits of the first frame only (recomputed)",
         ),
     ),
     Candidate(

@@ -1,7 +1,7 @@
 """`qtts-eval candidates`: list known public ports, build their isolated environments, print a worker command.
 
 qtts-eval candidates                      what is known, what each needs, what is installed
-qtts-eval candidates install NAME         build NAME's own venv (pinned, from PyPI) under the cache
+qtts-eval candidates install NAME         build NAME's venv (pinned, from PyPI) or binary (cargo) in the cache
 qtts-eval candidates command NAME         the worker command line for check-worker (exports weights first)
 """
 
@@ -23,7 +23,7 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="action")
-    install = actions.add_parser("install", help="build a candidate's isolated environment")
+    install = actions.add_parser("install", help="build a candidate's isolated environment (venv or cargo)")
     install.add_argument("name", help="candidate name (see `qtts-eval candidates`)")
     install.add_argument(
         "--pip-arg",

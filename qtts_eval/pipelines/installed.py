@@ -1,5 +1,5 @@
 """Installed candidate environments, as the registry sees them: the manifests `qtts-eval candidates install`
-writes (qtts_eval/candidates/envs.py), read without importing anything of the candidates."""
+writes (qtts_eval/candidates/envs.py, crates.py), read without importing anything of the candidates."""
 
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ class Installed:
     """What `candidates install` recorded about an environment."""
 
     name: str  # candidate name
-    python: str  # the environment's interpreter
+    python: str  # the environment's interpreter ("" for a cargo-built candidate)
     pipeline: str  # "module:Class" of the suite-side pipeline that drives it
     requirements: list[str]  # what was asked for
     versions: dict[str, str]  # what pip installed: distribution -> version
     installed_at: str  # UTC, ISO 8601
+    binary: str = ""  # a cargo-built candidate's worker binary (qtts_eval.candidates.crates)
+    sources: str = ""  # the hash of the adapter sources that binary was built from
 
 
 def installed() -> dict[str, Installed]:
