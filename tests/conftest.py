@@ -1,5 +1,5 @@
-"""Shared test setup: an isolated checkpoint cache and notebook scratch directory, the hub offline, the tiny
-reference loaded once, and how tests share the two pytest-xdist workers of the README's test command."""
+"""Shared test setup: an isolated checkpoint cache and notebook scratch directory, the hub offline, and the
+tiny reference loaded once."""
 
 from __future__ import annotations
 
@@ -11,14 +11,6 @@ import pytest
 
 # Tests never reach the network: the official loader must work from local files alone.
 os.environ["HF_HUB_OFFLINE"] = "1"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests not in a named group (tests/groups.py) are grouped by their file (`--dist loadgroup`): a
-    module's fixtures (a served reference, a built run) are made once, on the worker that runs the file."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
 @pytest.fixture(scope="session", autouse=True)

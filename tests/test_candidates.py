@@ -9,12 +9,10 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from groups import full_size
 
 from qtts_eval import checkpoints, fixtures, pipelines
 from qtts_eval.candidates import envs
@@ -274,13 +272,9 @@ def test_worker_shim_import_chain_is_torch_free() -> None:
 # export (~4.3 GB), and ~9 GB of memory for the port beside the reference. CI runs them (CI=true), with small
 # frame budgets, against the machine's cache; elsewhere they run when QTTS_EVAL_PORT_TESTS=1.
 PORT_TESTS = os.environ.get("QTTS_EVAL_PORT_TESTS") == "1" or os.environ.get("CI") == "true"
-_port_switch = pytest.mark.skipif(
+port_test = pytest.mark.skipif(
     not PORT_TESTS, reason="set QTTS_EVAL_PORT_TESTS=1 to drive the real port (CI does)"
 )
-
-
-def port_test(test: Callable[..., None]) -> Callable[..., None]:
-    return full_size(_port_switch(test))
 
 
 @pytest.fixture
@@ -347,7 +341,6 @@ def test_qwentts_cpp_xvector_parity_matches_the_talker_and_codes(user_cache: Pat
 
 
 @pytest.mark.slow
-@full_size
 @pytest.mark.skipif(os.environ.get("QTTS_EVAL_PORT_TESTS") != "1", reason="set QTTS_EVAL_PORT_TESTS=1")
 def test_qwentts_cpp_icl_parity_fails_at_the_clip_codes(user_cache: Path, tmp_path: Path) -> None:
     """docs/ports.md: in ICL the port encodes the reference clip cut to whole frames (a convention: the

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from groups import serial
 
 from qtts_eval import pipelines
 from qtts_eval.bench import Bench, BenchConfig
@@ -26,8 +25,6 @@ from qtts_eval.pipelines.base import (
     Stage,
     StreamEnd,
 )
-
-pytestmark = serial
 
 CHUNK = np.full(1920, 0.1, np.float32)
 DELAY_S = 0.03

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from groups import serial
 
 from qtts_eval import environment
 from qtts_eval.bench import Bench, BenchConfig
@@ -101,7 +100,6 @@ def gates_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@serial
 def test_planted_slowdown_fails_every_group_naming_metric_baseline_and_change(
     runs: dict[str, Path], gates_file: Path
 ) -> None:
@@ -170,7 +168,6 @@ def test_pytest_plugin_makes_one_item_per_gate(runs: dict[str, Path], gates_file
 # --- the real tiny reference: a one-fixture slowdown fails its group only -----------------------------------
 
 
-@serial
 @pytest.mark.slow
 def test_one_fixture_slowdown_on_the_real_reference_fails_only_its_group(tmp_path: Path) -> None:
     """30 % slower talker steps on en_one_word only. The slowed and the unchanged reference run interleaved

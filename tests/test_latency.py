@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from groups import serial
 
 from qtts_eval.measure import measure
 from qtts_eval.metrics.latency import (
@@ -15,8 +14,6 @@ from qtts_eval.metrics.latency import (
 from qtts_eval.metrics.stats import format_percentile, min_interval_n, percentile_ci
 from qtts_eval.pipelines.base import CloneMode, PipelineConfig, Request
 from qtts_eval.pipelines.calibration import CalibrationPipeline
-
-pytestmark = serial
 
 TOLERANCE_S = 0.0005  # issue 3: injected delays must be measured within 0.5 ms
 PACKET = 4 * 1920  # samples in a 320 ms packet

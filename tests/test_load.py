@@ -11,15 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from groups import serial
 from servers import running_server
 
 from qtts_eval.errors import BenchError
 from qtts_eval.gates import GateInputs, Outcome, evaluate_gate, parse_gates
 from qtts_eval.wire.load import LoadOptions, LoadRunner, find_max_rate, streaming_verdict, summarise
 from qtts_eval.wire.slo import parse_slo
-
-pytestmark = serial
 
 FAULTY = [sys.executable, "-m", "qtts_eval.wire.faulty_worker", "--websocket"]
 # One session, so one request at a time: each costs its start (the voice upload, ~70 ms on the 2-core dev box)

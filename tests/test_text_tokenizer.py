@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from groups import full_size
 
 from qtts_eval import checkpoints, fixtures
 from qtts_eval.checkpoints import tokenizer as text_tokenizer
@@ -118,7 +117,6 @@ def test_records_carry_the_tokenizer_source(tiny_reference: Any) -> None:
 
 
 @pytest.mark.slow
-@full_size
 def test_hard_coded_template_ids_build_the_reference_prompt_on_full_size(
     tmp_path: Path, qwen2_bpe: Any
 ) -> None:
