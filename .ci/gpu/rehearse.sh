@@ -3,7 +3,7 @@
 # Python 3.12, torch 2.11 + torchaudio 2.11, transformers 5.17, huggingface_hub 1.33, tokenizers 0.23, numpy
 # 2.5, nvidia-ml-py; none of the reference's stack), then .ci/gpu/campaign.sh on the tiny model with the
 # same flags as on the device (docs/benchmarks.md, "GPU campaign").
-#   bash .ci/gpu/rehearse.sh PYTHON3.12 [VENV]    e.g. ~/.pyenv/versions/3.12.1/bin/python3 /work/venv-image
+#   bash .ci/gpu/rehearse.sh PYTHON3.12 [VENV]    e.g. "$(pyenv prefix 3.12.1)/bin/python3" venv-image
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python312=${1:?give a Python 3.12 interpreter}
