@@ -386,7 +386,7 @@ def _parity(part: Part) -> Callable[[Context], dict[str, Any]]:
 
 
 # Each side's own medians: metric -> (record column or derived, how it is shown).
-SIDE_METRICS = ("first_byte_s", "first_playable_s", "rtf", "ms_per_frame", "peak_mem_bytes")
+SIDE_METRICS = ("first_byte_s", "first_playable_s", "rtf", "ms_per_frame", "floor_ratio", "peak_mem_bytes")
 
 
 def _stat(p: Percentile) -> dict[str, Any]:
@@ -394,12 +394,15 @@ def _stat(p: Percentile) -> dict[str, Any]:
     return {"value": finite[0], "low": finite[1], "high": finite[2], "n": p.n}
 
 
-def _side_stats(side: pd.DataFrame) -> dict[str, Any]:
+def side_stats(side: pd.DataFrame) -> dict[str, Any]:
     ok = side[side["status"] == "ok"].copy()
     frames = ok["frames_generated"].to_numpy(dtype=np.float64, na_value=np.nan)
     wall = ok["wall_s"].to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         ok["ms_per_frame"] = np.where(frames > 0, 1000.0 * wall / frames, np.nan)
+        if "roofline_floor_frame_s" in ok:  # the bandwidth floor of a frame on the run's device (bench)
+            floor = ok["roofline_floor_frame_s"].to_numpy(dtype=np.float64, na_value=np.nan)
+            ok["floor_ratio"] = ok["ms_per_frame"] / (1000.0 * floor)
     stats = {}
     for metric in SIDE_METRICS:
         values = ok[metric].to_numpy(dtype=np.float64, na_value=np.nan) if metric in ok else np.array([])
@@ -475,8 +478,8 @@ def _bench(context: Context) -> dict[str, Any]:
         "errors_base": int(overall["errors_base"]),
         "first_error": next(iter(compare.error_lines(cand, base)), ""),
         "ratios": ratios,
-        "candidate": _side_stats(cand.frame),
-        "reference": _side_stats(base.frame),
+        "candidate": side_stats(cand.frame),
+        "reference": side_stats(base.frame),
         "memory_kinds": {"candidate": _kinds(cand.frame), "reference": _kinds(base.frame)},
     }
 
@@ -776,6 +779,7 @@ BENCH_COLUMNS = (
     ("first playable", "first_playable_s", "first_playable_s", 1000.0, " ms", 0),
     ("RTF", "rtf", "rtf", 1.0, "", 2),
     ("ms per frame", None, "ms_per_frame", 1.0, " ms", 0),
+    ("x bandwidth floor", None, "floor_ratio", 1.0, "", 1),
     ("peak memory", "peak_mem_bytes", "peak_mem_bytes", 1.0 / MIB, " MiB", 0),
 )
 
@@ -790,6 +794,9 @@ def _bench_cells(result: Mapping[str, Any] | None) -> list[Cell]:
     codes = "-" if data["codes_match"] is None else f"{100 * data['codes_match']:.0f} %"
     cells = [Cell(f"{data['pairs']} pairs, codes equal in {codes}", data["report"])]
     for _heading, ratio, side, scale, unit, digits in BENCH_COLUMNS:
+        if side not in data["candidate"]:  # a part scored before the column existed
+            cells.append(Cell("-"))
+            continue
         ours = _value(data["candidate"][side], scale, unit, digits)
         theirs = _value(data["reference"][side], scale, unit, digits)
         if side == "peak_mem_bytes":

@@ -164,3 +164,23 @@ def test_qwentts_cpp_on_the_scoreboard(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert parts["conformance"]["data"]["failed"] == 0
     (row,) = parts["parity-xvector"]["data"]["sweep"]["rows"]
     assert row["codes_exact"] == 1.0 and row["first_failing_stage"] == "output.wav"
+
+
+def test_bench_sides_give_ms_per_frame_and_its_multiple_of_the_bandwidth_floor() -> None:
+    import pandas as pd
+
+    from qtts_eval.scoreboard import side_stats
+
+    side = pd.DataFrame(
+        {
+            "status": ["ok", "ok", "error"],
+            "frames_generated": [10, 20, 5],
+            "wall_s": [1.0, 4.0, 0.1],  # 100 and 200 ms per frame; the error is left out
+            "roofline_floor_frame_s": [0.05, 0.05, 0.05],
+        }
+    )
+    stats = side_stats(side)
+    assert stats["ms_per_frame"]["value"] == pytest.approx(150.0) and stats["ms_per_frame"]["n"] == 2
+    assert stats["floor_ratio"]["value"] == pytest.approx(3.0)  # 150 ms against a 50 ms floor
+    no_floor = side_stats(side.drop(columns="roofline_floor_frame_s"))
+    assert no_floor["floor_ratio"]["value"] is None and no_floor["floor_ratio"]["n"] == 0
