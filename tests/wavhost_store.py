@@ -1,7 +1,8 @@
-"""Hand a local checkpoint to wavhost (a third-party OpenAI-compatible server, docs/dialects.md) through its own
-`pull`: wavhost downloads a model's files from the hub into content-addressed blobs and resumes a broken pull
-from a pull-state file that names each file's blob. Writing those blobs and that state from a local directory
-lets `wavhost pull` finish without a download, then build its checkpoint and manifest as usual.
+"""Hand a local checkpoint to wavhost (a third-party OpenAI-compatible server, docs/dialects.md) through
+its own `pull`: wavhost downloads a model's files from the hub into content-addressed blobs and resumes a
+broken pull from a pull-state file that names each file's blob. Writing those blobs and that state from a
+local directory lets `wavhost pull` finish without a download, then build its checkpoint and manifest as
+usual.
 
 The layout is wavhost 0.2.2's (wavhost/config.py, wavhost/storage.py): blobs at
 `<home>/.wavhost/models/blobs/sha256-<hex>`, the state at
