@@ -11,6 +11,7 @@ The layout is wavhost 0.2.2's (wavhost/config.py, wavhost/storage.py): blobs at
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -65,3 +66,18 @@ def seed_store(checkpoint: Path, home: Path) -> None:
     state = models / "pull-state" / f"{NAMESPACE}__{MODEL}.json"
     state.parent.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps({"layers": layers}, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="seed a wavhost store with a local checkpoint (greedy copy)")
+    parser.add_argument("checkpoint", type=Path, help="a Qwen3-TTS checkpoint directory")
+    parser.add_argument("home", type=Path, help="the HOME whose .wavhost store wavhost will use")
+    parser.add_argument("--frames", type=int, required=True, help="max_new_tokens of the greedy copy")
+    args = parser.parse_args()
+    copy = greedy_copy(args.checkpoint, args.home / f"checkpoint-greedy-{args.frames}", args.frames)
+    seed_store(copy, args.home)
+    print(f"seeded {args.home / '.wavhost'} from {copy}; now: HOME={args.home} wavhost pull {MODEL}")
+
+
+if __name__ == "__main__":
+    main()
