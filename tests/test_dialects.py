@@ -123,6 +123,18 @@ def test_server_fault_is_a_named_error(request_icl, fault, shape, error, message
         assert time.monotonic() - began < TIMEOUT_S + 5
 
 
+def test_audio_past_the_frame_budget_is_named_in_every_shape(request_icl) -> None:
+    """A server that ignores max_frames did other work: named, not recorded as a length-limited run."""
+    for url in _serve("--fault", "over-budget"):
+        for shape in ({"response_format": "pcm"}, {"response_format": "wav"}, {"stream_format": "sse"}):
+            pipeline = _client(url, **shape)
+            try:
+                with pytest.raises(ProtocolError, match=f"more than a budget of {FRAMES} frames allows"):
+                    collect(pipeline.stream(request_icl))
+            finally:
+                pipeline.close()
+
+
 def test_headerless_pcm_at_another_documented_rate_is_named(served, request_icl) -> None:
     pipeline = _client(served, pcm_rate=16000)
     try:

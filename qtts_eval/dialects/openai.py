@@ -95,6 +95,14 @@ def parse_wav_header(data: bytes, where: str) -> tuple[int, int | None] | None:
     return None
 
 
+def within_budget(samples: int, budget: int, where: str) -> int:
+    """`samples` so far, if a frame budget of `budget` allows them: N frames yield N - 1 (the reference) or N,
+    never more, so a server past it ignored the request's max_frames and did other work."""
+    if samples > budget * SAMPLES_PER_FRAME:
+        raise ProtocolError(f"{where}: {samples} samples, more than a budget of {budget} frames allows")
+    return samples
+
+
 class OpenAIPipeline(Pipeline):
     """A server speaking `POST /v1/audio/speech` (vLLM-Omni, SGLang, FastAPI wrappers, `serve --dialect
     openai`).
@@ -148,13 +156,14 @@ class OpenAIPipeline(Pipeline):
                         f"{where}: content type {content_type or '(none)'!r}, "
                         f"expected one of {CONTENT_TYPES[kind]}"
                     )
+                budget = request.max_frames
                 if kind == "sse":
-                    samples = yield from self._sse(response, where)
+                    samples = yield from self._sse(response, where, budget)
                 elif kind == "wav":
-                    samples = yield from self._wav(response, where)
+                    samples = yield from self._wav(response, where, budget)
                 else:
                     check_rate(self.options.pcm_rate, where)
-                    samples = yield from self._pcm(response.iter_bytes(), where)
+                    samples = yield from self._pcm(response.iter_bytes(), where, budget)
         except httpx.TimeoutException as exc:
             raise CandidateTimeout(
                 f"{where}: nothing received within {self.options.timeout_s:g} s ({exc!r})"
@@ -166,18 +175,18 @@ class OpenAIPipeline(Pipeline):
         # No codes come over this dialect: the frame count is what the audio length implies.
         yield StreamEnd(frames_generated=samples // SAMPLES_PER_FRAME, info={CODES_KEY: NOT_AVAILABLE})
 
-    def _pcm(self, pieces: Iterator[bytes], where: str) -> Generator[Event, None, int]:
+    def _pcm(self, pieces: Iterator[bytes], where: str, budget: int) -> Generator[Event, None, int]:
         decoder = Pcm16Decoder()
         count = 0
         for piece in pieces:
             samples = decoder.decode(piece)
             if samples.size:
-                count += samples.size
+                count = within_budget(count + samples.size, budget, where)
                 yield AudioChunk(samples)
         decoder.finish(where)
         return count
 
-    def _wav(self, response: httpx.Response, where: str) -> Generator[Event, None, int]:
+    def _wav(self, response: httpx.Response, where: str, budget: int) -> Generator[Event, None, int]:
         pieces = response.iter_bytes()
         head = b""
         header = None
@@ -202,14 +211,14 @@ class OpenAIPipeline(Pipeline):
                 received += len(piece)
                 yield piece
 
-        count = yield from self._pcm(counted(), where)
+        count = yield from self._pcm(counted(), where, budget)
         if declared is not None and received != declared:
             raise ProtocolError(
                 f"{where}: the WAV header declares {declared} data bytes, the stream carried {received}"
             )
         return count
 
-    def _sse(self, response: httpx.Response, where: str) -> Generator[Event, None, int]:
+    def _sse(self, response: httpx.Response, where: str, budget: int) -> Generator[Event, None, int]:
         from httpx_sse import EventSource
 
         decoder = Pcm16Decoder()
@@ -234,7 +243,7 @@ class OpenAIPipeline(Pipeline):
             except binascii.Error as exc:
                 raise ProtocolError(f"{where}: an audio delta is not valid base64 ({exc})") from exc
             if samples.size:
-                count += samples.size
+                count = within_budget(count + samples.size, budget, where)
                 yield AudioChunk(samples)
         else:
             raise ProtocolError(f"{where}: the SSE stream ended without speech.audio.done")

@@ -31,6 +31,7 @@ FAULTS = (
     "cut-mid-chunk",  # the connection dropped in the middle of the chunked body
     "sse-not-json",  # an SSE event whose data is not JSON
     "hang",  # headers sent, then nothing
+    "over-budget",  # every chunk sent twice: more audio than the request's max_frames
 )
 
 
@@ -62,7 +63,8 @@ def create_app(pipeline: Pipeline, fault: str | None = None) -> Any:
         with lock:
             for event in pipeline.stream(request):
                 if isinstance(event, AudioChunk):
-                    yield encode_audio(event.samples, Encoding.PCM16)
+                    piece = encode_audio(event.samples, Encoding.PCM16)
+                    yield from (piece, piece) if fault == "over-budget" else (piece,)
 
     def shaped(pieces: Iterator[bytes], fmt: str, sse: bool) -> Iterator[bytes]:
         if sse:
