@@ -637,3 +637,16 @@ def test_load_hands_a_worker_the_model_it_was_given() -> None:
         SessionPool(command, timeouts, 1, model="tiny").acquire()
     with pytest.raises(PipelineError, match="pass --model"):
         SessionPool(command, timeouts, 1).acquire()
+
+
+def test_the_websocket_client_offers_no_compression() -> None:
+    """permessage-deflate, which websockets offers by default, puts zlib time on the clock for every audio
+    message and clip upload: the native wire, the speak client and load all connect without it."""
+    from qtts_eval.wire.client import WebSocketChannel
+
+    for url in _serve([*FAULTY, "--websocket"]):
+        channel = WebSocketChannel(url, 10.0)
+        try:
+            assert channel.connection.protocol.extensions == []
+        finally:
+            channel.close()

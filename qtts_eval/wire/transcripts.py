@@ -243,7 +243,9 @@ class ServerProcess:
             assert self.process.stdout is not None
             url = self.process.stdout.readline().decode().split()[-1]  # "listening on ws://..."
             self.connection = self._stack.enter_context(
-                connect(url, open_timeout=START_TIMEOUT_S, max_size=protocol.MAX_FRAME_BYTES)
+                connect(
+                    url, open_timeout=START_TIMEOUT_S, max_size=protocol.MAX_FRAME_BYTES, compression=None
+                )
             )
 
     def send(self, text: str) -> None:
