@@ -31,7 +31,7 @@ from qtts_eval.errors import BenchError, MetricError
 from qtts_eval.fixtures import FixtureSet, TextFixture, Voice, load_fixtures
 from qtts_eval.measure import Measurement, measure
 from qtts_eval.metrics.asr import Recognizer, load_recognizer
-from qtts_eval.metrics.latency import latency_columns
+from qtts_eval.metrics.latency import in_one_burst, latency_columns
 from qtts_eval.metrics.nvml import board_power_reader, process_gpu_memory_bytes
 from qtts_eval.metrics.power import energy_columns, idle_power_w
 from qtts_eval.metrics.power import sampling as power_sampling
@@ -618,8 +618,9 @@ def work_columns(declared: WorkDeclaration, non_streaming_mode: bool | None) -> 
 def observed_work(record: Record, result: Measurement, frames: int) -> tuple[dict[str, Any], dict[str, str]]:
     """What the harness saw of the declared work: the work_* columns it corrects (or fills in where nothing
     was declared) and, for a correction, why (metric_error). Observable: more than one chunk is streamed
-    delivery; one chunk covering more than a packet is whole; a capped run of N frames follows the "n"
-    convention."""
+    delivery, unless they all arrived in one burst at the end (metrics.latency.in_one_burst: a server that
+    buffers the utterance and slices it); one chunk covering more than a packet is whole; a capped run of N
+    frames follows the "n" convention."""
     columns: dict[str, Any] = {}
     errors: dict[str, str] = {}
 
@@ -631,7 +632,9 @@ def observed_work(record: Record, result: Measurement, frames: int) -> tuple[dic
 
     chunks = len(result.chunks)
     packet = record.work_packet_frames
-    if chunks > 1:
+    if chunks > 1 and in_one_burst(result.chunks[0].t_s, result.chunks[-1].t_s):
+        saw("work_delivery", Delivery.WHOLE.value, f"{chunks} chunks arrived in one burst at the end")
+    elif chunks > 1:
         saw("work_delivery", Delivery.STREAMED.value, f"{chunks} chunks arrived")
     elif chunks == 1 and frames > (packet or 1):
         saw("work_delivery", Delivery.WHOLE.value, f"one chunk carried all {frames} frames")

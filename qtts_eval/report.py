@@ -79,6 +79,7 @@ DEMO_RUNS = {"notebook-tiny": NOTEBOOK_RUN, "compare-demo": DEMO_COMPARE_RUN}
 # The demo parity sweep: the reference against itself (passes) and a planted fault (fails at the talker; the
 # parity notebook's demo too), each a `qtts-eval parity --out` directory named by its slug.
 DEMO_PARITY_CANDIDATES = ("reference", "fault:talker-weight")
+DEMO_PARITY_FRAMES = 8  # the talker fault shows from the prefill on; the default 32 frames only cost time
 # The demo scoreboard: one planted fault as the only row, its x-vector parity on tiny (2 frames).
 DEMO_SCOREBOARD = Settings(
     candidates=("fault:talker-weight",),
@@ -176,13 +177,19 @@ def gate_runs(
     return Path(row["path"]), [Path(by_id[run_id]) for run_id in baselines]
 
 
-def ensure_parity(out_dir: str | Path, candidate: str = "fault:talker-weight", model: str = "tiny") -> Path:
-    """A parity session of ``candidate`` written to ``out_dir`` unless its report.json exists; returns it."""
+def ensure_parity(
+    out_dir: str | Path,
+    candidate: str = "fault:talker-weight",
+    model: str = "tiny",
+    max_frames: int | None = None,
+) -> Path:
+    """A parity session of ``candidate`` written to ``out_dir`` unless its report.json exists; returns it.
+    ``max_frames`` None is the session's default budget."""
     from qtts_eval.parity.session import run_session
 
     out = Path(out_dir)
     if not (out / "report.json").exists():
-        run_session(candidate, out, {"model": model})
+        run_session(candidate, out, {"model": model, "max_frames": max_frames})
     return out
 
 
@@ -194,7 +201,7 @@ def demo_parity_sweep() -> Path:
     """The demo sweep (DEMO_PARITY_CANDIDATES on the tiny checkpoint) in the scratch directory."""
     root = scratch_root() / "parity-demo"
     for candidate in DEMO_PARITY_CANDIDATES:
-        ensure_parity(root / _slug(candidate), candidate, "tiny")
+        ensure_parity(root / _slug(candidate), candidate, "tiny", DEMO_PARITY_FRAMES)
     return root
 
 
@@ -208,7 +215,9 @@ def find_parity(
     """The `qtts-eval parity --out` directory ``results_root/parity_dir``; "" is the demo (a planted talker
     fault). A missing one is an error listing those that exist, unless ``create`` runs ``candidate`` there."""
     if not parity_dir:
-        return ensure_parity(scratch_root() / "parity-demo" / _slug("fault:talker-weight"))
+        return ensure_parity(
+            scratch_root() / "parity-demo" / _slug("fault:talker-weight"), max_frames=DEMO_PARITY_FRAMES
+        )
     root = Path(results_root)
     if not (root / parity_dir / REPORT_FILE).exists() and not create:
         how = (

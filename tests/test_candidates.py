@@ -268,9 +268,11 @@ def test_worker_shim_import_chain_is_torch_free() -> None:
 
 
 # --- the real port ------------------------------------------------------------------------------------------
-# Needs network once (`qtts-eval candidates install qwentts-cpp`), the 0.6b-base build (~2.4 GB) and its GGUF
-# export (~4.3 GB), and ~9 GB of memory for the port beside the reference. CI runs them (CI=true), with small
-# frame budgets, against the machine's cache; elsewhere they run when QTTS_EVAL_PORT_TESTS=1.
+# Needs network once (`qtts-eval candidates install qwentts-cpp`), the 0.6b-shallow build and its GGUF export
+# (every released width, one layer per stack: the port's hard-coded shapes load, in seconds), and ~6 GB of
+# memory for the port beside the reference. CI runs them (CI=true), with small frame budgets, against the
+# machine's cache; elsewhere they run when QTTS_EVAL_PORT_TESTS=1. The real depth is docs/ports.md's.
+PORT_MODEL = "0.6b-shallow"
 PORT_TESTS = os.environ.get("QTTS_EVAL_PORT_TESTS") == "1" or os.environ.get("CI") == "true"
 port_test = pytest.mark.skipif(
     not PORT_TESTS, reason="set QTTS_EVAL_PORT_TESTS=1 to drive the real port (CI does)"
@@ -292,7 +294,7 @@ def test_qwentts_cpp_passes_conformance(user_cache: Path) -> None:
     from qtts_eval.candidates.pipeline import QwenttsCppCandidate
     from qtts_eval.wire.conformance import CheckOptions, check_target
 
-    candidate_pipeline = QwenttsCppCandidate(PipelineConfig(model="0.6b-base", options={"threads": 1}))
+    candidate_pipeline = QwenttsCppCandidate(PipelineConfig(model=PORT_MODEL, options={"threads": 1}))
     candidate_pipeline.prepare()
     results = check_target(shlex.join(candidate_pipeline.command()), CheckOptions(frames=2))
     assert [(r.rule, r.verdict.value) for r in results if r.verdict.value != "pass"] == []  # no FAIL, no n/a
@@ -312,10 +314,10 @@ def _port_parity(mode: CloneMode, tmp_path: Path) -> ParityResult:
         voice, "Hello there.", "english", mode, 3, seed=0, sampling=Sampling(repetition_penalty=1.0),
         non_streaming_mode=mode is CloneMode.XVECTOR,
     )  # fmt: skip
-    reference = HookedReference(PipelineConfig(model="0.6b-base"))
+    reference = HookedReference(PipelineConfig(model=PORT_MODEL))
     reference.load()
     ref_dump = reference_dump(reference, request)
-    port = QwenttsCppCandidate(PipelineConfig(model="0.6b-base", options={"threads": 1}))
+    port = QwenttsCppCandidate(PipelineConfig(model=PORT_MODEL, options={"threads": 1}))
     port.prepare()
     fp32 = profile_for_precision("float32", "float32")
     return compare_pipeline(ref_dump, port, request, fp32, "qwentts-cpp", dump_dir=tmp_path)
@@ -333,7 +335,7 @@ def test_qwentts_cpp_xvector_parity_matches_the_talker_and_codes(user_cache: Pat
     assert result.forced is None  # the port cannot be teacher-forced
     stages = {stage.key: stage for stage in result.free.stages}
     passing = ["inputs.text_ids", "spk.mel", "spk.block.03", "spk.embedding", "talker.prefill.embeds"]
-    passing += ["talker.prefill.layer.00", "talker.prefill.layer.27", "talker.prefill.norm", "talker.logits"]
+    passing += ["talker.prefill.layer.00", "talker.prefill.norm", "talker.logits"]
     assert {key: stages[key].status for key in passing} == dict.fromkeys(passing, Status.PASS)
     assert stages["codes"].status is Status.PASS and stages["codes"].metrics["exact"] == 1.0
     first = result.free.first_failure
@@ -345,8 +347,8 @@ def test_qwentts_cpp_xvector_parity_matches_the_talker_and_codes(user_cache: Pat
 def test_qwentts_cpp_icl_parity_fails_at_the_clip_codes(user_cache: Path, tmp_path: Path) -> None:
     """docs/ports.md: in ICL the port encodes the reference clip cut to whole frames (a convention: the
     overlap is compared) and its codec-encoder codes flip a near tie (reference margin < 1e-3) that fp32
-    requires exact, with no tap to classify it; its text ids and speaker encoder agree. Not in CI: a second
-    0.6b run."""
+    requires exact, with no tap to classify it; its text ids and speaker encoder agree. Not in CI: a third
+    port run."""
     from qtts_eval.parity.compare import Status
 
     result = _port_parity(CloneMode.ICL, tmp_path)

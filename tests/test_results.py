@@ -143,6 +143,10 @@ def test_sigkill_loses_nothing_and_resume_completes(tmp_path: Path) -> None:
         "en_question",
         "--repeats",
         "2",
+        "--max-frames",
+        "8",  # the kill and the resume are what is tested, not long utterances
+        "--asr",
+        "none",
         "--no-progress",
     ]
     records = tmp_path / "killed" / "records.jsonl"

@@ -650,3 +650,17 @@ def test_the_websocket_client_offers_no_compression() -> None:
             assert channel.connection.protocol.extensions == []
         finally:
             channel.close()
+
+
+def test_bench_calls_audio_sliced_after_the_whole_utterance_whole_delivery(tmp_path: Path) -> None:
+    """The rule load's streaming window uses (metrics.latency.in_one_burst) holds in bench too: chunks that
+    all arrive in one burst at the end are whole delivery, a stream paced over generation is streamed."""
+    common = {"fixtures": ("en_one_word",), "modes": ("xvector",), "repeats": 1, "warmup": 0}
+    delivery = {}
+    for name, fault in (("paced", []), ("burst", ["--fault", "buffer-all"])):
+        options = {"timeout_s": TIMEOUT_S, "command": [*FAULTY, "--frame-delay-ms", "20", *fault]}
+        config = BenchConfig(pipelines=("worker",), options=options, **common)
+        frame = Bench.create(config, tmp_path, name).run(progress=False)
+        assert frame["chunks"].iloc[0] > 1, frame.iloc[0].to_dict()
+        delivery[name] = frame["work_delivery"].iloc[0]
+    assert delivery == {"paced": "streamed", "burst": "whole"}

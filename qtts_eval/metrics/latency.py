@@ -22,6 +22,19 @@ class ChunkTiming:
     samples: int  # samples in the chunk
 
 
+# A request whose audio arrives within the last 10 % of its time after t0 (first to last byte, over t0 to
+# last byte) came in one burst at the end: a server that buffers the whole utterance, not a stream. A
+# streaming server spreads its frames over generation; only a first frame far slower than all the rest
+# together would come close.
+NOT_STREAMING_SHARE = 0.1
+
+
+def in_one_burst(first: float, last: float) -> bool:
+    """Whether audio whose first and last bytes arrived at `first` and `last` (any unit, from t0) came in one
+    burst at the end (NOT_STREAMING_SHARE): the one rule bench's delivery and load's `buffered` share."""
+    return last - first < NOT_STREAMING_SHARE * last
+
+
 def _arrival_of_sample(chunks: Sequence[ChunkTiming], sample: int) -> float | None:
     """When the chunk holding ``sample`` arrived."""
     total = 0

@@ -21,7 +21,7 @@ import numpy as np
 
 from qtts_eval.errors import BenchError, QttsEvalError
 from qtts_eval.fixtures import load_fixtures
-from qtts_eval.metrics.latency import ChunkTiming, playback_underruns
+from qtts_eval.metrics.latency import ChunkTiming, in_one_burst, playback_underruns
 from qtts_eval.pipelines.base import CloneMode, Request, Sampling, UnsupportedRequest
 from qtts_eval.results import Record, RequestOutcome, delivered_outcome, error_outcome
 from qtts_eval.units import SAMPLE_RATE_HZ
@@ -32,11 +32,6 @@ from qtts_eval.wire.slo import Slo
 
 PERCENTILES = (50, 95, 99)
 OUTCOMES = tuple(outcome.value for outcome in RequestOutcome)  # the per-level counts, one column each
-# A request whose audio arrives within the last 10 % of its time after speak (first to last byte, over sent
-# to last byte) came in one burst at the end: a server that buffers the whole utterance, not a stream. A
-# streaming server spreads its frames over generation; only a first frame far slower than all the rest
-# together would come close.
-NOT_STREAMING_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -86,10 +81,10 @@ class Sample:
 
     @property
     def buffered(self) -> bool:
-        """Several chunks, but all within the last NOT_STREAMING_SHARE of the time after speak was sent."""
+        """Several chunks, but all in one burst at the end of the time after speak was sent (in_one_burst)."""
         if not self.ok or self.chunks < 2 or self.last_ns is None or self.first_ns is None:
             return False
-        return self.last_ns - self.first_ns < NOT_STREAMING_SHARE * (self.last_ns - self.sent_ns)
+        return in_one_burst(self.first_ns - self.sent_ns, self.last_ns - self.sent_ns)
 
 
 @dataclass(frozen=True)
@@ -350,7 +345,7 @@ def summarise(result: LevelResult, slo: Slo | None = None) -> dict[str, float | 
 
 
 def streaming_verdict(row: dict[str, float | int | str]) -> str | None:
-    """'not streaming' when most requests' audio came in one burst at the end (see NOT_STREAMING_SHARE)."""
+    """'not streaming' when most requests' audio came in one burst at the end (see in_one_burst)."""
     delivered = int(row["requests"]) - int(row["errors"])
     if delivered and int(row["buffered"]) * 2 > delivered:
         return (
