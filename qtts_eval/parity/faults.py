@@ -56,7 +56,7 @@ class WrongMelFmax(Fault):
 
         inner = model.model
         mels = mel_spectrogram(
-            torch.from_numpy(audio).unsqueeze(0),
+            torch.from_numpy(audio.copy()).unsqueeze(0),  # the clip may be a read-only view
             n_fft=1024,
             num_mels=128,
             sampling_rate=SAMPLE_RATE_HZ,
