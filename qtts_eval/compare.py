@@ -163,6 +163,15 @@ def compare(candidate: Side, baseline: Side) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ok_pairs(candidate: Side, baseline: Side) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each side's records of the requests both sides answered ok: the same work on both sides, so one
+    side's median beside the other's compares like with like (a mode one side refused drops out of both)."""
+    keys = list(PAIR_KEYS)
+    ok = [side.frame[side.frame["status"] == "ok"] for side in (candidate, baseline)]
+    both = ok[0][keys].merge(ok[1][keys], on=keys)
+    return ok[0].merge(both, on=keys), ok[1].merge(both, on=keys)
+
+
 def _ratio(pairs: pd.DataFrame, metric: str) -> Percentile:
     both = pairs[(pairs["status"] == "ok") & (pairs["status_base"] == "ok")]
     if metric not in both or f"{metric}_base" not in both:

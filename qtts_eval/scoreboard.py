@@ -20,7 +20,8 @@ Output directory::
     OUT/scoreboard.json, .md, .html   the table (SCOREBOARD_FILES), rewritten after every part
 
 scoreboard.json (SCHEMA_VERSION): {schema_version, created_at, updated_at, budget_s, settings (Settings),
-machine (environment.fingerprint()), rows: [{candidate, kind, parts: {part: PartResult}}]}. A PartResult's
+machine (environment.fingerprint() of the last invocation that scored a part), written_at_commit (of the
+code that wrote the tables), rows: [{candidate, kind, parts: {part: PartResult}}]}. A PartResult's
 `data` per part: install {environment, versions}; conformance {rules: [{rule, verdict, detail}], passed,
 failed, not_applicable, report}; parity-* {sweep (parity.sweep.to_json), report}; bench {run, report, pairs,
 codes_match, flags, notes, errors, errors_base, first_error, ratios: {metric: Stat}, candidate: {metric:
@@ -31,7 +32,8 @@ Report paths are relative to OUT; "sweep" and "compare" exist as .md and .html.
 Resume: a part whose file says `done` or `failed` is finished and kept; `skipped` parts (the budget ran out,
 or an earlier part failed) and parts with no file (killed mid-way) run again, and so does a failed install
 whose environment has become ready (pip itself runs at most once per scoreboard). The bench part resumes
-its own run (qtts_eval.bench.Bench.resume).
+its own run (qtts_eval.bench.Bench.resume); a finished one has its summary derived again from the run's
+records (seconds, nothing measured), so the table shows what the current comparison code makes of them.
 
 Budget: each row gets `budget_s` per invocation. No part starts once it is spent (the rest are `skipped` and
 said so), the bench starts no request after it, and the waits on a candidate process are bounded by what is
@@ -453,13 +455,21 @@ def _bench(context: Context) -> dict[str, Any]:
         raise OverBudget(
             f"budget spent with {left} of {len(bench.cells)} bench requests left (resume goes on)"
         )
-    frame = load_run(run_dir)
+    return bench_summary(context.directory, row)
+
+
+def bench_summary(directory: Path, row: Row) -> dict[str, Any]:
+    """The bench part's result from its finished run's records (and its compare report): derived again on
+    every resume, so the table follows the comparison code, never a stale summary."""
+    candidate = row.spec if row.kind is Kind.REGISTRY else "worker"
+    frame = load_run(directory / BENCH_RUN)
     cand, base = compare.within_run(frame, candidate, REFERENCE)
     table = compare.compare(cand, base)
     heading = compare.title(cand, base)
-    write_atomic(context.directory / COMPARE_FILES[0], compare.to_markdown(table, heading))
-    write_atomic(context.directory / COMPARE_FILES[1], compare.to_html(table, heading))
+    write_atomic(directory / COMPARE_FILES[0], compare.to_markdown(table, heading))
+    write_atomic(directory / COMPARE_FILES[1], compare.to_html(table, heading))
     overall = table[table["fixture_id"] == compare.ALL].iloc[0].to_dict()
+    paired = compare.ok_pairs(cand, base)  # each side's medians over the ratios' pairs: the same requests
     ratios = {
         metric: _stat(
             Percentile(50.0, overall[f"{metric}_ratio"], overall[f"{metric}_low"], overall[f"{metric}_high"],
@@ -478,8 +488,8 @@ def _bench(context: Context) -> dict[str, Any]:
         "errors_base": int(overall["errors_base"]),
         "first_error": next(iter(compare.error_lines(cand, base)), ""),
         "ratios": ratios,
-        "candidate": side_stats(cand.frame),
-        "reference": side_stats(base.frame),
+        "candidate": side_stats(paired[0]),
+        "reference": side_stats(paired[1]),
         "memory_kinds": {"candidate": _kinds(cand.frame), "reference": _kinds(base.frame)},
     }
 
@@ -512,6 +522,10 @@ def read_part(path: Path) -> PartResult | None:
         ) from None
 
 
+def _write_part(path: Path, result: PartResult) -> None:
+    write_atomic(path, json.dumps(dataclasses.asdict(result), indent=2, default=str) + "\n")
+
+
 def _installed_since(row: Row, result: PartResult) -> bool:
     """A failed install whose environment is ready now (installed by hand since): it is scored again. A
     failed install is otherwise kept, so pip runs at most once per scoreboard."""
@@ -528,6 +542,9 @@ class Scoreboard:
         self.created_at = created_at
         self.rows = [Row(spec) for spec in settings.candidates]
         self.budget_s = DEFAULT_BUDGET_S  # of the current (or last) `run`
+        # The machine of the last invocation that scored a part: a resume that only renders (or derives a
+        # bench summary again) on another machine must not claim the measurements as its own.
+        self.measured_on: dict[str, Any] | None = None
 
     @classmethod
     def create(cls, out: Path, settings: Settings) -> Scoreboard:
@@ -551,7 +568,11 @@ class Scoreboard:
         header = json.loads(path.read_text(encoding="utf-8"))
         if header.get("schema_version", 0) > SCHEMA_VERSION:
             raise ResultsError(f"{path}: written by a newer scoreboard (schema {header['schema_version']})")
-        return cls(out, Settings.from_json(header["settings"]), header["created_at"])
+        board = cls(out, Settings.from_json(header["settings"]), header["created_at"])
+        written = out / SCOREBOARD_FILES[0]
+        if written.is_file():
+            board.measured_on = json.loads(written.read_text(encoding="utf-8")).get("machine")
+        return board
 
     def _header(self) -> dict[str, Any]:
         return {
@@ -583,12 +604,17 @@ class Scoreboard:
                 result = read_part(path)
                 if result is None or not result.finished or _installed_since(row, result):
                     result = self._score(row, part, deadline, blocked)
-                    write_atomic(path, json.dumps(dataclasses.asdict(result), indent=2, default=str) + "\n")
+                    if result.finished:  # it ran here (a skip measured nothing)
+                        self.measured_on = environment.fingerprint()
+                    _write_part(path, result)
                     log(
                         f"{row.spec} {part.value}: {result.status}"
                         + (f" ({result.reason})" if result.reason else "")
                     )
                     self.write()
+                elif part is Part.BENCH and result.status == Status.DONE.value:
+                    data = bench_summary(self.out / row.slug / part.value, row)  # seconds, from records
+                    _write_part(path, dataclasses.replace(result, data=data))
                 if part is Part.INSTALL and result.status != Status.DONE.value:
                     blocked = f"not installed ({part.value} {result.status})"
         return self.write()
@@ -622,7 +648,8 @@ class Scoreboard:
             **self._header(),
             "updated_at": _now(),
             "budget_s": self.budget_s,
-            "machine": environment.fingerprint(),
+            "machine": self.measured_on or environment.fingerprint(),
+            "written_at_commit": environment.git_commit()[0],
             "rows": rows,
         }
 
@@ -881,14 +908,14 @@ HEADINGS = {"verdicts": VERDICT_HEADINGS, "parity": PARITY_HEADINGS, "bench": BE
 TITLES = {
     "verdicts": "Verdicts",
     "parity": "Parity: every failing group, divergence classes, causes",
-    "bench": "Same-work bench against the reference: port vs reference medians; x the median of paired "
-    "ratios port / reference [95 % bootstrap interval] n",
+    "bench": "Same-work bench against the reference: port vs reference medians over the requests both "
+    "answered ok; x the median of paired ratios port / reference [95 % bootstrap interval] n",
 }
 
 
 def _settings_line(data: Mapping[str, Any]) -> str:
     s = data["settings"]
-    machine = data["machine"]
+    machine, written = data["machine"], data.get("written_at_commit")
     commit = str(machine.get("git_commit") or "?")[:12] + (" (dirty)" if machine.get("git_dirty") else "")
     return (
         f"model `{s['model']}` on {s['device']}, fixtures {', '.join(s['fixtures'])}, voice {s['voice']}; "
@@ -896,7 +923,12 @@ def _settings_line(data: Mapping[str, Any]) -> str:
         f"conformance {s['conformance_frames']} frames; budget {data['budget_s']:g} s per candidate; "
         f"options {s['options'] or 'none'}. Machine: {machine.get('cpu') or '?'}, "
         f"{machine.get('gpu_name') or 'no GPU'}, {machine.get('platform')}; commit {commit}; "
-        f"created {data['created_at']}, updated {data['updated_at']}."
+        f"created {data['created_at']}, updated {data['updated_at']}"
+        + (
+            f", tables written at commit {written[:12]}."
+            if written and written != machine.get("git_commit")
+            else "."
+        )
     )
 
 

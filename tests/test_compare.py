@@ -53,6 +53,19 @@ def test_all_reference_errors_are_shown_and_flagged() -> None:
     )
 
 
+def test_each_side_s_paired_records_leave_out_a_mode_the_candidate_refused() -> None:
+    # A port that refuses ICL: the reference's ICL requests (slower here) must not enter its side's median.
+    reference = pd.concat(
+        [_records("reference"), _records("reference", mode="icl", first_byte_s=2.0)], ignore_index=True
+    )
+    refused = _records("port", mode="icl", status="unsupported", error="UnsupportedRequest: no ICL")
+    frame = pd.concat([reference, _records("port", first_byte_s=0.2), refused], ignore_index=True)
+    cand, base = compare.ok_pairs(*compare.within_run(frame, "port"))
+    assert len(cand) == len(base) == 6 and set(base["mode"]) == {"xvector"}
+    assert base["first_byte_s"].median() == pytest.approx(0.4)  # not 1.2, the median over both modes
+    assert list(cand["repeat"]) == list(base["repeat"])
+
+
 def test_the_whole_budget_convention_is_a_note_and_a_runaway_a_flag() -> None:
     honest = pd.concat([_records("reference"), _records("port", frames=41)], ignore_index=True)
     table = compare.compare(*compare.within_run(honest, "port"))

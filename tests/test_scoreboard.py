@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from qtts_eval import environment
 from qtts_eval.cli import main
 from qtts_eval.errors import ResultsError
 from qtts_eval.scoreboard import (
@@ -97,13 +98,18 @@ def test_a_candidate_whose_install_fails_keeps_its_row_with_the_reason(board: di
     assert f"| {PORT} | FAILED: PipelineError: pip failed" in (board["out"] / "scoreboard.md").read_text()
 
 
-def test_resume_scores_nothing_finished_again(board: dict[str, Any]) -> None:
+def test_resume_scores_nothing_finished_again_nor_claims_the_measurements(
+    board: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = board["out"]
     finished = [part_path(out, Row(FAULT), Part.PARITY_XVECTOR), part_path(out, Row(PORT), Part.INSTALL)]
     before = [path.read_bytes() for path in finished]
     report = out / "fault-talker-weight" / "parity-xvector" / "en_short-xvector-slt" / "report.json"
     stamp = report.stat().st_mtime_ns
+    measured_on = _load(out)["machine"]
+    monkeypatch.setattr(environment, "fingerprint", lambda: {"cpu": "another machine"})
     assert main(["scoreboard", "--resume", str(out)]) == 1
+    assert _load(out)["machine"] == measured_on  # rendered elsewhere, measured here
     assert [path.read_bytes() for path in finished] == before  # the failed install too: pip ran once
     assert report.stat().st_mtime_ns == stamp
     assert _parts(_load(out), PORT)["parity-xvector"]["reason"] == "not installed (install failed)"

@@ -150,16 +150,21 @@ def plots(result: ParityResult) -> dict[str, str]:
 
     fig, ax = plt.subplots(figsize=(6, 3))
     width = 0.4
+    drawn = False
     for offset, comparison in enumerate(_comparisons(result)):
         for stage in comparison.stages:
             if stage.key == "codes" and stage.per_codebook:
                 x = np.arange(len(stage.per_codebook)) + offset * width
                 ax.bar(x, [100 * v for v in stage.per_codebook], width=width, label=comparison.mode)
+                drawn = True
     ax.set_xlabel("codebook")
     ax.set_ylabel("exact match %")
     ax.set_ylim(0, 105)
     ax.set_title("Generated codes: match per codebook")
-    ax.legend()
+    if drawn:
+        ax.legend()
+    else:  # e.g. the candidate stopped before generating codes: an empty plot that says so
+        ax.text(0.5, 0.5, "no generated codes compared", ha="center", va="center", transform=ax.transAxes)
     found["codebook_match"] = _png(fig)
 
     ref_wav, cand_wav = audio_pair(result)
