@@ -262,6 +262,12 @@ class Row:
     def candidate(self) -> Candidate:
         return candidate(self.spec)
 
+    @property
+    def bench_pipeline(self) -> str:
+        """The pipeline name its records carry in the bench run: a registry candidate's own, else the worker
+        that serves it."""
+        return self.spec if self.kind is Kind.REGISTRY else "worker"
+
     def non_streaming_mode(self, mode: CloneMode) -> bool:
         """The prompt layout both sides run `mode` in: the port's own where it builds one layout, else the
         reference's default."""
@@ -420,7 +426,7 @@ def _kinds(side: pd.DataFrame) -> list[str]:
 
 def _bench(context: Context) -> dict[str, Any]:
     settings, row = context.settings, context.row
-    candidate = row.spec if row.kind is Kind.REGISTRY else "worker"
+    candidate = row.bench_pipeline
     if row.kind is Kind.REGISTRY:
         options: dict[str, Any] = {
             f"{candidate}.{key}": value for key, value in context.wire_options().items()
@@ -461,9 +467,8 @@ def _bench(context: Context) -> dict[str, Any]:
 def bench_summary(directory: Path, row: Row) -> dict[str, Any]:
     """The bench part's result from its finished run's records (and its compare report): derived again on
     every resume, so the table follows the comparison code, never a stale summary."""
-    candidate = row.spec if row.kind is Kind.REGISTRY else "worker"
     frame = load_run(directory / BENCH_RUN)
-    cand, base = compare.within_run(frame, candidate, REFERENCE)
+    cand, base = compare.within_run(frame, row.bench_pipeline, REFERENCE)
     table = compare.compare(cand, base)
     heading = compare.title(cand, base)
     write_atomic(directory / COMPARE_FILES[0], compare.to_markdown(table, heading))

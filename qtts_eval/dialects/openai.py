@@ -24,6 +24,7 @@ from qtts_eval.dialects.shared import (
     Pcm16Decoder,
     check_rate,
     clone_fields,
+    within_budget,
 )
 from qtts_eval.errors import CandidateTimeout, PipelineError, ProtocolError
 from qtts_eval.pipelines.base import AudioChunk, Event, Pipeline, PipelineConfig, Request, StreamEnd
@@ -93,14 +94,6 @@ def parse_wav_header(data: bytes, where: str) -> tuple[int, int | None] | None:
     if len(data) > WAV_HEADER_MAX_BYTES:
         raise ProtocolError(f"{where}: no WAV data chunk within the first {WAV_HEADER_MAX_BYTES} bytes")
     return None
-
-
-def within_budget(samples: int, budget: int, where: str) -> int:
-    """`samples` so far, if a frame budget of `budget` allows them: N frames yield N - 1 (the reference) or N,
-    never more, so a server past it ignored the request's max_frames and did other work."""
-    if samples > budget * SAMPLES_PER_FRAME:
-        raise ProtocolError(f"{where}: {samples} samples, more than a budget of {budget} frames allows")
-    return samples
 
 
 class OpenAIPipeline(Pipeline):

@@ -17,7 +17,7 @@ import soundfile
 
 from qtts_eval.errors import ProtocolError, QttsEvalError
 from qtts_eval.pipelines.base import CloneMode, Request
-from qtts_eval.units import MAX_TEXT_CHARS, SAMPLE_RATE_HZ
+from qtts_eval.units import MAX_TEXT_CHARS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from qtts_eval.wire.protocol import Encoding, decode_audio
 
 CODES_KEY = "codes"  # StreamEnd.info: "not_available", a dialect that carries no codes
@@ -58,6 +58,14 @@ def encode_wav_base64(audio: np.ndarray) -> str:
     buffer = io.BytesIO()
     soundfile.write(buffer, audio, SAMPLE_RATE_HZ, format="WAV", subtype="FLOAT")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def within_budget(samples: int, budget: int, where: str) -> int:
+    """`samples` so far, if a frame budget of `budget` allows them: N frames yield N - 1 (the reference) or N,
+    never more, so a server past it ignored the request's max_frames and did other work."""
+    if samples > budget * SAMPLES_PER_FRAME:
+        raise ProtocolError(f"{where}: {samples} samples, more than a budget of {budget} frames allows")
+    return samples
 
 
 def check_rate(rate: object, where: str) -> None:

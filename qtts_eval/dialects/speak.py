@@ -14,7 +14,14 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from qtts_eval.dialects.shared import CODES_KEY, NOT_AVAILABLE, CloneOptions, check_rate, clone_fields
+from qtts_eval.dialects.shared import (
+    CODES_KEY,
+    NOT_AVAILABLE,
+    CloneOptions,
+    check_rate,
+    clone_fields,
+    within_budget,
+)
 from qtts_eval.errors import CandidateTimeout, MalformedMessage, ProtocolError, RemoteError
 from qtts_eval.pipelines.base import (
     AudioChunk,
@@ -116,7 +123,6 @@ class SpeakPipeline(Pipeline):
     ) -> Generator[Event, None, tuple[int, bool]]:
         """Audio until audio_end: (samples received, whether the server says it was cancelled)."""
         encoding = Encoding(self.options.audio_format)
-        limit = budget * SAMPLES_PER_FRAME  # a budget of N yields N - 1 (the reference) or N frames, not more
         received = 0
         declared = False  # an audio_start came: at most one, before the audio
         while True:
@@ -126,11 +132,7 @@ class SpeakPipeline(Pipeline):
                     samples = protocol.decode_audio(raw, encoding)
                 except ProtocolError as exc:
                     raise ProtocolError(f"{self.where}: {exc}") from exc
-                received += samples.shape[0]
-                if received > limit:
-                    raise ProtocolError(
-                        f"{self.where}: {received} samples, more than a budget of {budget} frames allows"
-                    )
+                received = within_budget(received + samples.shape[0], budget, self.where)
                 yield AudioChunk(samples)
                 continue
             message = self._parse(raw)
